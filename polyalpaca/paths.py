@@ -1,0 +1,24 @@
+"""Where PolyAlpaca keeps things: the cache (converted models, downloads) and run artefacts.
+
+Both are outside git. ``POLYALPACA_CACHE`` moves the cache (default ``~/.cache/polyalpaca``);
+``POLYALPACA_ARTEFACTS`` moves the artefacts (default ``artefacts/`` in the project root).
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+PROJECT_ROOT = PACKAGE_DIR.parent
+DATA_DIR = PACKAGE_DIR / "data"
+RESOURCES_DIR = PACKAGE_DIR / "resources"
+
+
+def cache_dir() -> Path:
+    path = Path(os.environ.get("POLYALPACA_CACHE", Path.home() / ".cache" / "polyalpaca"))
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def artefacts_root() -> Path:
+    return Path(os.environ.get("POLYALPACA_ARTEFACTS", PROJECT_ROOT / "artefacts"))

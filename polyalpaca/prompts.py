@@ -1,0 +1,49 @@
+"""The prompt template: building prompts and cutting the response out of generated text."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+from .paths import RESOURCES_DIR
+
+
+@dataclass(frozen=True)
+class PromptTemplate:
+    name: str
+    prompt_input: str
+    prompt_no_input: str
+    response_marker: str
+    section_marker: str
+
+    def build(self, instruction: str, input: str = "") -> str:
+        """The prompt for one record; the model's answer follows it directly."""
+        if input and input.strip():
+            return self.prompt_input.format(instruction=instruction, input=input)
+        return self.prompt_no_input.format(instruction=instruction)
+
+    def extract_response(self, text: str) -> str:
+        """The answer as the paper cut it: after the response marker, up to the next section marker."""
+        if self.response_marker in text:
+            text = text.split(self.response_marker, 1)[1]
+        text = text.lstrip("\n")
+        # A model that starts a new section ("### Instruction:") has finished its answer.
+        marker = self.section_marker.lstrip("\n")
+        if text.startswith(marker):
+            return ""
+        return text.split(self.section_marker, 1)[0].strip()
+
+
+@lru_cache(maxsize=None)
+def load_template(name: str = "alpaca") -> PromptTemplate:
+    """Load a template from ``polyalpaca/resources/templates/NAME.json`` or from a JSON file path."""
+    path = Path(name) if name.endswith(".json") else RESOURCES_DIR / "templates" / f"{name}.json"
+    spec = json.loads(path.read_text(encoding="utf-8"))
+    return PromptTemplate(
+        name=path.stem,
+        prompt_input=spec["prompt_input"],
+        prompt_no_input=spec["prompt_no_input"],
+        response_marker=spec["response_marker"],
+        section_marker=spec["section_marker"],
+    )

@@ -1,0 +1,258 @@
+"""Supervised fine-tuning with TRL: LoRA (through PEFT) or full-parameter, one grid run at a time.
+
+LoRA and full tuning differ only by whether a PEFT config is passed. ``FastSFTTrainer`` computes
+the same loss as TRL's ``SFTTrainer`` with less work:
+
+- padding-free batches: the examples of a batch are concatenated into one row with restarting
+  ``position_ids`` (attention stays within each example), so no compute is spent on padding;
+- logits only where labels count: the LM head (262k-way for Gemma) runs only at positions whose
+  next token is a training target (``logits_to_keep``), so masked prompts cost no LM-head work;
+- no per-step entropy / token-accuracy metrics over the full vocabulary.
+
+``benchmarks/bench_train.py`` measures it against plain TRL on the same batches.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from datasets import Dataset
+from transformers import TrainerCallback
+from trl import SFTConfig, SFTTrainer
+
+from .config import TrainConfig
+from .data import Record
+from .models import load_model, load_tokenizer
+from .prompts import PromptTemplate
+
+log = logging.getLogger(__name__)
+
+
+# --- data -------------------------------------------------------------------------------
+
+def tokenize_example(record: Record, tokenizer, template: PromptTemplate, max_length: int,
+                     loss_on: str) -> dict:
+    """Token ids and labels of one example: [bos] prompt response eos, cut at ``max_length``.
+
+    ``loss_on="all"`` trains on prompt and response (the paper's LoRA recipe); ``"response"``
+    masks the prompt with -100 (the paper's full fine-tuning recipe)."""
+    if loss_on not in ("all", "response"):
+        raise ValueError(f"loss_on must be 'all' or 'response', got {loss_on!r}")
+    prompt_ids = tokenizer(template.build(record.instruction, record.input), add_special_tokens=False)["input_ids"]
+    response_ids = tokenizer(record.output, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    if tokenizer.bos_token_id is not None:
+        prompt_ids = [tokenizer.bos_token_id] + prompt_ids
+    input_ids = (prompt_ids + response_ids)[:max_length]
+    labels = list(input_ids) if loss_on == "all" else ([-100] * len(prompt_ids) + response_ids)[:max_length]
+    return {"input_ids": input_ids, "labels": labels}
+
+
+def tokenize_records(records: list[Record], tokenizer, template: PromptTemplate, max_length: int,
+                     loss_on: str) -> Dataset:
+    """A pre-tokenized dataset (``input_ids``, ``labels``): TRL starts on it without re-processing."""
+    rows = [tokenize_example(r, tokenizer, template, max_length, loss_on) for r in records]
+    return Dataset.from_list(rows)
+
+
+# --- trainer ----------------------------------------------------------------------------
+
+class FastSFTTrainer(SFTTrainer):
+    """``SFTTrainer`` whose loss computes logits only at positions with a label.
+
+    The loss is identical to TRL's (sum of token negative log-likelihoods over the label count,
+    ``num_items_in_batch`` under gradient accumulation). The forward goes through the wrapped
+    model, so DDP, FSDP, DeepSpeed and PEFT behave as usual."""
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        labels = inputs.pop("labels")
+        targets = labels[:, 1:]
+        keep = targets != -100
+        if labels.shape[0] == 1:
+            # Padding-free: one row; ask the model for logits at the kept positions only.
+            positions = keep[0].nonzero().flatten()
+            outputs = model(**inputs, use_cache=False, logits_to_keep=positions)
+            logits = outputs.logits[0]
+            chosen = targets[0, positions]
+        else:
+            outputs = model(**inputs, use_cache=False)
+            logits = outputs.logits[:, :-1][keep]
+            chosen = targets[keep]
+        loss_sum = F.cross_entropy(logits.float(), chosen, reduction="sum")
+        denominator = num_items_in_batch if num_items_in_batch is not None else keep.sum().clamp(min=1)
+        loss = loss_sum / denominator
+        if self.args.average_tokens_across_devices and num_items_in_batch is not None:
+            loss = loss * self.accelerator.num_processes
+        if model.training:
+            self._total_train_tokens += int(inputs["input_ids"].numel())
+            self._metrics["train"]["num_tokens"] = [self._total_train_tokens]
+        return (loss, outputs) if return_outputs else loss
+
+
+class _WallClock(TrainerCallback):
+    """Records wall time per logging step, written with the losses."""
+
+    def __init__(self):
+        self.start = time.time()
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs is not None:
+            logs["wall_s"] = round(time.time() - self.start, 2)
+
+
+# --- configuration ----------------------------------------------------------------------
+
+def hardware() -> dict:
+    """What the training will run on, for automatic precision and checkpointing choices."""
+    cuda = torch.cuda.is_available()
+    return {
+        "cuda": cuda,
+        "bf16": bool(cuda and torch.cuda.is_bf16_supported()),
+        "device": torch.cuda.get_device_name(0) if cuda else "cpu",
+        "world_size": int(os.environ.get("WORLD_SIZE", "1")),
+    }
+
+
+def resolve_precision(cfg: TrainConfig, hw: dict) -> str:
+    if cfg.precision == "auto":
+        return "bf16" if hw["bf16"] else "fp32"
+    if cfg.precision == "bf16" and not hw["bf16"]:
+        raise ValueError("precision = 'bf16' needs a GPU with bf16 support; use 'fp32' or 'auto' here")
+    return cfg.precision
+
+
+def resolve_checkpointing(cfg: TrainConfig, hw: dict, n_params: int) -> bool:
+    if cfg.gradient_checkpointing == "auto":
+        # Recomputing activations trades time for memory: worth it on GPUs for models past ~1B.
+        return bool(hw["cuda"] and n_params > 1_000_000_000)
+    return cfg.gradient_checkpointing == "on"
+
+
+def build_sft_config(cfg: TrainConfig, output_dir: Path, *, has_validation: bool, precision: str,
+                     checkpointing: bool, padding_free: bool) -> SFTConfig:
+    """The one place that maps our ``TrainConfig`` onto TRL's ``SFTConfig``."""
+    warmup = cfg.warmup_ratio if cfg.warmup_ratio > 0 else cfg.warmup_steps
+    evaluate = has_validation and cfg.eval_every_epoch
+    return SFTConfig(
+        output_dir=str(output_dir),
+        num_train_epochs=cfg.epochs,
+        learning_rate=cfg.learning_rate,
+        per_device_train_batch_size=cfg.batch_size,
+        per_device_eval_batch_size=cfg.batch_size,
+        gradient_accumulation_steps=cfg.gradient_accumulation,
+        warmup_steps=warmup,
+        lr_scheduler_type=cfg.scheduler,
+        weight_decay=cfg.weight_decay,
+        max_length=None if padding_free else cfg.max_length,  # our tokenizer already cuts at max_length
+        padding_free=padding_free,
+        completion_only_loss=False,  # the labels already carry the prompt mask
+        dataset_kwargs={"skip_prepare_dataset": True},
+        bf16=precision == "bf16",
+        use_cpu=not torch.cuda.is_available(),
+        gradient_checkpointing=checkpointing,
+        eval_strategy="epoch" if evaluate else "no",
+        save_strategy="epoch",
+        save_total_limit=2,
+        load_best_model_at_end=evaluate and cfg.best_by_validation,
+        metric_for_best_model="eval_loss",
+        greater_is_better=False,
+        logging_steps=cfg.logging_steps,
+        logging_first_step=True,
+        report_to="none",
+        seed=cfg.seed,
+        data_seed=cfg.seed,
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+        remove_unused_columns=False,
+    )
+
+
+def build_peft_config(cfg: TrainConfig):
+    if cfg.method != "lora":
+        return None
+    from peft import LoraConfig
+
+    return LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
+                      target_modules=list(cfg.lora.target_modules), bias="none", task_type="CAUSAL_LM")
+
+
+# --- running one training job -------------------------------------------------------------
+
+@dataclass
+class TrainResult:
+    run_dir: str
+    model_dir: str
+    method: str
+    train_examples: int
+    train_tokens: int
+    steps: int
+    seconds: float
+    best_eval_loss: float | None
+    log_history: list
+
+
+def last_checkpoint(output_dir: Path) -> str | None:
+    checkpoints = sorted(output_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
+    complete = [c for c in checkpoints if (c / "trainer_state.json").exists()]
+    return str(complete[-1]) if complete else None
+
+
+def train(model_spec: str, train_records: list[Record], validation_records: list[Record], cfg: TrainConfig,
+          template: PromptTemplate, run_dir: str | Path, fast: bool | None = None) -> TrainResult:
+    """Fine-tune ``model_spec`` and save the result in ``run_dir/model``.
+
+    A run interrupted after an epoch resumes from its last checkpoint in ``run_dir/checkpoints``."""
+    run_dir = Path(run_dir)
+    ckpt_dir = run_dir / "checkpoints"
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    fast = cfg.fast_path if fast is None else fast
+    torch.manual_seed(cfg.seed)
+    tokenizer = load_tokenizer(model_spec)
+    model = load_model(model_spec)
+    hw = hardware()
+    precision = resolve_precision(cfg, hw)
+    checkpointing = resolve_checkpointing(cfg, hw, sum(p.numel() for p in model.parameters()))
+    train_ds = tokenize_records(train_records, tokenizer, template, cfg.max_length, cfg.loss_on)
+    val_ds = (tokenize_records(validation_records, tokenizer, template, cfg.max_length, cfg.loss_on)
+              if validation_records else None)
+    args = build_sft_config(cfg, ckpt_dir, has_validation=val_ds is not None, precision=precision,
+                            checkpointing=checkpointing, padding_free=fast)
+    trainer_cls = FastSFTTrainer if fast else SFTTrainer
+    trainer = trainer_cls(model=model, args=args, train_dataset=train_ds, eval_dataset=val_ds,
+                          processing_class=tokenizer, peft_config=build_peft_config(cfg),
+                          callbacks=[_WallClock()])
+    start = time.time()
+    trainer.train(resume_from_checkpoint=last_checkpoint(ckpt_dir))
+    seconds = time.time() - start
+    model_dir = run_dir / "model"
+    trainer.save_model(str(model_dir))
+    tokenizer.save_pretrained(str(model_dir))
+    best = trainer.state.best_metric
+    result = TrainResult(
+        run_dir=str(run_dir), model_dir=str(model_dir), method=cfg.method,
+        train_examples=len(train_records), train_tokens=int(sum(len(x) for x in train_ds["input_ids"])),
+        steps=trainer.state.global_step, seconds=round(seconds, 1),
+        best_eval_loss=None if best is None or math.isnan(best) else float(best),
+        log_history=trainer.state.log_history,
+    )
+    (run_dir / "train_result.json").write_text(json.dumps(asdict(result), indent=2))
+    return result
+
+
+def load_trained(model_dir: str | Path, base_spec: str):
+    """A fine-tuned model for generation: LoRA adapters are merged into their base."""
+    model_dir = Path(model_dir)
+    if (model_dir / "adapter_config.json").exists():
+        from peft import PeftModel
+
+        base = load_model(base_spec)
+        return PeftModel.from_pretrained(base, str(model_dir)).merge_and_unload()
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32)
