@@ -82,6 +82,10 @@ class GridConfig:
     methods: list[str] = field(default_factory=lambda: ["lora", "full"])
     recipes: list[str] = field(default_factory=lambda: ["monolingual", "multilingual", "english-only", "downsampled"])
     compute_note: str = ""
+    # For estimates when the data cannot be read here (the paper profile offline):
+    records_per_language_estimate: int = 0
+    tokens_per_example_estimate: int = 0
+    model_params_billions: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -115,8 +119,10 @@ class Profile:
                                                                   scheduler="cosine", loss_on="response"))
     grid: GridConfig = field(default_factory=GridConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
-    tokens_per_second_estimate: float = 0.0  # training throughput used by `plan` estimates
-    estimate_device: str = ""
+    tokens_per_second_estimate: float = 0.0  # measured training throughput (CPU profiles), for `plan`
+    estimate_device: str = ""  # what the estimate is for, e.g. "1x A100 80GB"
+    estimate_tflops: float = 0.0  # peak dense bf16 TFLOP/s of that device (GPU profiles)
+    estimate_mfu: float = 0.35  # assumed model FLOP utilisation
 
     def train_config(self, method: str) -> TrainConfig:
         if method not in ("lora", "full"):

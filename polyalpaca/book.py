@@ -1,0 +1,153 @@
+"""Executing the chapter notebooks with papermill and building the Jupyter Book.
+
+The chapter sources in ``notebooks/`` are saved without outputs. ``execute_chapter`` runs one
+with parameters into ``<book_dir>/book/chapters/``; ``build_book`` runs them all for a profile
+and then calls ``jupyter-book build``. A book directory other than the project root gets a copy
+of the book's own pages and configuration, so a test build never touches the real book.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from .paths import PROJECT_ROOT
+
+NOTEBOOKS_DIR = PROJECT_ROOT / "notebooks"
+CHAPTERS = ["01_data", "02_translation", "03_training", "04_evaluation", "05_findings"]
+NOTEBOOK_PARAMETERS = ("profile", "artefacts_dir", "overrides")
+BOOK_FILES = ["_config.yml", "_toc.yml", "references.bib", "book"]
+
+
+def chapter_path(name: str) -> Path:
+    matches = [c for c in CHAPTERS if c == name or c.split("_", 1)[1] == name]
+    if not matches:
+        raise ValueError(f"unknown chapter {name!r}; chapters: {', '.join(CHAPTERS)}")
+    return NOTEBOOKS_DIR / f"{matches[0]}.ipynb"
+
+
+def split_parameters(pairs: list[tuple[str, object]]) -> dict:
+    """Notebook parameters from ``-p KEY VALUE`` pairs: ``profile``, ``artefacts_dir`` and
+    ``overrides`` are notebook parameters; a dotted key (``lora.epochs``) is a profile override."""
+    params: dict = {"overrides": {}}
+    for key, value in pairs:
+        if key in NOTEBOOK_PARAMETERS:
+            params[key] = value
+        elif "." in key:
+            params["overrides"][key] = value
+        else:
+            raise ValueError(f"unknown parameter {key!r}: use one of {', '.join(NOTEBOOK_PARAMETERS)} "
+                             "or a dotted profile setting such as lora.epochs")
+    return params
+
+
+def hide_injected_parameters(path: Path) -> None:
+    """Tag papermill's injected-parameters cell ``remove-cell`` so the page shows no clutter."""
+    nb = json.loads(path.read_text(encoding="utf-8"))
+    for cell in nb["cells"]:
+        tags = cell.get("metadata", {}).get("tags", [])
+        if "injected-parameters" in tags and "remove-cell" not in tags:
+            tags.append("remove-cell")
+    path.write_text(json.dumps(nb, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def execute_chapter(name: str, parameters: dict, output: Path, kernel: str = "python3",
+                    timeout_s: int | None = None) -> Path:
+    import papermill as pm
+
+    output.parent.mkdir(parents=True, exist_ok=True)
+    start = time.time()
+    pm.execute_notebook(str(chapter_path(name)), str(output), parameters=parameters, kernel_name=kernel,
+                        cwd=str(output.parent), progress_bar=False, execution_timeout=timeout_s,
+                        log_output=False)
+    hide_injected_parameters(output)
+    print(f"[polyalpaca] executed {name} in {time.time() - start:.0f} s -> {output}", flush=True)
+    return output
+
+
+def stage_book(book_dir: Path) -> None:
+    """Copy the book's pages and configuration into ``book_dir`` (unless it is the project root)."""
+    if book_dir.resolve() == PROJECT_ROOT.resolve():
+        return
+    book_dir.mkdir(parents=True, exist_ok=True)
+    for name in BOOK_FILES:
+        src = PROJECT_ROOT / name
+        if src.is_dir():
+            shutil.copytree(src, book_dir / name, dirs_exist_ok=True,
+                            ignore=shutil.ignore_patterns("chapters", "_build"))
+        elif src.exists():
+            shutil.copy2(src, book_dir / name)
+
+
+def build_html(book_dir: Path, strict: bool = True) -> Path:
+    exe = Path(sys.executable).parent / "jupyter-book"
+    cmd = [str(exe), "build", str(book_dir), "--builder", "html"]
+    if strict:
+        cmd += ["-W", "-n", "--keep-going"]
+    subprocess.run(cmd, check=True)
+    return book_dir / "_build" / "html" / "index.html"
+
+
+def build_book(profile: str = "cpu", book_dir: str | Path | None = None, artefacts_dir: str = "",
+               overrides: dict | None = None, chapters: list[str] | None = None, strict: bool = True,
+               execute: bool = True) -> Path:
+    """Execute every chapter for ``profile`` and build the HTML book; returns index.html."""
+    book_dir = Path(book_dir) if book_dir else PROJECT_ROOT
+    stage_book(book_dir)
+    params = {"profile": profile, "artefacts_dir": str(artefacts_dir or ""), "overrides": overrides or {}}
+    timings = {}
+    if execute:
+        for name in chapters or CHAPTERS:
+            start = time.time()
+            execute_chapter(name, params, book_dir / "book" / "chapters" / chapter_path(name).name)
+            timings[chapter_path(name).stem] = round(time.time() - start, 1)
+    write_generated_pages(book_dir, timings)
+    return build_html(book_dir, strict)
+
+
+# --- pages generated from the code and the artefacts ---------------------------------------
+
+def _md_table(header: list[str], rows: list[list]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c).replace("|", "\\|") for c in row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def settings_table() -> str:
+    """Every profile setting with its value in each shipped profile."""
+    import dataclasses
+
+    from .config import available_profiles, load_profile
+
+    profiles = {name: load_profile(name) for name in available_profiles()}
+    flat: dict[str, dict[str, object]] = {}
+
+    def walk(prefix: str, obj, name: str):
+        for f in dataclasses.fields(obj):
+            value = getattr(obj, f.name)
+            key = f"{prefix}{f.name}"
+            if dataclasses.is_dataclass(value):
+                walk(key + ".", value, name)
+            elif key not in ("name", "description"):
+                flat.setdefault(key, {})[name] = value
+
+    for name, p in profiles.items():
+        walk("", p, name)
+    rows = [[f"`{k}`", *[f"`{v.get(n)!r}`" for n in profiles]] for k, v in flat.items()]
+    return _md_table(["setting", *profiles], rows)
+
+
+def write_generated_pages(book_dir: Path, timings: dict[str, float] | None = None) -> None:
+    """Pages made from code and artefacts, included by the hand-written pages."""
+    out = book_dir / "book" / "chapters" / "generated"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "settings.md").write_text(settings_table(), encoding="utf-8")
+    times_file = out / "timings.json"
+    known = json.loads(times_file.read_text()) if times_file.exists() else {}
+    known.update(timings or {})
+    times_file.write_text(json.dumps(known, indent=2))
+    rows = [[name, f"{known[name] / 60:.1f}" if name in known else "not run"] for name in CHAPTERS]
+    (out / "timings.md").write_text(_md_table(["chapter", "minutes in the last build"], rows), encoding="utf-8")

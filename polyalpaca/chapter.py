@@ -1,0 +1,47 @@
+"""Small helpers the chapter notebooks share, so every chapter starts and reports the same way."""
+from __future__ import annotations
+
+import logging
+import random
+import time
+
+import numpy as np
+
+from .config import load_profile
+from .grid import Experiment
+
+
+def setup(profile: str, artefacts_dir: str = "", overrides: dict | None = None) -> Experiment:
+    """Load the profile, seed everything, quiet the libraries' logs, and return the experiment."""
+    import torch
+    import transformers
+
+    p = load_profile(profile, overrides or {})
+    random.seed(p.data.seed)
+    np.random.seed(p.data.seed)
+    torch.manual_seed(p.data.seed)
+    transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    logging.getLogger("polyalpaca").setLevel(logging.INFO)
+    exp = Experiment(p, artefacts_dir or None)
+    exp.write_manifest()
+    return exp
+
+
+def glue(name: str, value, display: bool = False):
+    """Make a value available to the page's prose ({glue:text}`name`), as myst-nb does."""
+    from myst_nb import glue as _glue
+
+    _glue(name, value, display=display)
+    return value
+
+
+class Progress:
+    """A progress line that stays readable in an executed notebook: one printed line per step."""
+
+    def __init__(self, total: int, label: str):
+        self.total, self.done, self.label, self.start = total, 0, label, time.time()
+
+    def step(self, what: str, n: int = 1) -> None:
+        self.done += n
+        print(f"[{self.done}/{self.total}] {self.label}: {what} ({time.time() - self.start:.0f} s)", flush=True)

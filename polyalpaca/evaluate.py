@@ -1,0 +1,84 @@
+"""Answering the test prompts and scoring the answers without a judge.
+
+Offline scores (no endpoint needed): the language gate (response level and line level), the
+accuracy on prompts with a verifiable answer, and chrF against our reference answers. chrF and
+accuracy are gated: an answer in the wrong language scores 0, as in the paper's protocol.
+"""
+from __future__ import annotations
+
+import re
+import unicodedata
+from dataclasses import asdict, dataclass
+
+from .data import TestPrompt
+from .generate import DecodingConfig, generate_texts
+from .langid import language_gate
+from .prompts import PromptTemplate
+
+
+def answer_prompts(model, tokenizer, template: PromptTemplate, prompts: list[TestPrompt],
+                   decoding: DecodingConfig, on_batch=None) -> list[str]:
+    """Generate one answer per prompt (the prompt goes in the template's instruction slot)."""
+    texts = [template.build(p.prompt) for p in prompts]
+    outputs = generate_texts(model, tokenizer, texts, decoding, on_batch=on_batch)
+    return [template.extract_response(template.response_marker + "\n" + out) for out in outputs]
+
+
+def _normalise(text: str) -> str:
+    text = unicodedata.normalize("NFKC", text).lower()
+    return re.sub(r"\s+", " ", text)
+
+
+def verifiable_correct(prompt: TestPrompt, response: str) -> bool | None:
+    """Whether the response states the prompt's short answer (None when it has none).
+
+    Numbers must appear as a whole number (not inside a longer one); names match
+    case-insensitively, with any listed alias accepted."""
+    if prompt.answer is None:
+        return None
+    text = _normalise(response).replace(",", "").replace("\u00a0", "")
+    if prompt.answer_kind == "number":
+        target = prompt.answer.replace(",", "")
+        return re.search(rf"(?<![\d.]){re.escape(target)}(?![\d]|\.\d)", text) is not None
+    names = [prompt.answer, *prompt.answer_aliases]
+    return any(_normalise(n) in text for n in names)
+
+
+def chrf(hypothesis: str, reference: str) -> float:
+    """Sentence-level chrF (sacrebleu), 0..100; 0 without a reference."""
+    if not reference:
+        return 0.0
+    from sacrebleu.metrics import CHRF
+
+    return float(CHRF().sentence_score(hypothesis, [reference]).score)
+
+
+@dataclass
+class ScoredAnswer:
+    run: str
+    prompt_id: str
+    lang: str
+    prompt: str
+    response: str
+    detected: str | None
+    gate: bool
+    gate_reason: str
+    line_pass: bool
+    correct: bool | None
+    chrf: float
+    gated_chrf: float
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def score_answer(run: str, prompt: TestPrompt, response: str, seed: int = 0) -> ScoredAnswer:
+    gate = language_gate(prompt.prompt, response, prompt.lang, seed)
+    similarity = chrf(response, prompt.reference)
+    correct = verifiable_correct(prompt, response)
+    return ScoredAnswer(
+        run=run, prompt_id=prompt.id, lang=prompt.lang, prompt=prompt.prompt, response=response,
+        detected=gate.detected, gate=gate.passed, gate_reason=gate.reason, line_pass=gate.line_pass,
+        correct=None if correct is None else bool(correct and gate.passed),
+        chrf=round(similarity, 3), gated_chrf=round(similarity if gate.passed else 0.0, 3),
+    )

@@ -1,0 +1,106 @@
+"""An exact, memory-light language-modelling loss for large vocabularies.
+
+``LinearCrossEntropy`` computes sum_i CE(h_i W^T, y_i) over the selected positions in chunks of
+tokens. Because the loss is a sum, its gradient with respect to the logits is known in the
+forward pass (softmax - one-hot), so each chunk's gradients for the hidden states (and, when
+the head is trained, the head's weight) are formed right away and the chunk's logits are
+dropped: the (tokens x vocabulary) logits never exist in full, and nothing is recomputed in the
+backward pass (TRL's chunked head recomputes them). The result equals the plain computation
+up to floating-point rounding.
+
+``add_fast_lm_loss`` patches a causal LM's forward so that ``model(..., fast_labels=labels)``
+returns this loss over the positions whose next-token label is not -100; calls without
+``fast_labels`` run the original forward, so generation is untouched. The call still goes
+through any wrapper (PEFT, DDP, FSDP, DeepSpeed), which only see an ordinary forward.
+"""
+from __future__ import annotations
+
+import functools
+import types
+from dataclasses import dataclass
+
+import torch
+
+DEFAULT_CHUNK = 256
+
+
+class LinearCrossEntropy(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, hidden, weight, targets, softcap, chunk):
+        n = hidden.shape[0]
+        need_w = weight.requires_grad
+        grad_hidden = torch.empty_like(hidden)
+        grad_weight = torch.zeros_like(weight) if need_w else None
+        total = hidden.new_zeros((), dtype=torch.float32)
+        w = weight
+        for start in range(0, n, chunk):
+            h = hidden[start:start + chunk]
+            t = targets[start:start + chunk]
+            logits = (h @ w.t()).float()
+            if softcap:
+                capped = torch.tanh(logits / softcap)
+                logits = capped * softcap
+            lse = torch.logsumexp(logits, dim=-1)
+            rows = torch.arange(len(t), device=t.device)
+            total += (lse - logits[rows, t]).sum()
+            grad = torch.exp(logits.sub_(lse[:, None]))  # softmax, in place
+            grad[rows, t] -= 1.0
+            if softcap:
+                grad.mul_(1.0 - capped * capped)
+            grad = grad.to(h.dtype)
+            grad_hidden[start:start + chunk] = grad @ w
+            if need_w:
+                grad_weight.addmm_(grad.t(), h)
+        ctx.save_for_backward(grad_hidden, grad_weight if need_w else torch.empty(0))
+        ctx.need_w = need_w
+        return total
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        grad_hidden, grad_weight = ctx.saved_tensors
+        gw = grad_weight * grad_output.to(grad_weight.dtype) if ctx.need_w else None
+        return grad_hidden * grad_output.to(grad_hidden.dtype), gw, None, None, None
+
+
+def linear_cross_entropy_sum(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
+                             softcap: float | None = None, chunk: int = DEFAULT_CHUNK) -> torch.Tensor:
+    """sum_i CE(hidden_i @ weight.T, targets_i) without materialising the logits."""
+    if hidden.shape[0] == 0:
+        return (hidden.sum() + weight.sum()) * 0.0  # keeps the graph connected
+    return LinearCrossEntropy.apply(hidden, weight, targets, softcap or 0.0, chunk)
+
+
+@dataclass
+class FastLossOutput:
+    loss: torch.Tensor
+    num_tokens: torch.Tensor
+    logits: None = None
+
+
+def add_fast_lm_loss(model, chunk: int = DEFAULT_CHUNK) -> None:
+    """Patch ``model.forward`` to accept ``fast_labels`` (unshifted labels, -100 = ignored)."""
+    if getattr(model, "_polyalpaca_fast_loss", False):
+        return
+    original = model.forward
+    softcap = getattr(model.config.get_text_config(), "final_logit_softcapping", None)
+
+    @functools.wraps(type(model).forward)
+    def forward(self, *args, fast_labels=None, num_items_in_batch=None, **kwargs):
+        if fast_labels is None:
+            return original(*args, **kwargs)
+        kwargs["use_cache"] = False
+        backbone = getattr(self, self.base_model_prefix)
+        hidden = backbone(*args, **kwargs).last_hidden_state[:, :-1]
+        targets = fast_labels[:, 1:]
+        keep = targets != -100
+        head = self.get_output_embeddings()
+        weight = head.weight
+        if hasattr(weight, "full_tensor"):  # FSDP2 shards the head as a DTensor
+            weight = weight.full_tensor()
+        loss_sum = linear_cross_entropy_sum(hidden[keep], weight, targets[keep], softcap, chunk)
+        count = keep.sum()
+        denominator = num_items_in_batch if num_items_in_batch is not None else count.clamp(min=1)
+        return FastLossOutput(loss=loss_sum / denominator, num_tokens=count)
+
+    model.forward = types.MethodType(forward, model)
+    model._polyalpaca_fast_loss = True

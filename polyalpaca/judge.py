@@ -1,0 +1,173 @@
+"""The paper's LLM judge: one query per (prompt, response), a 1-3 rating, MT-Bench single-answer style.
+
+The judge is told the answer should be in the language of the question. The prompt is the
+versioned data file ``polyalpaca/resources/prompts/judge_v1.txt``; the question and the response
+sit inside ``<question>``/``<response>`` blocks, and any such tag inside them is escaped
+(``<`` -> ``&lt;``, ``>`` -> ``&gt;``) so a response cannot close its block and speak to the judge.
+The rating is parsed from ``Rating: [[N]]``; a reply without a single valid rating is asked
+again and, after ``max_invalid_replies``, counted as *unparsed* (never scored). Raw replies
+are kept on every record.
+
+Pure functions turn records into the paper's numbers: ``gated_score`` (score x language_ok),
+``language_totals`` (per-language sum, 0..3n, and normalised 0..1) and ``robustness_gap``
+(mean over languages of the score before the gate minus after it). Language identification is
+not done here: the gate is a boolean input (see ``polyalpaca.langid``).
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Mapping, Sequence
+
+from .llm_client import ChatClient, ChatPrompt, ChatRequest, EndpointConfig, InvalidReply, load_prompt
+
+RATING_SCALE = (1, 2, 3)
+_RATING = re.compile(r"Rating:\s*\[\[\s*(-?\d+)\s*\]\]", re.I)
+_BLOCK_TAG = re.compile(r"<\s*/?\s*(?:question|response)\b[^<>]*>", re.I)
+
+
+@dataclass
+class JudgeConfig:
+    """Which endpoint judges (the paper: gpt-3.5-turbo-0613, temperature 0) and with which prompt."""
+
+    endpoint: EndpointConfig = field(default_factory=lambda: EndpointConfig(model="gpt-3.5-turbo-0613"))
+    prompt_version: str = "judge_v1"  # polyalpaca/resources/prompts/<version>.txt
+    max_invalid_replies: int = 3  # replies asked for before an item is counted as unparsed
+
+
+@dataclass
+class JudgeItem:
+    """One (prompt, response) pair; ``language`` is the language of the prompt."""
+
+    prompt: str
+    response: str
+    language: str
+    id: str | None = None
+
+
+@dataclass
+class JudgeRecord:
+    """The verdict on item ``index``. ``status``: "scored" (``score`` in 1..3), "unparsed" (no
+    valid rating in any reply) or "failed" (the endpoint could not be reached; see ``error``)."""
+
+    index: int
+    id: str | None
+    language: str
+    status: str
+    score: int | None
+    raw_replies: list[str]
+    error: str | None = None
+    from_cache: bool = False
+
+
+@dataclass(frozen=True)
+class LanguageTotal:
+    """A language's judge total over its scored items: ``total`` in 0..3n, ``normalised`` in 0..1."""
+
+    language: str
+    n_scored: int
+    n_unparsed: int
+    n_failed: int
+    total: int
+    normalised: float
+
+
+# --------------------------------------------------------------------------------------------
+# Prompt and reply
+# --------------------------------------------------------------------------------------------
+def escape_block(text: str) -> str:
+    """Neutralise ``<question>``, ``</question>``, ``<response>``, ``</response>`` (any case or
+    spacing) so the text cannot end or open a block of the judge prompt; the rest is untouched."""
+    return _BLOCK_TAG.sub(lambda m: m.group(0).replace("<", "&lt;").replace(">", "&gt;"), text)
+
+
+def judge_messages(item: JudgeItem, prompt: ChatPrompt) -> list[dict[str, str]]:
+    return prompt.render(question=escape_block(item.prompt), response=escape_block(item.response))
+
+
+def parse_rating(reply: str) -> int:
+    """The rating in a judge reply; ``InvalidReply`` when absent, out of 1..3 or ambiguous."""
+    values = {int(v) for v in _RATING.findall(reply)}
+    if not values:
+        raise InvalidReply(f"no 'Rating: [[N]]' in the judge reply: {reply[-120:]!r}")
+    if len(values) > 1:
+        raise InvalidReply(f"several different ratings in the judge reply: {sorted(values)}")
+    value = values.pop()
+    if value not in RATING_SCALE:
+        raise InvalidReply(f"rating {value} is outside {RATING_SCALE[0]}..{RATING_SCALE[-1]}")
+    return value
+
+
+# --------------------------------------------------------------------------------------------
+# Judging
+# --------------------------------------------------------------------------------------------
+def judge_responses(items: Sequence[JudgeItem], config: JudgeConfig, client: ChatClient | None = None,
+                    cache_dir: str | Path | None = None, progress: bool = True) -> list[JudgeRecord]:
+    """Judge every item (one query each); records in input order.
+
+    Uses ``client`` when given (its endpoint is used as is), else builds one from
+    ``config.endpoint`` with the reply cache in ``cache_dir`` and closes it afterwards.
+    """
+    prompt = load_prompt(config.prompt_version)
+    own_client = client is None
+    client = client or ChatClient(config.endpoint, cache_dir, progress=progress)
+    try:
+        requests = [ChatRequest(judge_messages(item, prompt), prompt.version, parse_rating) for item in items]
+        results = client.complete_many(requests, max_invalid=config.max_invalid_replies, desc="judge")
+    finally:
+        if own_client:
+            client.close()
+    records = []
+    for index, (item, result) in enumerate(zip(items, results)):
+        if result.ok:
+            status = "scored"
+        else:
+            status = "unparsed" if result.failure == "invalid_reply" else "failed"
+        records.append(JudgeRecord(index, item.id, item.language, status, result.value if result.ok else None,
+                                   list(result.replies), result.error, result.from_cache))
+    return records
+
+
+# --------------------------------------------------------------------------------------------
+# Scores (pure functions)
+# --------------------------------------------------------------------------------------------
+def gated_score(score: int, language_ok: bool) -> int:
+    """The paper's language gate: a response in the wrong language scores 0."""
+    return score * int(bool(language_ok))
+
+
+def language_totals(records: Iterable[JudgeRecord],
+                    language_ok: Sequence[bool] | None = None) -> dict[str, LanguageTotal]:
+    """Per-language sum of scores (gated when ``language_ok`` is given, aligned with ``records``
+    by position) and the sum normalised by its maximum, 3 x the number of scored items.
+    Unparsed and failed items are counted apart and left out of both."""
+    records = list(records)
+    if language_ok is not None and len(language_ok) != len(records):
+        raise ValueError(f"language_ok has {len(language_ok)} entries for {len(records)} records")
+    counts: dict[str, dict[str, int]] = {}
+    for position, record in enumerate(records):
+        c = counts.setdefault(record.language, {"scored": 0, "unparsed": 0, "failed": 0, "total": 0})
+        if record.status != "scored" or record.score is None:
+            c["unparsed" if record.status == "unparsed" else "failed"] += 1
+            continue
+        c["scored"] += 1
+        c["total"] += record.score if language_ok is None else gated_score(record.score, language_ok[position])
+    return {language: LanguageTotal(language, c["scored"], c["unparsed"], c["failed"], c["total"],
+                                    c["total"] / (RATING_SCALE[-1] * c["scored"]) if c["scored"] else float("nan"))
+            for language, c in counts.items()}
+
+
+def robustness_gap(before: Mapping[str, float], after: Mapping[str, float],
+                   languages: Sequence[str] | None = None) -> float:
+    """Mean over ``languages`` (default: all of ``before``) of the score before the language gate
+    minus the score after it; the paper averages over its 6 seen languages. Bigger = more good
+    answers in the wrong language."""
+    languages = list(languages) if languages is not None else list(before)
+    if not languages:
+        raise ValueError("robustness_gap: no languages")
+    for language in languages:
+        for name, scores in (("before", before), ("after", after)):
+            if language not in scores:
+                raise KeyError(f"robustness_gap: no {name}-gate score for language {language!r}")
+    return sum(before[lang] - after[lang] for lang in languages) / len(languages)

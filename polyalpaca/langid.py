@@ -1,0 +1,110 @@
+"""The language gate: is an answer in the language of its question?
+
+langdetect (seeded, so results repeat) is the default detector; codes are normalised
+(zh-cn/zh-tw -> zh, nb/nn -> no). An answer passes the gate only when it is in the target
+language AND is a real answer: empty answers, answers that merely repeat the prompt, and
+answers that degenerate into a loop fail, each counted under its own reason.
+py3langid (langid.py's model, shipped in its wheel) is the optional second detector.
+"""
+from __future__ import annotations
+
+import re
+from collections import Counter
+from dataclasses import dataclass
+from difflib import SequenceMatcher
+from typing import Iterable
+
+NORMALISE = {"zh-cn": "zh", "zh-tw": "zh", "nb": "no", "nn": "no", "iw": "he", "jw": "jv"}
+REASONS = ("ok", "empty", "echo", "loop", "wrong_language", "no_letters")
+
+
+def normalise_code(code: str) -> str:
+    code = code.lower()
+    return NORMALISE.get(code, code.split("-")[0] if code.startswith("zh") else code)
+
+
+_LETTER = re.compile(r"[^\W\d_]", re.UNICODE)
+
+
+def detect_language(text: str, seed: int = 0) -> str | None:
+    """langdetect's best guess, normalised; None for text without letters."""
+    from langdetect import DetectorFactory, detect
+    from langdetect.lang_detect_exception import LangDetectException
+
+    if not _LETTER.search(text or ""):
+        return None
+    DetectorFactory.seed = seed
+    try:
+        return normalise_code(detect(text))
+    except LangDetectException:
+        return None
+
+
+def detect_language_langid(text: str) -> str | None:
+    """Second opinion from py3langid (installed with ``pip install py3langid``)."""
+    import py3langid
+
+    if not _LETTER.search(text or ""):
+        return None
+    return normalise_code(py3langid.classify(text)[0])
+
+
+def is_echo(prompt: str, answer: str, threshold: float = 0.8) -> bool:
+    """True when the answer mostly repeats the prompt (a copy passes a naive language check)."""
+    a, p = " ".join(answer.split()).lower(), " ".join(prompt.split()).lower()
+    if not a:
+        return False
+    if a in p or (len(p) > 20 and p in a and len(a) < 1.5 * len(p)):
+        return True
+    return SequenceMatcher(None, a[:600], p[:600]).ratio() >= threshold
+
+
+def is_loop(answer: str, min_repeats: int = 4) -> bool:
+    """True when the answer degenerates into repetition: a line or a word n-gram repeated many times."""
+    lines = [ln.strip() for ln in answer.splitlines() if ln.strip()]
+    if len(lines) >= min_repeats and Counter(lines).most_common(1)[0][1] >= min_repeats \
+            and Counter(lines).most_common(1)[0][1] >= len(lines) / 2:
+        return True
+    tokens = answer.split() if len(answer.split()) > 3 else list(answer.replace(" ", ""))
+    for n in (1, 2, 3, 4, 5, 6):
+        grams = [tuple(tokens[i:i + n]) for i in range(0, len(tokens) - n + 1)]
+        if len(grams) < min_repeats * 2:
+            continue
+        top, count = Counter(grams).most_common(1)[0]
+        if count >= min_repeats and count * n >= 0.5 * len(tokens):
+            return True
+    return False
+
+
+@dataclass(frozen=True)
+class GateResult:
+    detected: str | None
+    passed: bool
+    reason: str  # one of REASONS
+    line_pass: bool  # every line with letters is in the target language
+
+
+def language_gate(prompt: str, answer: str, target: str, seed: int = 0) -> GateResult:
+    """Decide whether ``answer`` counts as an answer in ``target``."""
+    target = normalise_code(target)
+    text = (answer or "").strip()
+    if not text:
+        return GateResult(None, False, "empty", False)
+    detected = detect_language(text, seed)
+    line_langs = [detect_language(ln, seed) for ln in text.splitlines() if _LETTER.search(ln)]
+    line_pass = bool(line_langs) and all(lang == target for lang in line_langs)
+    if detected is None:
+        return GateResult(None, False, "no_letters", False)
+    if is_echo(prompt, text):
+        return GateResult(detected, False, "echo", line_pass)
+    if is_loop(text):
+        return GateResult(detected, False, "loop", line_pass)
+    if detected != target:
+        return GateResult(detected, False, "wrong_language", line_pass)
+    return GateResult(detected, True, "ok", line_pass)
+
+
+def agreement(texts: Iterable[str], seed: int = 0) -> float:
+    """Share of texts on which langdetect and py3langid agree (texts without letters skipped)."""
+    pairs = [(detect_language(t, seed), detect_language_langid(t)) for t in texts if _LETTER.search(t or "")]
+    return sum(a == b for a, b in pairs) / len(pairs) if pairs else float("nan")

@@ -1,0 +1,124 @@
+"""What a profile will cost before anything runs: data statistics, the grid and compute estimates."""
+from __future__ import annotations
+
+import statistics
+from functools import lru_cache
+
+from .grid import Experiment, model_short_name
+from .recipes import recipe_costs
+
+
+def _token_lengths(exp: Experiment, model: str, records) -> list[int]:
+    from .models import load_tokenizer
+    from .train import tokenize_example
+
+    tok = _tokenizer(model)
+    cfg = exp.profile.lora
+    return [len(tokenize_example(r, tok, exp.template, cfg.max_length, "all")["input_ids"]) for r in records]
+
+
+@lru_cache(maxsize=4)
+def _tokenizer(model: str):
+    from .models import load_tokenizer
+
+    return load_tokenizer(model)
+
+
+def data_stats(exp: Experiment) -> dict:
+    """Per-language counts and token statistics under the first model's tokenizer, and each
+    recipe's budget in examples and tokens (per epoch)."""
+    model = exp.profile.grid.models[0]
+    split = exp.split()
+    langs = {}
+    tokens_by_lang = {}
+    for lang, records in split.train.items():
+        lengths = _token_lengths(exp, model, records)
+        tokens_by_lang[lang] = dict(zip(((r.lang, r.id) for r in records), lengths))
+        langs[lang] = {
+            "train": len(records), "validation": len(split.validation[lang]),
+            "tokens_total": sum(lengths), "tokens_mean": round(statistics.mean(lengths), 1) if lengths else 0,
+            "tokens_median": statistics.median(lengths) if lengths else 0, "tokens_max": max(lengths, default=0),
+        }
+    recipes = {}
+    for ts in exp.training_sets():
+        entry = recipes.setdefault(ts.recipe, {"runs": 0, "examples": 0, "tokens": 0, "budget_units": 0.0})
+        entry["runs"] += 1
+        entry["examples"] += len(ts.train)
+        entry["tokens"] += sum(tokens_by_lang[r.lang][(r.lang, r.id)] for r in ts.train)
+        entry["budget_units"] += ts.budget_units
+    tests = {lang: len(exp.test_prompts(lang)) for lang in exp.profile.data.test_languages}
+    return {"profile": exp.profile.name, "tokenizer": model, "languages": langs, "recipes": recipes,
+            "test_prompts": tests, "validation_ids": len(split.validation_ids)}
+
+
+def format_stats(stats: dict) -> str:
+    lines = [f"profile {stats['profile']}, tokens under {stats['tokenizer']}", "",
+             f"{'lang':<6}{'train':>7}{'val':>6}{'tokens':>10}{'mean':>8}{'median':>8}{'max':>6}"]
+    for lang, s in stats["languages"].items():
+        lines.append(f"{lang:<6}{s['train']:>7}{s['validation']:>6}{s['tokens_total']:>10}{s['tokens_mean']:>8}"
+                     f"{s['tokens_median']:>8}{s['tokens_max']:>6}")
+    lines += ["", f"{'recipe':<14}{'runs':>5}{'examples':>10}{'tokens':>10}{'units C':>9}   (per epoch)"]
+    for name, r in stats["recipes"].items():
+        lines.append(f"{name:<14}{r['runs']:>5}{r['examples']:>10}{r['tokens']:>10}{r['budget_units']:>9.0f}")
+    lines += ["", "test prompts: " + ", ".join(f"{k} {v}" for k, v in stats["test_prompts"].items())]
+    return "\n".join(lines)
+
+
+def plan_table(exp: Experiment) -> dict:
+    """Every grid run with the examples and tokens it processes and an estimated cost."""
+    p = exp.profile
+    try:
+        exp.split()
+        readable = True
+    except Exception as exc:  # the Hub is unreachable: estimate from the profile's stated sizes
+        readable, reason = False, f"{type(exc).__name__}: {exc}"
+    rows = []
+    for run in exp.runs(include_base=False):
+        cfg = p.train_config(run.method)
+        if readable:
+            tokens = sum(_token_lengths(exp, run.model, run.training_set.train))
+            examples = run.train_examples
+        else:
+            per_lang = p.grid.records_per_language_estimate - p.data.validation_size
+            examples = per_lang * (len(run.languages) if run.recipe == "multilingual" else 1)
+            tokens = examples * p.grid.tokens_per_example_estimate
+        processed = tokens * cfg.epochs
+        row = {"run": f"{run.method}-{run.name}", "model": model_short_name(run.model), "method": run.method,
+               "recipe": run.recipe, "languages": run.languages, "examples_per_epoch": examples,
+               "epochs": cfg.epochs, "tokens_processed": int(processed), "budget_units": run.budget_units}
+        if p.tokens_per_second_estimate:
+            row["cpu_minutes"] = round(processed / p.tokens_per_second_estimate / 60, 1)
+        if p.estimate_tflops:
+            params = p.grid.model_params_billions.get(run.model, 0.0) * 1e9
+            # 6 N FLOPs per token for full tuning; LoRA skips the frozen weights' gradients (~4 N).
+            flops = (6 if run.method == "full" else 4) * params * processed
+            row["gpu_hours"] = round(flops / (p.estimate_tflops * 1e12 * p.estimate_mfu) / 3600, 2)
+        rows.append(row)
+    totals = {"runs": len(rows), "tokens_processed": sum(r["tokens_processed"] for r in rows)}
+    for key in ("cpu_minutes", "gpu_hours"):
+        if rows and key in rows[0]:
+            totals[key] = round(sum(r[key] for r in rows), 1)
+    units = {}
+    for r in rows:
+        k = f"{r['model']}/{r['method']}/{r['recipe']}"
+        units[k] = units.get(k, 0) + r["budget_units"]
+    return {"profile": p.name, "device": p.estimate_device, "data_read": readable,
+            "note": "" if readable else f"data not readable here ({reason}); sizes from the profile's estimates",
+            "runs": rows, "budget_units": units, "totals": totals}
+
+
+def format_plan(table: dict) -> str:
+    rows = table["runs"]
+    extra = [k for k in ("cpu_minutes", "gpu_hours") if rows and k in rows[0]]
+    head = f"{'run':<34}{'model':<16}{'examples':>9}{'epochs':>7}{'tokens':>13}{'units':>6}" + "".join(
+        f"{k:>13}" for k in extra)
+    lines = [f"profile {table['profile']}" + (f", estimates for {table['device']}" if table["device"] else ""), head]
+    for r in rows:
+        lines.append(f"{r['run']:<34}{r['model']:<16}{r['examples_per_epoch']:>9}{r['epochs']:>7}"
+                     f"{r['tokens_processed']:>13}{r['budget_units']:>6.0f}" + "".join(f"{r[k]:>13}" for k in extra))
+    t = table["totals"]
+    lines.append(f"total: {t['runs']} runs, {t['tokens_processed']} tokens" +
+                 "".join(f", {k.replace('_', ' ')} {t[k]}" for k in extra))
+    if table["note"]:
+        lines.append(table["note"])
+    return "\n".join(lines)
