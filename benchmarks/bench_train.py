@@ -1,5 +1,8 @@
 """Training speed: plain TRL ``SFTTrainer`` vs PolyAlpaca's ``FastSFTTrainer`` on the same batches.
 
+Variants: ``baseline`` (TRL's SFTTrainer as it comes: padded batches, its chunked LM head over
+every position, per-step entropy and accuracy), ``fast`` (our exact path) and ``fast-vocab``
+(our path plus the reduced-vocabulary deviation, whose loss is *not* the same by design).
 Each variant runs in its own subprocess (so peak memory is its own) on the same model, data,
 seed and batch order, with learning rate 0 so the weights stay identical and the per-step
 losses must agree exactly up to floating-point noise. Reports real (non-padding) tokens per
@@ -45,7 +48,18 @@ def run_variant(args) -> dict:
     model = load_model(args.model)
     template = load_template()
     dataset = T.tokenize_records(records, tokenizer, template, cfg.max_length, cfg.loss_on)
-    fast = args.variant == "fast"
+    fast = args.variant.startswith("fast")
+    extra = {}
+    if args.variant == "fast-vocab":
+        from polyalpaca.vocab import data_vocabulary
+        texts = [t for r in records for t in (r.instruction, r.input, r.output)]
+        if not args.data_file:
+            from polyalpaca.data import EMBEDDED_TEST_LANGUAGES, EMBEDDED_TRAIN_LANGUAGES, embedded_test
+            texts += [t for lang in EMBEDDED_TRAIN_LANGUAGES for r in embedded_train(lang).items
+                      for t in (r.instruction, r.input, r.output)]
+            texts += [t for lang in EMBEDDED_TEST_LANGUAGES for p in embedded_test(lang).items
+                      for t in (p.prompt, p.reference)]
+        extra["vocab_ids"] = data_vocabulary(tokenizer, texts, template)
     sft_args = T.build_sft_config(cfg, Path(args.workdir) / args.variant, has_validation=False, precision="fp32",
                                   checkpointing=False, padding_free=fast)
     sft_args.save_strategy = "no"
@@ -59,7 +73,7 @@ def run_variant(args) -> dict:
             times.append(time.perf_counter() - self.t)
 
     cls = T.FastSFTTrainer if fast else T.SFTTrainer
-    trainer = cls(model=model, args=sft_args, train_dataset=dataset, processing_class=tokenizer,
+    trainer = cls(**extra, model=model, args=sft_args, train_dataset=dataset, processing_class=tokenizer,
                   peft_config=T.build_peft_config(cfg), callbacks=[Timer()])
     # The exact batches, in the trainer's own order, to count real tokens per step.
     batches = [sum(len(dataset[i]["input_ids"]) for i in idx)
@@ -72,7 +86,6 @@ def run_variant(args) -> dict:
         "variant": args.variant, "steps": len(times), "step_seconds": [round(t, 3) for t in times],
         "timed_tokens": tokens, "tokens_per_second": tokens / sum(timed),
         "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6, "losses": losses,
-        "padded_tokens_per_step_baseline": None,
     }
 
 
@@ -93,30 +106,38 @@ def main(argv=None) -> int:
     p.add_argument("--data-file", help="an Alpaca JSON/JSONL file to use instead of the embedded data")
     p.add_argument("--workdir", default="/tmp/polyalpaca-bench-train")
     p.add_argument("--out", default="benchmarks/results/train.json")
-    p.add_argument("--variant", choices=["baseline", "fast"], help=argparse.SUPPRESS)
+    p.add_argument("--variants", default="baseline,fast,fast-vocab",
+                   help="baseline (plain TRL), fast (our exact path), fast-vocab (plus the reduced-vocabulary deviation)")
+    p.add_argument("--variant", choices=["baseline", "fast", "fast-vocab"], help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.variant:
         print(json.dumps(run_variant(args)))
         return 0
     results = {}
-    for variant in ("baseline", "fast"):
-        cmd = [sys.executable, __file__, *(sys.argv[1:] if argv is None else argv), "--variant", variant]
+    passthrough = [a for a in (sys.argv[1:] if argv is None else argv)]
+    for variant in args.variants.split(","):
+        cmd = [sys.executable, __file__, *passthrough, "--variant", variant]
         out = subprocess.run(cmd, capture_output=True, text=True)
         if out.returncode != 0:
             sys.stderr.write(out.stderr[-4000:])
             return out.returncode
         results[variant] = json.loads(out.stdout.strip().splitlines()[-1])
-    base, fast = results["baseline"], results["fast"]
-    n = min(len(base["losses"]), len(fast["losses"]))
-    summary = {
-        "model": args.model, "method": args.method, "batch_size": args.batch_size, "steps": args.steps,
-        "baseline_tokens_per_second": round(base["tokens_per_second"], 2),
-        "fast_tokens_per_second": round(fast["tokens_per_second"], 2),
-        "speedup": round(fast["tokens_per_second"] / base["tokens_per_second"], 2),
-        "baseline_peak_rss_gb": round(base["peak_rss_gb"], 2), "fast_peak_rss_gb": round(fast["peak_rss_gb"], 2),
-        "max_abs_loss_difference": max(abs(a - b) for a, b in zip(base["losses"][:n], fast["losses"][:n])),
-        "baseline_losses": base["losses"], "fast_losses": fast["losses"],
-    }
+    base = results["baseline"]
+    summary = {"model": args.model, "method": args.method, "batch_size": args.batch_size, "steps": args.steps,
+               "max_length": args.max_length, "cpu_threads": __import__("torch").get_num_threads(),
+               "baseline_tokens_per_second": round(base["tokens_per_second"], 2),
+               "baseline_peak_rss_gb": round(base["peak_rss_gb"], 2), "baseline_losses": base["losses"]}
+    for name, r in results.items():
+        if name == "baseline":
+            continue
+        n = min(len(base["losses"]), len(r["losses"]))
+        summary[name] = {
+            "tokens_per_second": round(r["tokens_per_second"], 2),
+            "speedup": round(r["tokens_per_second"] / base["tokens_per_second"], 2),
+            "peak_rss_gb": round(r["peak_rss_gb"], 2),
+            "max_abs_loss_difference": max(abs(a - b) for a, b in zip(base["losses"][:n], r["losses"][:n])),
+            "losses": r["losses"],
+        }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps({"summary": summary, "runs": results}, indent=2))
     print(json.dumps(summary, indent=2))

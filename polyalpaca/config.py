@@ -67,7 +67,8 @@ class TrainConfig:
     lora: LoraSettings = field(default_factory=LoraSettings)
     eval_every_epoch: bool = True
     best_by_validation: bool = True
-    fast_path: bool = True  # our speed-ups (logits only where labels count, no padding)
+    fast_path: bool = True  # our speed-ups (logits only where labels count, no padding): same loss
+    vocab_subset: bool = False  # DEVIATION: softmax of the training loss over the data's tokens only
     precision: str = "auto"  # auto | fp32 | bf16
     gradient_checkpointing: str = "auto"  # auto | on | off
     logging_steps: int = 1

@@ -167,9 +167,28 @@ class Experiment:
             "versions": library_versions(), "git": git_revision(),
             "counts": run.training_set.counts()}, indent=2))
         write_jsonl(rd / "train_ids.jsonl", [{"lang": r.lang, "id": r.id} for r in run.training_set.train])
-        result = train(run.model, run.training_set.train, run.training_set.validation, cfg, self.template, rd)
+        vocab = self.vocabulary(run.model) if cfg.vocab_subset else None
+        result = train(run.model, run.training_set.train, run.training_set.validation, cfg, self.template, rd,
+                       vocab_ids=vocab)
         (rd / "DONE").write_text(time.strftime("%Y-%m-%dT%H:%M:%S\n"))
         return dataclasses.asdict(result) if dataclasses.is_dataclass(result) else result
+
+    def vocabulary(self, model: str):
+        """Token ids of all the experiment's text (for the ``vocab_subset`` deviation), cached."""
+        import torch
+
+        from .models import load_tokenizer
+        from .vocab import data_vocabulary
+
+        path = self.root / f"vocabulary-{model_short_name(model)}.json"
+        if path.exists():
+            return torch.tensor(json.loads(path.read_text()), dtype=torch.long)
+        texts = [t for recs in self.training_records().values() for r in recs for t in (r.instruction, r.input, r.output)]
+        texts += [t for lang in self.profile.data.test_languages for p in self.test_prompts(lang)
+                  for t in (p.prompt, p.reference)]
+        ids = data_vocabulary(load_tokenizer(model), texts, self.template)
+        path.write_text(json.dumps(ids.tolist()))
+        return ids
 
     # --- evaluation -----------------------------------------------------------------------
     def decoding(self, method: str) -> DecodingConfig:

@@ -119,7 +119,7 @@ def judge_responses(items: Sequence[JudgeItem], config: JudgeConfig, client: Cha
         if own_client:
             client.close()
     records = []
-    for index, (item, result) in enumerate(zip(items, results)):
+    for index, (item, result) in enumerate(zip(items, results, strict=True)):
         if result.ok:
             status = "scored"
         else:

@@ -132,7 +132,7 @@ def load_prompt(name: str) -> ChatPrompt:
         raise FileNotFoundError(f"prompt template not found: {path}")
     text = path.read_text(encoding="utf-8")
     parts = _SECTION.split(text)
-    head, sections = parts[0], dict(zip(parts[1::2], parts[2::2]))
+    head, sections = parts[0], dict(zip(parts[1::2], parts[2::2], strict=True))
     for lineno, line in enumerate(head.splitlines(), 1):
         if line.strip() and not line.lstrip().startswith("#"):
             raise ValueError(f"{path}:{lineno}: text before the first [system]/[user] section: {line[:60]!r}")
@@ -313,7 +313,7 @@ class ReplyCache:
             names = [d[0] for d in cursor.description]
             rows = cursor.fetchall()
         for row in rows:
-            yield dict(zip(names, row))
+            yield dict(zip(names, row, strict=True))
 
     def __len__(self) -> int:
         with self._lock:
@@ -358,9 +358,9 @@ class ChatClient:
         self.config = config
         self.progress = progress
         self.progress_interval_s = progress_interval_s
+        self._secret = _Secret(self._read_key(config.api_key_env))
         self.ledger = Ledger(config.price_per_1k_input, config.price_per_1k_output)
         self.cache = ReplyCache(Path(cache_dir) / CACHE_FILENAME) if cache_dir is not None else None
-        self._secret = _Secret(self._read_key(config.api_key_env))
         self._openai = openai.OpenAI(api_key=self._secret.reveal(), base_url=config.base_url,
                                      timeout=config.timeout_s, max_retries=0)
         self._jitter = random.Random()
@@ -401,7 +401,7 @@ class ChatClient:
                            request.prompt_version)
 
     def complete(self, request: ChatRequest, max_invalid: int = 3) -> ChatResult:
-        """One request, in the calling thread."""
+        """One request (the same path as ``complete_many``: cache, retries, validation)."""
         return self.complete_many([request], max_invalid=max_invalid, desc="")[0]
 
     def complete_many(self, requests: Sequence[ChatRequest], *, max_invalid: int = 3,

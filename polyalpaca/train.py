@@ -9,6 +9,8 @@ the same loss as TRL's ``SFTTrainer`` with less work:
   next token is a training target, so masked prompts cost no LM-head work, and it runs in token
   chunks whose gradients are formed at once, so the full logits never exist and nothing is
   recomputed in the backward pass;
+- attention per example inside the packed row (``polyalpaca.packed_attention``) instead of one
+  masked attention over the whole row;
 - no per-step entropy / token-accuracy metrics over the full vocabulary.
 
 ``benchmarks/bench_train.py`` measures it against plain TRL on the same batches.
@@ -30,6 +32,7 @@ from trl import SFTConfig, SFTTrainer
 
 from .config import TrainConfig
 from .data import Record
+from . import packed_attention
 from .fused_loss import add_fast_lm_loss
 from .models import load_model, load_tokenizer
 from .prompts import PromptTemplate
@@ -73,10 +76,12 @@ class FastSFTTrainer(SFTTrainer):
     ``num_items_in_batch`` under gradient accumulation). The forward goes through the wrapped
     model, so DDP, FSDP, DeepSpeed and PEFT behave as usual."""
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args, vocab_ids=None, **kwargs):
         model = kwargs.get("model")
         if model is not None and not isinstance(model, str):
-            add_fast_lm_loss(model)  # before PEFT wraps it, like TRL's own fused head
+            add_fast_lm_loss(model, vocab_ids=vocab_ids)  # before PEFT wraps it, like TRL's own fused head
+            if model.config._attn_implementation in ("sdpa", "eager"):
+                model.set_attn_implementation(packed_attention.NAME)  # per-example attention in packed rows
         super().__init__(*args, **kwargs)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
@@ -200,7 +205,8 @@ def last_checkpoint(output_dir: Path) -> str | None:
 
 
 def train(model_spec: str, train_records: list[Record], validation_records: list[Record], cfg: TrainConfig,
-          template: PromptTemplate, run_dir: str | Path, fast: bool | None = None) -> TrainResult:
+          template: PromptTemplate, run_dir: str | Path, fast: bool | None = None,
+          callbacks: list | None = None, vocab_ids=None) -> TrainResult:
     """Fine-tune ``model_spec`` and save the result in ``run_dir/model``.
 
     A run interrupted after an epoch resumes from its last checkpoint in ``run_dir/checkpoints``."""
@@ -219,10 +225,20 @@ def train(model_spec: str, train_records: list[Record], validation_records: list
               if validation_records else None)
     args = build_sft_config(cfg, ckpt_dir, has_validation=val_ds is not None, precision=precision,
                             checkpointing=checkpointing, padding_free=fast)
-    trainer_cls = FastSFTTrainer if fast else SFTTrainer
-    trainer = trainer_cls(model=model, args=args, train_dataset=train_ds, eval_dataset=val_ds,
+    extra = {}
+    if fast:
+        trainer_cls = FastSFTTrainer
+        if cfg.vocab_subset:
+            if vocab_ids is None:
+                raise ValueError("train.vocab_subset needs the vocabulary (polyalpaca.vocab.data_vocabulary)")
+            extra["vocab_ids"] = vocab_ids
+    elif cfg.vocab_subset:
+        raise ValueError("train.vocab_subset works only with the fast path (fast_path = true)")
+    else:
+        trainer_cls = SFTTrainer
+    trainer = trainer_cls(**extra, model=model, args=args, train_dataset=train_ds, eval_dataset=val_ds,
                           processing_class=tokenizer, peft_config=build_peft_config(cfg),
-                          callbacks=[_WallClock()])
+                          callbacks=[_WallClock(), *(callbacks or [])])
     start = time.time()
     trainer.train(resume_from_checkpoint=last_checkpoint(ckpt_dir))
     seconds = time.time() - start

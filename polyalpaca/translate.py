@@ -31,7 +31,8 @@ from pathlib import Path
 from typing import Any, Mapping, Protocol, Sequence
 
 from .langid import detect_language
-from .llm_client import ChatClient, ChatPrompt, ChatRequest, EndpointConfig, InvalidReply, load_prompt
+from .llm_client import (ChatClient, ChatPrompt, ChatRequest, EndpointConfig, EndpointError, InvalidReply,
+                         load_prompt)
 
 ALPACA_FIELDS = ("instruction", "input", "output")
 LANGUAGE_NAMES = {
@@ -173,7 +174,9 @@ class TranslationJob:
                              text=self.protected.text)
 
     def check_reply(self, reply: str) -> str:
-        """The restored translation, or ``InvalidReply`` (unparseable, markers changed, wrong language)."""
+        """The translation, markers still in place, or ``InvalidReply`` (unparseable, markers
+        changed, wrong language). Markers stay so that every text sharing this job's marked-up
+        form (e.g. "Add 2 and 3." and "Add 5 and 7.") restores its own spans."""
         blocks = _TRANSLATION.findall(reply)
         if len(blocks) != 1:
             raise InvalidReply(f"expected one <translation>...</translation> block, found {len(blocks)}: "
@@ -181,19 +184,19 @@ class TranslationJob:
         body = blocks[0].strip()
         if not body:
             raise InvalidReply("empty <translation> block")
-        restored = self.protected.restore(body)
+        self.protected.restore(body)  # raises unless every marker is there exactly once
         words = _MARKER.sub(" ", body)
         if len(_LETTER.findall(words)) >= self.language_check_min_letters:
             with _LANGDETECT_LOCK:
                 detected = detect_language(words, seed=0)
             if detected != self.target_language:
                 raise InvalidReply(f"reply is in {detected!r}, expected {self.target_language!r}")
-        return restored
+        return body
 
 
 @dataclass
 class JobOutcome:
-    """A job's translation (``text``) or, when it failed, ``error`` and the rejected replies."""
+    """A job's translation (``text``, with markers) or, when it failed, ``error`` and the replies."""
 
     text: str | None
     error: str | None = None
@@ -251,7 +254,7 @@ class LocalBackend:
                   mininterval=5.0) as bar:
             replies = generate_texts(self.model, self.tokenizer, prompts, decoding, on_batch=bar.update)
         outcomes = []
-        for job, reply in zip(jobs, replies):
+        for job, reply in zip(jobs, replies, strict=True):
             try:
                 outcomes.append(JobOutcome(job.check_reply(reply), None, [reply]))
             except InvalidReply as exc:
@@ -280,7 +283,8 @@ def translate_records(records: Sequence[Mapping[str, Any]], config: TranslationC
 
     Returns ``len(config.languages) * len(records)`` items: for each language (config order),
     each record (input order). Empty fields stay empty; fields with nothing but protected spans
-    are copied; identical texts are translated once per language.
+    are copied; texts identical once protected (e.g. differing only in numbers) are translated
+    once per language, each getting its own spans back.
     """
     for index, record in enumerate(records):
         problem = field_problem(record, config.fields)
@@ -296,7 +300,7 @@ def translate_records(records: Sequence[Mapping[str, Any]], config: TranslationC
                     jobs.setdefault((language, protected.text), TranslationJob(
                         protected, config.source_language, language, config.language_check_min_letters))
     job_list = list(jobs.values())
-    outcomes = dict(zip(jobs, backend.translate(job_list, prompt, config))) if job_list else {}
+    outcomes = dict(zip(jobs, backend.translate(job_list, prompt, config), strict=True)) if job_list else {}
 
     translated = []
     for language in config.languages:
@@ -312,7 +316,7 @@ def translate_records(records: Sequence[Mapping[str, Any]], config: TranslationC
                     failures.append(FieldFailure(index, language, name, outcome.error or "failed", outcome.replies))
                 else:
                     lead, trail = text[:len(text) - len(text.lstrip())], text[len(text.rstrip()):]
-                    new[name] = lead + outcome.text + trail
+                    new[name] = lead + protected.restore(outcome.text) + trail
             translated.append(TranslatedRecord(index, language, None if failures else new, failures))
     return translated
 
@@ -391,81 +395,126 @@ def _write_jsonl(path: Path, rows: Sequence[Mapping[str, Any]]) -> None:
     os.replace(tmp, path)
 
 
+API_OPTION_DEFAULTS: dict[str, Any] = {
+    "base_url": "https://api.openai.com/v1", "api_key_env": "OPENAI_API_KEY", "concurrency": 8,
+    "max_retries": 6, "timeout": 60.0, "cache": None, "no_cache": False, "ledger": None, "max_invalid": 3,
+}
+LOCAL_OPTION_DEFAULTS: dict[str, Any] = {"max_new_tokens": 512, "batch_size": 8}
+
+
 def build_parser() -> argparse.ArgumentParser:
+    """The ``polyalpaca translate`` arguments. Backend-specific options default to None, so that
+    giving one to the other backend is an error rather than silently ignored."""
     parser = argparse.ArgumentParser(
         prog="polyalpaca translate",
         description="Translate Alpaca records (instruction, input, output) into other languages. "
                     "Writes one line per (language, record), languages in the given order, records in "
                     "input order, with 'language' and 'source_index' added. Fields that could not be "
                     "translated are listed in OUTPUT.failures.jsonl and their records left out; the exit "
-                    "status is then 1.")
-    parser.add_argument("--input", required=True, type=Path, help="JSONL of English records")
-    parser.add_argument("--output", required=True, type=Path, help="JSONL to write the translations to")
-    parser.add_argument("--languages", required=True,
+                    "status is then 1 (2 for bad arguments, input or endpoint).")
+    parser.add_argument("--input", required=True, type=Path, metavar="JSONL",
+                        help="records to translate, one JSON object a line")
+    parser.add_argument("--output", required=True, type=Path, metavar="JSONL",
+                        help="where to write the translations (replaced atomically)")
+    parser.add_argument("--languages", required=True, metavar="CODES",
                         help="comma-separated target language codes, e.g. bg,cs,de,es,fi,fr,ru,zh")
-    parser.add_argument("--source-language", default="en", help="language of the input (default: en)")
+    parser.add_argument("--source-language", default="en", metavar="CODE",
+                        help="language of the input (default: %(default)s)")
     parser.add_argument("--backend", choices=("api", "local"), default="api",
-                        help="api: an OpenAI-compatible endpoint; local: a causal LM in this process "
-                             "(default: api)")
+                        help="api: an OpenAI-compatible endpoint; local: a causal LM in this process, greedy, "
+                             "one try per field (default: %(default)s)")
     parser.add_argument("--model", required=True,
                         help="api: the endpoint's model name; local: a model spec for polyalpaca.models "
                              "(Hub id, folder, pypi:gemma-3-270m, tiny-random-gemma3)")
-    parser.add_argument("--base-url", default="https://api.openai.com/v1",
-                        help="api only: the endpoint's base URL (default: %(default)s)")
-    parser.add_argument("--api-key-env", default="OPENAI_API_KEY",
-                        help="api only: NAME of the environment variable holding the key; '' for none "
-                             "(default: %(default)s)")
-    parser.add_argument("--concurrency", type=int, default=8, help="api only: requests in flight (default: 8)")
-    parser.add_argument("--max-retries", type=int, default=6,
-                        help="api only: retries per request on 429, 5xx, timeouts (default: 6)")
-    parser.add_argument("--timeout", type=float, default=60.0, help="api only: seconds per request (default: 60)")
-    parser.add_argument("--cache", type=Path, default=None,
-                        help="api only: folder of the reply cache that makes reruns free and interrupted "
-                             "runs resumable (default: the polyalpaca cache folder, llm/)")
-    parser.add_argument("--no-cache", action="store_true", help="api only: do not read or write a cache")
-    parser.add_argument("--ledger", type=Path, default=None,
-                        help="api only: write request/retry/cache/token/cost counts to this JSON file")
-    parser.add_argument("--prompt-version", default="translate_v1",
-                        help="prompt file in polyalpaca/resources/prompts (default: %(default)s)")
-    parser.add_argument("--max-invalid", type=int, default=3,
-                        help="api only: rejected replies before a field is reported failed (default: 3)")
+    parser.add_argument("--prompt-version", default="translate_v1", metavar="NAME",
+                        help="prompt file polyalpaca/resources/prompts/NAME.txt (default: %(default)s)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    d = API_OPTION_DEFAULTS
+    api = parser.add_argument_group("api backend only")
+    api.add_argument("--base-url", default=None, metavar="URL",
+                     help=f"the endpoint's base URL (default: {d['base_url']})")
+    api.add_argument("--api-key-env", default=None, metavar="NAME",
+                     help=f"NAME of the environment variable holding the key, '' for none; the key itself is "
+                          f"never an argument (default: {d['api_key_env']})")
+    api.add_argument("--concurrency", type=int, default=None, metavar="N",
+                     help=f"requests in flight (default: {d['concurrency']})")
+    api.add_argument("--max-retries", type=int, default=None, metavar="N",
+                     help=f"retries per request on 429, 5xx, timeouts, connection errors and malformed "
+                          f"bodies (default: {d['max_retries']})")
+    api.add_argument("--timeout", type=float, default=None, metavar="SECONDS",
+                     help=f"per request (default: {d['timeout']:g})")
+    api.add_argument("--max-invalid", type=int, default=None, metavar="N",
+                     help=f"replies asked for before a field is reported failed (default: {d['max_invalid']})")
+    api.add_argument("--cache", type=Path, default=None, metavar="DIR",
+                     help="folder of the reply cache that makes reruns free and interrupted runs resumable "
+                          "(default: llm/ in the polyalpaca cache, $POLYALPACA_CACHE or ~/.cache/polyalpaca)")
+    api.add_argument("--no-cache", action="store_true", default=None, help="neither read nor write a cache")
+    api.add_argument("--ledger", type=Path, default=None, metavar="PATH",
+                     help="write the counts of requests, retries, cache hits, tokens and estimated cost "
+                          "to this JSON file (also when the run stops on an error)")
+    d = LOCAL_OPTION_DEFAULTS
+    local = parser.add_argument_group("local backend only")
+    local.add_argument("--max-new-tokens", type=int, default=None, metavar="N",
+                       help=f"generation limit per field (default: {d['max_new_tokens']})")
+    local.add_argument("--batch-size", type=int, default=None, metavar="N",
+                       help=f"prompts per generate call (default: {d['batch_size']})")
     return parser
 
 
+def _backend_options(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Refuse options of the other backend, then fill in the defaults."""
+    own, other = ((API_OPTION_DEFAULTS, LOCAL_OPTION_DEFAULTS) if args.backend == "api"
+                  else (LOCAL_OPTION_DEFAULTS, API_OPTION_DEFAULTS))
+    given = ["--" + name.replace("_", "-") for name in other if getattr(args, name) is not None]
+    if given:
+        parser.error(f"{', '.join(given)} only apply to --backend {'local' if args.backend == 'api' else 'api'}")
+    if args.backend == "api" and args.cache is not None and args.no_cache:
+        parser.error("--cache and --no-cache exclude each other")
+    for name, default in {**own, **other}.items():
+        if getattr(args, name) is None:
+            setattr(args, name, default)
+
+
 def translate_main(argv: Sequence[str] | None = None) -> int:
-    """``polyalpaca translate``: returns the exit status (0 all translated, 1 some failed)."""
+    """``polyalpaca translate``: returns the exit status (0 all translated, 1 some fields failed,
+    2 bad input or an endpoint that refuses every request)."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    _backend_options(parser, args)
     languages = [code.strip() for code in args.languages.split(",") if code.strip()]
     try:
         config = TranslationConfig(languages=languages, source_language=args.source_language,
-                                   prompt_version=args.prompt_version, max_invalid_replies=args.max_invalid)
+                                   prompt_version=args.prompt_version,
+                                   max_invalid_replies=args.max_invalid, local_max_new_tokens=args.max_new_tokens,
+                                   local_batch_size=args.batch_size)
     except ValueError as exc:
         parser.error(str(exc))
-    if args.backend == "local":
-        given = [flag for flag, value in (("--cache", args.cache), ("--ledger", args.ledger),
-                                          ("--no-cache", args.no_cache or None)) if value is not None]
-        if given:
-            parser.error(f"{', '.join(given)} only apply to --backend api")
-    records = read_jsonl(args.input, config.fields)
+    try:
+        records = read_jsonl(args.input, config.fields)
+    except (OSError, ValueError) as exc:
+        print(f"polyalpaca translate: error: {exc}", file=sys.stderr)
+        return 2
 
     client: ChatClient | None = None
-    if args.backend == "api":
-        from .paths import cache_dir
-
-        endpoint = EndpointConfig(base_url=args.base_url, model=args.model, api_key_env=args.api_key_env,
-                                  max_concurrency=args.concurrency, max_retries=args.max_retries,
-                                  timeout_s=args.timeout)
-        cache = None if args.no_cache else (args.cache or cache_dir() / "llm")
-        client = ChatClient(endpoint, cache, progress=not args.no_progress)
-        backend: TranslationBackend = ApiBackend(client)
-    else:
-        from .models import load_model, load_tokenizer
-
-        backend = LocalBackend(load_model(args.model), load_tokenizer(args.model), progress=not args.no_progress)
     try:
+        if args.backend == "api":
+            from .paths import cache_dir
+
+            endpoint = EndpointConfig(base_url=args.base_url, model=args.model, api_key_env=args.api_key_env,
+                                      max_concurrency=args.concurrency, max_retries=args.max_retries,
+                                      timeout_s=args.timeout)
+            cache = None if args.no_cache else (args.cache or cache_dir() / "llm")
+            client = ChatClient(endpoint, cache, progress=not args.no_progress)
+            backend: TranslationBackend = ApiBackend(client)
+        else:
+            from .models import load_model, load_tokenizer
+
+            backend = LocalBackend(load_model(args.model), load_tokenizer(args.model),
+                                   progress=not args.no_progress)
         translated = translate_records(records, config, backend)
+    except (EndpointError, ValueError) as exc:
+        print(f"polyalpaca translate: error: {exc}", file=sys.stderr)
+        return 2
     finally:
         if client is not None:
             if args.ledger:

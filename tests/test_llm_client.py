@@ -38,6 +38,7 @@ def ask(text: str, validate=None) -> ChatRequest:
 
 
 def test_faults_are_retried_counted_and_order_kept(double, tmp_path):
+    double.latency_s = 0.05  # long enough for requests to overlap
     for kind in ("429", "500", "503", "malformed_json", "bad_body"):
         double.add_fault(kind)
     with ChatClient(endpoint(double), tmp_path, progress=False) as client:

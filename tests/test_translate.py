@@ -81,7 +81,7 @@ def test_fields_without_words_are_not_translated():
 def test_reply_checks():
     job = TranslationJob(protect("Send the report to {boss} before Friday evening, please."), "en", "fr")
     good = f"<translation>{fake_translation(job.protected.text, 'fr')}</translation>"
-    assert "{boss}" in job.check_reply(good)
+    assert "{boss}" in job.protected.restore(job.check_reply(good))
     with pytest.raises(InvalidReply, match="one <translation>"):
         job.check_reply("Bien sûr ! Voici la traduction.")
     with pytest.raises(InvalidReply, match="missing ⟦0⟧"):
@@ -108,6 +108,19 @@ def test_translation_keeps_spans_empties_and_order(double):
     assert out[1].record["input"] == "" and out[2].record["output"] == "42"  # empty / number-only: kept
     # 2 languages x 6 texts with words (the code-only input, the empty inputs and "42" need no request)
     assert double.request_count() == 2 * 5
+
+
+def test_texts_differing_only_in_protected_spans_share_one_request(double):
+    records = [{"instruction": "Add the two numbers and explain every step of the sum.", "input": "2 and 3",
+                "output": "The sum of 2 and 3 is 5, as counting on from the first number shows."},
+               {"instruction": "Add the two numbers and explain every step of the sum.", "input": "40 and 2",
+                "output": "The sum of 40 and 2 is 42, as counting on from the first number shows."}]
+    with client_for(double) as client:
+        out = translate_records(records, TranslationConfig(languages=["es"]), ApiBackend(client))
+    assert double.request_count() == 3  # instruction, input ("⟦0⟧ and ⟦1⟧") and output: once each
+    assert [spans(t.record["output"]) for t in out] == [["2", "3", "5"], ["40", "2", "42"]]
+    assert [spans(t.record["input"]) for t in out] == [["2", "3"], ["40", "2"]]
+    assert out[0].record["input"] != "2 and 3"  # translated
 
 
 def test_wrong_language_is_retried_then_reported(double):
@@ -197,7 +210,22 @@ def test_cli_help_and_argument_errors(capsys):
     with pytest.raises(SystemExit):
         translate_main(["--input", "a", "--output", "b", "--languages", "fr", "--model", "m",
                         "--backend", "local", "--cache", "c"])
-    assert "only apply to --backend api" in capsys.readouterr().err
+    assert "--cache only apply to --backend api" in capsys.readouterr().err
+
+
+def test_cli_errors_name_the_problem(double, tmp_path, capsys):
+    (tmp_path / "in.jsonl").write_text(json.dumps(RECORDS[0]) + "\n[1, 2]\n", encoding="utf-8")
+    assert translate_main(cli_args(double, tmp_path)) == 2
+    assert "in.jsonl:2: expected a JSON object, got list" in capsys.readouterr().err
+    write_records(tmp_path / "in.jsonl", RECORDS)
+    double.add_fault("401")
+    assert translate_main(cli_args(double, tmp_path)) == 2
+    err = capsys.readouterr().err
+    assert "HTTP 401" in err and KEY_ENV in err and KEY not in err
+    assert not (tmp_path / "out.jsonl").exists()
+    with pytest.raises(SystemExit):
+        translate_main(cli_args(double, tmp_path) + ["--max-new-tokens", "5"])
+    assert "--max-new-tokens only apply to --backend local" in capsys.readouterr().err
 
 
 # -- kill -9 and resume -----------------------------------------------------------------------
@@ -245,7 +273,7 @@ def test_sigkill_midway_then_resume_sends_nothing_twice(double, tmp_path):
     assert not set(second_run) & cached, "a request whose reply was cached was sent again"
     assert len(second_run) == len(set(second_run))
     assert len(set(second_run) & set(first_run)) <= 4  # at most the requests in flight at the kill
-    jobs = {t for r in records for t in (r["instruction"], r["input"], r["output"]) if t} 
+    jobs = {t for r in records for t in (r["instruction"], r["input"], r["output"]) if t}
     assert len(set(first_run) | set(second_run)) == 2 * len(jobs)
 
     rows = read_output(tmp_path / "out.jsonl")

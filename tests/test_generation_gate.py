@@ -1,0 +1,77 @@
+"""Batched generation and the language gate."""
+import pytest
+
+from polyalpaca.data import TestPrompt
+from polyalpaca.evaluate import score_answer, verifiable_correct
+from polyalpaca.generate import DecodingConfig, generate_one_at_a_time, generate_texts
+from polyalpaca.langid import detect_language, is_echo, is_loop, language_gate, normalise_code
+from polyalpaca.models import TINY_GEMMA, load_model
+
+PROMPTS = ["Hello, how are you today?", "Назови три цвета.", "请写一首关于月亮的短诗。",
+           "Explain gravity in one long sentence for a child who asks many questions.", "Hola"]
+
+
+def test_batched_generation_equals_one_at_a_time(tiny_model_dir, tokenizer):
+    model = load_model(TINY_GEMMA)
+    decoding = DecodingConfig(max_new_tokens=12, batch_size=3)
+    batched = generate_texts(model, tokenizer, PROMPTS, decoding)
+    single = generate_one_at_a_time(model, tokenizer, PROMPTS, decoding)
+    assert batched == single and len(batched) == len(PROMPTS)
+    assert generate_texts(model, tokenizer, PROMPTS, decoding) == batched  # greedy is repeatable
+
+
+def test_beam_search_settings_reach_generate(tiny_model_dir, tokenizer):
+    model = load_model(TINY_GEMMA)
+    decoding = DecodingConfig(max_new_tokens=6, num_beams=2, no_repeat_ngram_size=3, repetition_penalty=1.1,
+                              batch_size=2)
+    assert decoding.generate_kwargs()["num_beams"] == 2
+    assert len(generate_texts(model, tokenizer, PROMPTS[:2], decoding)) == 2
+
+
+@pytest.mark.parametrize("text, lang", [
+    ("The weather is lovely today and we are going to the park.", "en"),
+    ("Сегодня прекрасная погода, и мы идём в парк.", "ru"),
+    ("Днес времето е прекрасно и отиваме в парка с децата.", "bg"),
+    ("今天天气很好，我们要去公园散步。", "zh"),
+    ("Hoy hace un tiempo precioso y vamos al parque.", "es"),
+    ("I dag er været nydelig, og vi skal gå en tur i parken sammen.", "no"),
+    ("আজ আবহাওয়া খুব সুন্দর, আমরা পার্কে যাচ্ছি।", "bn"),
+])
+def test_detects_fixed_multilingual_strings(text, lang):
+    assert detect_language(text) == lang
+    assert language_gate("Question?", text, lang).passed
+
+
+def test_code_normalisation_and_no_letters():
+    assert normalise_code("zh-cn") == "zh" and normalise_code("zh-tw") == "zh" and normalise_code("nb") == "no"
+    assert detect_language("12345 !!!") is None
+    g = language_gate("How much?", "12345", "en")
+    assert not g.passed and g.reason == "no_letters"
+
+
+def test_echo_loop_empty_and_wrong_language_fail_with_reasons():
+    q = "Что такое фотосинтез и зачем он нужен растениям?"
+    assert language_gate(q, q, "ru").reason == "echo" and is_echo(q, q + " ")
+    assert language_gate(q, "", "ru").reason == "empty"
+    loop = "Растения растут. " * 12
+    assert is_loop(loop) and language_gate(q, loop, "ru").reason == "loop"
+    wrong = language_gate(q, "Photosynthesis lets plants turn light into sugar and oxygen.", "ru")
+    assert wrong.reason == "wrong_language" and wrong.detected == "en" and not wrong.passed
+    ok = language_gate(q, "Фотосинтез превращает свет в сахар и кислород, которые нужны растениям.", "ru")
+    assert ok.passed and ok.line_pass
+
+
+def test_line_level_pass_catches_mixed_answers():
+    mixed = "Столица Франции — Париж, это красивый город.\nIt is also the largest city in the country."
+    g = language_gate("Какая столица Франции?", mixed, "ru")
+    assert not g.line_pass
+
+
+def test_verifiable_answers_and_gated_scores():
+    p = TestPrompt("q1", "en", "In which year did the Apollo 11 landing happen?", "It happened in 1969.", "1969", "number")
+    assert verifiable_correct(p, "The landing was in 1969.") is True
+    assert verifiable_correct(p, "It was in 19690.") is False
+    name = TestPrompt("q2", "ru", "Какая планета самая большая?", "Юпитер.", "Юпитер", "name", ("юпитер",))
+    assert verifiable_correct(name, "Самая большая планета — Юпитер.") is True
+    wrong_lang = score_answer("run", p, "El aterrizaje fue en 1969, un gran momento para todos.")
+    assert wrong_lang.correct is False and wrong_lang.gated_chrf == 0.0 and wrong_lang.chrf > 0

@@ -1,0 +1,145 @@
+"""Training on the tiny random Gemma 3: loss masking per method, the fast loss's exactness,
+LoRA and full tuning through TRL, resume from a checkpoint, and the grid's caching."""
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from polyalpaca.config import TrainConfig, load_profile
+from polyalpaca.data import Record
+from polyalpaca.fused_loss import add_fast_lm_loss, linear_cross_entropy_sum
+from polyalpaca.grid import Experiment
+from polyalpaca.models import TINY_GEMMA, load_model
+from polyalpaca.train import tokenize_example, train
+
+RECORDS = [Record(f"r{i}", "en", f"Write sentence number {i} about cats.", "" if i % 2 else "Cats sleep a lot.",
+                  f"Cats are calm animals, says sentence {i}.") for i in range(12)]
+
+
+def test_loss_masking_per_method(tokenizer, template):
+    rec = RECORDS[0]
+    full = tokenize_example(rec, tokenizer, template, 512, "response")
+    lora = tokenize_example(rec, tokenizer, template, 512, "all")
+    assert full["input_ids"] == lora["input_ids"] and lora["labels"] == lora["input_ids"]
+    prompt_len = len(tokenizer(template.build(rec.instruction, rec.input), add_special_tokens=False)["input_ids"]) + 1
+    assert full["labels"][:prompt_len] == [-100] * prompt_len
+    assert full["labels"][prompt_len:] == full["input_ids"][prompt_len:]
+    assert full["input_ids"][-1] == tokenizer.eos_token_id  # eos is appended and trained on
+    assert len(tokenize_example(rec, tokenizer, template, 10, "all")["input_ids"]) == 10
+
+
+@pytest.mark.parametrize("softcap", [None, 30.0])
+@pytest.mark.parametrize("weight_grad", [True, False])
+def test_linear_cross_entropy_equals_plain(softcap, weight_grad):
+    torch.manual_seed(0)
+    h = torch.randn(37, 16, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(301, 16, dtype=torch.float64, requires_grad=weight_grad)
+    y = torch.randint(0, 301, (37,))
+    logits = h @ w.t()
+    if softcap:
+        logits = torch.tanh(logits / softcap) * softcap
+    ref = F.cross_entropy(logits, y, reduction="sum")
+    ref_grads = torch.autograd.grad(ref * 0.5, [h, w] if weight_grad else [h])
+    got = linear_cross_entropy_sum(h, w, y, softcap, chunk=8)
+    got_grads = torch.autograd.grad(got * 0.5, [h, w] if weight_grad else [h])
+    assert torch.allclose(got, ref, atol=1e-9)
+    for a, b in zip(got_grads, ref_grads):
+        assert torch.allclose(a, b, atol=1e-9)
+
+
+def test_fast_loss_matches_model_loss_on_padded_batch(tiny_model_dir, tokenizer, template):
+    """The patched forward (packed, logits only at labels) gives the model's own loss."""
+    model = load_model(TINY_GEMMA)
+    examples = [tokenize_example(r, tokenizer, template, 512, "response") for r in RECORDS[:3]]
+    n = max(len(e["input_ids"]) for e in examples)
+    ids = torch.tensor([e["input_ids"] + [0] * (n - len(e["input_ids"])) for e in examples])
+    labels = torch.tensor([e["labels"] + [-100] * (n - len(e["labels"])) for e in examples])
+    mask = (torch.arange(n)[None] < torch.tensor([len(e["input_ids"]) for e in examples])[:, None]).long()
+    reference = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+    add_fast_lm_loss(model)
+    packed_ids = torch.tensor([sum((e["input_ids"] for e in examples), [])])
+    packed_labels = [l if i else -100 for e in examples for i, l in enumerate(e["labels"])]
+    positions = torch.tensor([sum((list(range(len(e["input_ids"]))) for e in examples), [])])
+    fast = model(input_ids=packed_ids, position_ids=positions, fast_labels=torch.tensor([packed_labels])).loss
+    assert abs(fast.item() - reference.item()) < 1e-5
+
+
+@pytest.mark.parametrize("method, loss_on", [("lora", "all"), ("full", "response")])
+def test_fast_and_plain_trl_agree(tmp_path, tiny_model_dir, template, method, loss_on):
+    cfg = TrainConfig(method=method, epochs=1, batch_size=4, gradient_accumulation=1, warmup_steps=0,
+                      learning_rate=1e-3, loss_on=loss_on, max_length=64, lora=TrainConfig().lora)
+    losses = {}
+    for fast in (False, True):
+        result = train(TINY_GEMMA, RECORDS[:8], RECORDS[8:], cfg, template, tmp_path / f"{fast}", fast=fast)
+        losses[fast] = [h["loss"] for h in result.log_history if "loss" in h]
+        model_dir = tmp_path / f"{fast}" / "model"
+        assert (model_dir / ("adapter_config.json" if method == "lora" else "config.json")).exists()
+        assert result.best_eval_loss is not None
+    assert losses[True][0] == pytest.approx(losses[False][0], abs=1e-4)
+
+
+class Interrupt(Exception):
+    pass
+
+
+def test_resume_after_interruption(tmp_path, tiny_model_dir, template):
+    """A run killed after its first epoch checkpoint resumes there and ends as an uninterrupted run."""
+    from transformers import TrainerCallback
+
+    class StopAfterFirstSave(TrainerCallback):
+        def on_save(self, args, state, control, **kwargs):
+            raise Interrupt
+
+    cfg = TrainConfig(method="lora", epochs=2, batch_size=4, gradient_accumulation=1, warmup_steps=0,
+                      learning_rate=1e-3, max_length=64, eval_every_epoch=False, best_by_validation=False)
+    straight = train(TINY_GEMMA, RECORDS[:8], [], cfg, template, tmp_path / "straight")
+    with pytest.raises(Interrupt):
+        train(TINY_GEMMA, RECORDS[:8], [], cfg, template, tmp_path / "resumed", callbacks=[StopAfterFirstSave()])
+    assert (tmp_path / "resumed" / "checkpoints" / "checkpoint-2").exists()
+    resumed = train(TINY_GEMMA, RECORDS[:8], [], cfg, template, tmp_path / "resumed")
+    steps = [h["step"] for h in resumed.log_history if "loss" in h]
+    assert resumed.steps == straight.steps == 4 and steps[-1] == 4
+    a = [h["loss"] for h in straight.log_history if "loss" in h]
+    b = [h["loss"] for h in resumed.log_history if "loss" in h]
+    assert b[-1] == pytest.approx(a[-1], abs=1e-4)
+
+
+def test_grid_caches_finished_runs(tmp_path, tiny_model_dir):
+    profile = load_profile("tiny", {"grid.methods": ["lora"], "grid.recipes": ["english-only"], "data.train_limit": 6})
+    exp = Experiment(profile, tmp_path)
+    (run,) = exp.runs(include_base=False)
+    assert not exp.is_trained(run)
+    first = exp.train(run)
+    assert exp.is_trained(run)
+    stamp = (exp.run_dir(run) / "DONE").stat().st_mtime
+    second = exp.train(run)
+    assert second == first and (exp.run_dir(run) / "DONE").stat().st_mtime == stamp
+    recorded = json.loads((exp.run_dir(run) / "run.json").read_text())
+    assert recorded["seed"] == profile.lora.seed and "transformers" in recorded["versions"]
+    changed = Experiment(load_profile("tiny", {"grid.methods": ["lora"], "grid.recipes": ["english-only"],
+                                               "data.train_limit": 6, "lora.learning_rate": 5e-4}), tmp_path)
+    assert changed.runs(include_base=False)[0].run_id != run.run_id
+
+
+def test_packed_attention_equals_padded_batch(tiny_model_dir, tokenizer, template):
+    """Per-example attention in a packed row gives the same logits as a padded batch."""
+    from polyalpaca import packed_attention
+
+    model = load_model(TINY_GEMMA)
+    examples = [tokenize_example(r, tokenizer, template, 512, "all")["input_ids"] for r in RECORDS[:3]]
+    lengths = [len(e) for e in examples]
+    n = max(lengths)
+    ids = torch.tensor([e + [0] * (n - len(e)) for e in examples])
+    mask = (torch.arange(n)[None] < torch.tensor(lengths)[:, None]).long()
+    with torch.no_grad():
+        padded = model(input_ids=ids, attention_mask=mask).logits
+        model.set_attn_implementation(packed_attention.NAME)
+        cu = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()], dtype=torch.int32)
+        packed = model(input_ids=torch.tensor([sum(examples, [])]),
+                       position_ids=torch.tensor([sum((list(range(k)) for k in lengths), [])]),
+                       cu_seq_lens_q=cu, cu_seq_lens_k=cu, max_length_q=n, max_length_k=n).logits[0]
+    start = 0
+    for i, k in enumerate(lengths):
+        assert torch.allclose(packed[start:start + k], padded[i, :k], atol=1e-4)
+        start += k
