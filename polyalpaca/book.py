@@ -151,3 +151,29 @@ def write_generated_pages(book_dir: Path, timings: dict[str, float] | None = Non
     times_file.write_text(json.dumps(known, indent=2))
     rows = [[name, f"{known[name] / 60:.1f}" if name in known else "not run"] for name in CHAPTERS]
     (out / "timings.md").write_text(_md_table(["chapter", "minutes in the last build"], rows), encoding="utf-8")
+    (out / "data_stats.md").write_text(data_stats_page(), encoding="utf-8")
+
+
+def data_stats_page() -> str:
+    """Counts, lengths, categories and langdetect agreement of the embedded data."""
+    import statistics
+
+    from . import datacheck
+    from .data import EMBEDDED_TEST_LANGUAGES, EMBEDDED_TRAIN_LANGUAGES, embedded_test, embedded_train
+
+    agreement = datacheck.langdetect_agreement()
+    rows = []
+    for lang in EMBEDDED_TEST_LANGUAGES:
+        train = embedded_train(lang).items if lang in EMBEDDED_TRAIN_LANGUAGES else []
+        tests = embedded_test(lang).items
+        words = [len(r.output.split()) for r in train]
+        a = agreement[lang]
+        rows.append([lang, len(train), len(tests), sum(t.answer is not None for t in tests),
+                     f"{statistics.median(words):.0f}" if words else "-",
+                     *[f"{a[k]:.3f}" if k in a and a[k] == a[k] else "-" for k in ("instruction", "output", "prompt", "reference")]])
+    table = _md_table(["language", "train records", "test prompts", "verifiable", "median output words",
+                       "langdetect: instructions", "outputs", "test prompts", "references"], rows)
+    cats = _md_table(["category", "records"], [[k, v] for k, v in datacheck.category_counts().items()])
+    return (table + "\nMedian words are whitespace-separated tokens (not meaningful for Chinese). "
+            "langdetect columns give the share of texts whose detected language equals the label "
+            "(outputs with code blocks removed).\n\nCategories of the training records:\n\n" + cats)

@@ -101,6 +101,24 @@ class JudgeSettings:
 
 
 @dataclass
+class TranslationSettings:
+    """The translation chapter: translate a sample of our English records and compare with our
+    own reference translations. ``backend`` "local" runs ``model`` (a model spec) in-process;
+    "api" calls an OpenAI-compatible endpoint (``base_url``, ``model``, key from ``api_key_env``)."""
+
+    backend: str = "local"
+    model: str = "pypi:gemma-3-270m"
+    base_url: str = ""
+    api_key_env: str = "OPENAI_API_KEY"
+    languages: list[str] = field(default_factory=lambda: ["es", "ru", "zh"])
+    records: int = 6
+    prompt_version: str = "translate_base_v1"
+    max_new_tokens: int = 96
+    batch_size: int = 8
+    max_concurrency: int = 8
+
+
+@dataclass
 class EvalConfig:
     decoding: DecodingConfig = field(default_factory=DecodingConfig)
     decoding_full: DecodingConfig | None = None  # decoding for full fine-tuning, when it differs
@@ -120,6 +138,7 @@ class Profile:
                                                                   scheduler="cosine", loss_on="response"))
     grid: GridConfig = field(default_factory=GridConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    translation: TranslationSettings = field(default_factory=TranslationSettings)
     tokens_per_second_estimate: float = 0.0  # measured training throughput (CPU profiles), for `plan`
     estimate_device: str = ""  # what the estimate is for, e.g. "1x A100 80GB"
     estimate_tflops: float = 0.0  # peak dense bf16 TFLOP/s of that device (GPU profiles)

@@ -54,6 +54,8 @@ class Record:
 class TestPrompt:
     """One evaluation prompt; ``reference`` and ``answer`` are optional (the paper's files have neither)."""
 
+    __test__ = False  # not a pytest test class
+
     id: str
     lang: str
     prompt: str

@@ -228,6 +228,112 @@ class Experiment:
         return [ScoredAnswer(**row) for lang in run.eval_languages
                 for row in read_jsonl(self.generations_path(run, lang))]
 
+    # --- the translation study -----------------------------------------------------------
+    def translation_study(self) -> dict:
+        """Translate the first ``translation.records`` English records into ``translation.languages``
+        and score them with chrF against our reference translations; stored and reused."""
+        from .translate import (ApiBackend, LocalBackend, TranslationConfig, chrf_for_translations,
+                                translate_records)
+
+        t = self.profile.translation
+        path = self.root / "translation" / f"{_digest(dataclasses.asdict(t))}.json"
+        if path.exists():
+            return json.loads(path.read_text())
+        fields = ("instruction", "input", "output")
+        source = [{k: getattr(r, k) for k in ("id", *fields)}
+                  for r in load_training_records("en", "embedded").items[:t.records]]
+        references = {lang: [{k: getattr(r, k) for k in ("id", *fields)}
+                             for r in load_training_records(lang, "embedded").items[:t.records]]
+                      for lang in t.languages}
+        config = TranslationConfig(languages=list(t.languages), prompt_version=t.prompt_version,
+                                   local_max_new_tokens=t.max_new_tokens, local_batch_size=t.batch_size)
+        ledger = None
+        if t.backend == "local":
+            from .models import load_model, load_tokenizer
+
+            backend = LocalBackend(load_model(t.model), load_tokenizer(t.model), progress=False)
+            translated = translate_records(source, config, backend)
+        elif t.backend == "api":
+            from .llm_client import ChatClient, EndpointConfig
+
+            endpoint = EndpointConfig(base_url=t.base_url, model=t.model, api_key_env=t.api_key_env,
+                                      max_concurrency=t.max_concurrency)
+            with ChatClient(endpoint, self.root / "llm-cache", progress=False) as client:
+                translated = translate_records(source, config, ApiBackend(client))
+                ledger = client.ledger.to_dict()
+        else:
+            raise ValueError(f"translation.backend must be 'local' or 'api', got {t.backend!r}")
+        ok = [x for x in translated if x.ok]
+        chrf = chrf_for_translations(ok, references) if ok else {}
+        rows = []
+        for item in translated:
+            for name in fields:
+                ref = references[item.language][item.index][name]
+                if not source[item.index][name].strip():
+                    continue
+                failure = next((f for f in item.failures if f.field == name), None)
+                rows.append({"id": source[item.index]["id"], "lang": item.language, "field": name,
+                             "source": source[item.index][name], "reference": ref,
+                             "translation": item.record[name] if item.ok else None,
+                             "failed": failure is not None,
+                             "reply": (failure.replies[-1] if failure and failure.replies else None)})
+        result = {"settings": dataclasses.asdict(t), "chrf": chrf, "rows": rows, "ledger": ledger,
+                  "records_ok": {lang: sum(x.ok for x in translated if x.language == lang) for lang in t.languages},
+                  "records": t.records}
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(result, indent=2, ensure_ascii=False))
+        return result
+
+    # --- the judge -----------------------------------------------------------------------
+    def judge_path(self, run: GridRun, lang: str) -> Path:
+        return self.root / "judge" / run.run_id / f"{lang}.jsonl"
+
+    def judge_config(self):
+        from .judge import JudgeConfig
+        from .llm_client import EndpointConfig
+
+        j = self.profile.eval.judge
+        return JudgeConfig(endpoint=EndpointConfig(base_url=j.base_url, model=j.model, api_key_env=j.api_key_env,
+                                                   max_concurrency=j.max_concurrency),
+                           prompt_version=j.prompt_version)
+
+    def judge_all(self, client=None, progress: bool = False) -> dict:
+        """Rate every stored answer with the configured judge (the paper's protocol); replies are
+        cached and stored raw. Without an endpoint, or without its key in the environment, nothing
+        is judged and the message says so."""
+        import os
+
+        from .judge import JudgeItem, judge_responses
+
+        j = self.profile.eval.judge
+        if not (j.base_url and j.model):
+            return {"judged": 0, "message": "No judge endpoint is configured (eval.judge.base_url is empty): "
+                    "answers are scored offline (language gate, verifiable accuracy, chrF)."}
+        if client is None and j.api_key_env and not os.environ.get(j.api_key_env):
+            return {"judged": 0, "message": f"A judge is configured ({j.model}) but the environment variable "
+                    f"{j.api_key_env} is not set: judging skipped, offline scores only."}
+        config = self.judge_config()
+        counts = {"scored": 0, "unparsed": 0, "failed": 0}
+        for run in self.runs():
+            for lang in run.eval_languages:
+                path, answers = self.judge_path(run, lang), self.generations_path(run, lang)
+                if not answers.exists():
+                    continue
+                if not path.exists():
+                    rows = read_jsonl(answers)
+                    items = [JudgeItem(r["prompt"], r["response"], lang, r["prompt_id"]) for r in rows]
+                    records = judge_responses(items, config, client=client, cache_dir=self.root / "llm-cache",
+                                              progress=progress)
+                    write_jsonl(path, [{"prompt_id": rec.id, "status": rec.status, "judge": rec.score,
+                                        "raw_replies": rec.raw_replies, "error": rec.error,
+                                        "judge_model": j.model, "prompt_version": j.prompt_version}
+                                       for rec in records])
+                for row in read_jsonl(path):
+                    counts[row["status"]] += 1
+        return {"judged": sum(counts.values()), **counts,
+                "message": f"Judged with {j.model}: {counts['scored']} scored, {counts['unparsed']} unparsed "
+                           f"(counted apart, never scored), {counts['failed']} failed."}
+
     # --- records ------------------------------------------------------------------------
     def write_manifest(self) -> Path:
         path = self.root / "manifest.json"
@@ -246,9 +352,15 @@ class Experiment:
                 path = self.generations_path(run, lang)
                 if not path.exists():
                     continue
+                judged = self.judge_path(run, lang)
+                verdicts = {r["prompt_id"]: r for r in read_jsonl(judged)} if judged.exists() else {}
                 for row in read_jsonl(path):
                     row.update(recipe=run.recipe, method=run.method, model=model_short_name(run.model),
                                name=run.name, seen=lang in self.profile.data.train_languages)
+                    verdict = verdicts.get(row["prompt_id"], {})
+                    row["judge"] = verdict.get("judge")
+                    row["judge_status"] = verdict.get("status")
+                    row["gated_judge"] = None if row["judge"] is None else row["judge"] * int(row["gate"])
                     rows.append(row)
         return pd.DataFrame(rows)
 

@@ -247,12 +247,17 @@ class LocalBackend:
 
         from .generate import DecodingConfig, generate_texts  # imports torch: only when used
 
-        decoding = DecodingConfig(max_new_tokens=config.local_max_new_tokens,
-                                  batch_size=config.local_batch_size, stop_strings=())
         prompts = [self.render(job.messages(prompt)) for job in jobs]
+        # A prompt that ends inside an open <translation> tag (the base-model prompt) is continued
+        # by the model: the tag is put back in front of the reply and generation stops at its end.
+        opened = bool(prompts) and prompts[0].rstrip().endswith("<translation>")
+        decoding = DecodingConfig(max_new_tokens=config.local_max_new_tokens, batch_size=config.local_batch_size,
+                                  stop_strings=("</translation>", "\n\n") if opened else ())
         with tqdm(total=len(prompts), desc="translate (local)", disable=not self.progress or not prompts,
                   mininterval=5.0) as bar:
             replies = generate_texts(self.model, self.tokenizer, prompts, decoding, on_batch=bar.update)
+        if opened:
+            replies = [f"<translation>{reply}</translation>" for reply in replies]
         outcomes = []
         for job, reply in zip(jobs, replies, strict=True):
             try:
