@@ -42,10 +42,14 @@ class LinearCrossEntropy(torch.autograd.Function):
             if softcap:
                 capped = torch.tanh(logits / softcap)
                 logits = capped * softcap
-            lse = torch.logsumexp(logits, dim=-1)
             rows = torch.arange(len(t), device=t.device)
-            total += (lse - logits[rows, t]).sum()
-            grad = torch.exp(logits.sub_(lse[:, None]))  # softmax, in place
+            target_logit = logits[rows, t]
+            # Softmax in place, in as few passes over the (chunk x vocabulary) block as possible.
+            peak = logits.amax(dim=-1, keepdim=True)
+            grad = logits.sub_(peak).exp_()
+            norm = grad.sum(dim=-1, keepdim=True)
+            total += (peak.squeeze(-1) + norm.log().squeeze(-1) - target_logit).sum()
+            grad.div_(norm)
             grad[rows, t] -= 1.0
             if softcap:
                 grad.mul_(1.0 - capped * capped)

@@ -28,3 +28,12 @@ def template():
     from polyalpaca.prompts import load_template
 
     return load_template()
+
+
+@pytest.fixture
+def double():
+    """A fresh local OpenAI-API test double (tests/openai_double.py) for one test."""
+    from openai_double import OpenAIDouble
+
+    with OpenAIDouble(hang_s=1.0) as d:
+        yield d

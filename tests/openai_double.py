@@ -270,3 +270,11 @@ class OpenAIDouble:
             handler.wfile.write(data)
         except (BrokenPipeError, ConnectionResetError):  # the client gave up (a timeout test)
             pass
+
+
+def endpoint_settings(double: OpenAIDouble, api_key_env: str, **overrides) -> dict:
+    """EndpointConfig keyword arguments for a client of ``double`` with fast retries."""
+    settings = dict(base_url=double.base_url, api_key_env=api_key_env, max_concurrency=4, max_retries=4,
+                    timeout_s=5.0, backoff_base_s=0.01, backoff_max_s=0.05)
+    settings.update(overrides)
+    return settings

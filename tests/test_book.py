@@ -32,7 +32,7 @@ def built_book(tmp_path_factory):
             overrides = {"eval.judge.base_url": double.base_url, "eval.judge.model": "judge-double",
                          "eval.judge.api_key_env": SECRET_ENV}
             index = build_book("tiny", root, artefacts_dir=str(root / "artefacts"), overrides=overrides, strict=True)
-            judge_requests = double.request_count
+            judge_requests = double.request_count()
             auth = {v for r in double.requests for k, v in r.headers.items() if k.lower() == "authorization"}
     finally:
         if old is None:

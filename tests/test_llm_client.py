@@ -7,18 +7,12 @@ import socket
 
 import pytest
 
-from openai_double import OpenAIDouble
+from openai_double import OpenAIDouble, endpoint_settings
 from polyalpaca.llm_client import (ChatClient, ChatRequest, EndpointConfig, EndpointError, InvalidReply,
                                    Ledger, ReplyCache, load_prompt, request_key)
 
 KEY_ENV = "POLYALPACA_TEST_API_KEY"
 KEY = "sk-test-SECRET-0123456789abcdef"
-
-
-@pytest.fixture
-def double():
-    with OpenAIDouble(hang_s=1.0) as d:
-        yield d
 
 
 @pytest.fixture(autouse=True)
@@ -27,10 +21,7 @@ def api_key(monkeypatch):
 
 
 def endpoint(double: OpenAIDouble, **overrides) -> EndpointConfig:
-    settings = dict(base_url=double.base_url, model="double-1", api_key_env=KEY_ENV, max_concurrency=4,
-                    max_retries=4, timeout_s=5.0, backoff_base_s=0.01, backoff_max_s=0.05)
-    settings.update(overrides)
-    return EndpointConfig(**settings)
+    return EndpointConfig(**endpoint_settings(double, KEY_ENV, **{"model": "double-1", **overrides}))
 
 
 def ask(text: str, validate=None) -> ChatRequest:

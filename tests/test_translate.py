@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from openai_double import OpenAIDouble, fake_translation
+from openai_double import OpenAIDouble, endpoint_settings, fake_translation
 from polyalpaca.langid import detect_language
 from polyalpaca.llm_client import ChatClient, EndpointConfig, InvalidReply, ReplyCache
 from polyalpaca.translate import (ApiBackend, LocalBackend, TranslationConfig, TranslationJob, chrf_by_language,
@@ -36,21 +36,13 @@ RECORDS = [
 ]
 
 
-@pytest.fixture
-def double():
-    with OpenAIDouble() as d:
-        yield d
-
-
 @pytest.fixture(autouse=True)
 def api_key(monkeypatch):
     monkeypatch.setenv(KEY_ENV, KEY)
 
 
 def client_for(double: OpenAIDouble, cache=None, **overrides) -> ChatClient:
-    settings = dict(base_url=double.base_url, model="double-1", api_key_env=KEY_ENV, max_concurrency=4,
-                    max_retries=3, timeout_s=5.0, backoff_base_s=0.01, backoff_max_s=0.05)
-    settings.update(overrides)
+    settings = endpoint_settings(double, KEY_ENV, **{"model": "double-1", "max_retries": 3, **overrides})
     return ChatClient(EndpointConfig(**settings), cache, progress=False)
 
 
