@@ -13,6 +13,7 @@ import hashlib
 import json
 import logging
 import platform
+import shutil
 import subprocess
 import time
 from dataclasses import dataclass, field
@@ -171,6 +172,9 @@ class Experiment:
         result = train(run.model, run.training_set.train, run.training_set.validation, cfg, self.template, rd,
                        vocab_ids=vocab)
         (rd / "DONE").write_text(time.strftime("%Y-%m-%dT%H:%M:%S\n"))
+        # The finished model is in run_dir/model; resumable checkpoints (optimizer states included)
+        # are only needed while the run is unfinished.
+        shutil.rmtree(rd / "checkpoints", ignore_errors=True)
         return dataclasses.asdict(result) if dataclasses.is_dataclass(result) else result
 
     def vocabulary(self, model: str):

@@ -16,7 +16,7 @@ What it adds to the ``openai`` package:
   (e.g. ``InvalidReply``) to ask again; after ``max_invalid`` rejected replies the item is
   reported as failed (``ChatResult.ok`` is False), never returned as if it were good;
 - a **ledger** of requests, retries, cache hits, tokens and estimated cost, writable as JSON;
-- progress with ``tqdm.auto`` at a low refresh rate, so executed notebooks stay readable.
+- progress with plain ``tqdm`` (text, to stderr) at a low refresh rate, so executed notebooks stay readable.
 
 Prompt templates are versioned data files (``ChatPrompt``, ``load_prompt``), shared by
 ``polyalpaca.translate`` and ``polyalpaca.judge``.
@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import openai
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from .paths import RESOURCES_DIR
 

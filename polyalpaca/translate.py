@@ -243,7 +243,7 @@ class LocalBackend:
 
     def translate(self, jobs: Sequence[TranslationJob], prompt: ChatPrompt,
                   config: TranslationConfig) -> list[JobOutcome]:
-        from tqdm.auto import tqdm
+        from tqdm import tqdm
 
         from .generate import DecodingConfig, generate_texts  # imports torch: only when used
 
