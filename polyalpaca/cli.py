@@ -166,7 +166,13 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(name)s: %(message)s")
-    return args.func(args)
+    try:
+        return args.func(args)
+    except (FileNotFoundError, ValueError) as exc:  # DataError is a ValueError: file, line and field
+        if args.verbose:
+            raise
+        print(f"polyalpaca: error: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

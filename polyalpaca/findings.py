@@ -36,6 +36,14 @@ def summary_table(answers: pd.DataFrame, score: str | None = None) -> pd.DataFra
                 english=("detected", lambda s: (s == "en").mean()))
     acc = answers.dropna(subset=["correct"]).groupby(["model", "method", "recipe", "lang"])["correct"].mean()
     out["accuracy"] = acc.astype(float)
+    if "gated_judge" in answers and answers["gated_judge"].notna().any():
+        # The paper's per-language total: the sum of gated 1-3 ratings (0..150 for 50 prompts),
+        # also normalised to 0..1 so sets of other sizes compare. Unparsed replies are left out.
+        judged = answers.dropna(subset=["gated_judge"]).groupby(["model", "method", "recipe", "lang"])
+        out["judge_total"] = judged["gated_judge"].sum()
+        out["judge_scored"] = judged["gated_judge"].size()
+        out["judge_normalised"] = out["judge_total"] / (3 * out["judge_scored"])
+        out["judge_unparsed"] = g["judge_status"].agg(lambda s: (s == "unparsed").sum())
     return out.reset_index()
 
 
