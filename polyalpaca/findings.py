@@ -201,3 +201,17 @@ def plot_losses(histories: pd.DataFrame):
                     height=3.4, aspect=1.4, marker="o", markersize=4)
     g.set_axis_labels("epoch", "loss")
     return g.figure
+
+
+def detector_agreement(answers: pd.DataFrame) -> pd.DataFrame:
+    """Per test language: how often langdetect (the gate's detector) and py3langid agree on the
+    answers, and how often py3langid alone would have passed them."""
+    from .langid import detect_language_langid
+
+    rows = []
+    for lang, group in answers[answers["detected"].notna()].groupby("lang"):
+        second = group["response"].map(detect_language_langid)
+        rows.append({"lang": lang, "answers": len(group), "agreement": float((second == group["detected"]).mean()),
+                     "langdetect says target": float((group["detected"] == lang).mean()),
+                     "py3langid says target": float((second == lang).mean())})
+    return pd.DataFrame(rows)

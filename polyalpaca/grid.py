@@ -236,21 +236,24 @@ class Experiment:
     def translation_study(self) -> dict:
         """Translate the first ``translation.records`` English records into ``translation.languages``
         and score them with chrF against our reference translations; stored and reused."""
-        from .translate import (ApiBackend, LocalBackend, TranslationConfig, chrf_for_translations,
-                                translate_records)
+        from .translate import (ApiBackend, LocalBackend, TranslationConfig, chrf_by_language,
+                                chrf_for_translations, translate_records)
 
         t = self.profile.translation
         path = self.root / "translation" / f"{_digest(dataclasses.asdict(t))}.json"
         if path.exists():
             return json.loads(path.read_text())
         fields = ("instruction", "input", "output")
-        source = [{k: getattr(r, k) for k in ("id", *fields)}
-                  for r in load_training_records("en", "embedded").items[:t.records]]
-        references = {lang: [{k: getattr(r, k) for k in ("id", *fields)}
-                             for r in load_training_records(lang, "embedded").items[:t.records]]
-                      for lang in t.languages}
+        english = load_training_records("en", "embedded").items
+        targets = {lang: load_training_records(lang, "embedded").items for lang in t.languages}
+        source = [{k: getattr(r, k) for k in ("id", *fields)} for r in english[:t.records]]
+        references = {lang: [{k: getattr(r, k) for k in ("id", *fields)} for r in recs[:t.records]]
+                      for lang, recs in targets.items()}
+        # The worked example shown to base models: the last record's instruction, never in the sample.
+        examples = {lang: [english[-1].instruction, recs[-1].instruction] for lang, recs in targets.items()}
         config = TranslationConfig(languages=list(t.languages), prompt_version=t.prompt_version,
-                                   local_max_new_tokens=t.max_new_tokens, local_batch_size=t.batch_size)
+                                   local_max_new_tokens=t.max_new_tokens, local_batch_size=t.batch_size,
+                                   examples=examples)
         ledger = None
         if t.backend == "local":
             from .models import load_model, load_tokenizer
@@ -281,7 +284,17 @@ class Experiment:
                              "translation": item.record[name] if item.ok else None,
                              "failed": failure is not None,
                              "reply": (failure.replies[-1] if failure and failure.replies else None)})
-        result = {"settings": dataclasses.asdict(t), "chrf": chrf, "rows": rows, "ledger": ledger,
+        # chrF of everything the model wrote, rejected replies included: how far the raw output is.
+        raw = {}
+        for lang in t.languages:
+            pairs = [(r["translation"] if r["translation"] is not None else _strip_tags(r["reply"] or ""), r["reference"])
+                     for r in rows if r["lang"] == lang and r["reference"].strip()]
+            raw[lang] = chrf_by_language({lang: [p[0] for p in pairs]}, {lang: [p[1] for p in pairs]})[lang] if pairs else None
+        # The floor: chrF of the untranslated English source against the references.
+        copy = {lang: chrf_by_language({lang: [r["source"] for r in rows if r["lang"] == lang]},
+                                       {lang: [r["reference"] for r in rows if r["lang"] == lang]})[lang]
+                for lang in t.languages}
+        result = {"settings": dataclasses.asdict(t), "chrf": chrf, "raw_chrf": raw, "copy_chrf": copy, "rows": rows, "ledger": ledger,
                   "records_ok": {lang: sum(x.ok for x in translated if x.language == lang) for lang in t.languages},
                   "records": t.records}
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -367,6 +380,10 @@ class Experiment:
                     row["gated_judge"] = None if row["judge"] is None else row["judge"] * int(row["gate"])
                     rows.append(row)
         return pd.DataFrame(rows)
+
+
+def _strip_tags(reply: str) -> str:
+    return reply.replace("<translation>", "").replace("</translation>", "").strip()
 
 
 def loss_history_frame(exp: Experiment):

@@ -76,6 +76,9 @@ class TranslationConfig:
     language_check_min_letters: int = 20  # shorter texts skip language ID (too unreliable)
     local_max_new_tokens: int = 512
     local_batch_size: int = 8
+    # One worked example per target language, {lang: [source text, its translation]}, for prompts
+    # with {example_source}/{example_target} (the base-model prompt): a base model needs one.
+    examples: dict[str, list[str]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         for code in [self.source_language, *self.languages]:
@@ -167,11 +170,13 @@ class TranslationJob:
     source_language: str
     target_language: str
     language_check_min_letters: int = 20
+    example: tuple[str, str] = ("", "")
 
     def messages(self, prompt: ChatPrompt) -> list[dict[str, str]]:
         return prompt.render(source_name=LANGUAGE_NAMES[self.source_language], source_code=self.source_language,
                              target_name=LANGUAGE_NAMES[self.target_language], target_code=self.target_language,
-                             text=self.protected.text)
+                             text=self.protected.text, example_source=self.example[0],
+                             example_target=self.example[1])
 
     def check_reply(self, reply: str) -> str:
         """The translation, markers still in place, or ``InvalidReply`` (unparseable, markers
@@ -303,7 +308,8 @@ def translate_records(records: Sequence[Mapping[str, Any]], config: TranslationC
                 protected = to_translate(record[name])
                 if protected is not None:
                     jobs.setdefault((language, protected.text), TranslationJob(
-                        protected, config.source_language, language, config.language_check_min_letters))
+                        protected, config.source_language, language, config.language_check_min_letters,
+                        tuple(config.examples.get(language, ("", "")))))
     job_list = list(jobs.values())
     outcomes = dict(zip(jobs, backend.translate(job_list, prompt, config), strict=True)) if job_list else {}
 
