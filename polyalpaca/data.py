@@ -24,8 +24,10 @@ LANGUAGES = {
 }
 EMBEDDED_TRAIN_LANGUAGES = ["en", "bg", "cs", "de", "es", "fi", "fr", "ru", "zh"]
 EMBEDDED_TEST_LANGUAGES = EMBEDDED_TRAIN_LANGUAGES + ["bn", "no"]
+# Pinned to a commit, so the file behind the URL cannot change under us.
+PAPER_TEST_COMMIT = "ca5970bf76c11205da8f748bf623808a0141facc"
 PAPER_TEST_URL = ("https://raw.githubusercontent.com/hplt-project/monolingual-multilingual-instruction-tuning/"
-                  "main/test-data/test_{lang}.jsonl")
+                  f"{PAPER_TEST_COMMIT}/test-data/test_{{lang}}.jsonl")
 
 
 class DataError(ValueError):

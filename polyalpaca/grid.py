@@ -119,6 +119,28 @@ class Experiment:
             self._tests[lang] = items[:d.test_limit] if d.test_limit else items
         return self._tests[lang]
 
+    def seen_languages(self) -> list[str]:
+        """Test languages some recipe trains on."""
+        return [l for l in self.profile.data.test_languages if l in self.profile.data.train_languages]
+
+    def unseen_languages(self) -> list[str]:
+        """Test languages no recipe trains on."""
+        return [l for l in self.profile.data.test_languages if l not in self.profile.data.train_languages]
+
+    def method_settings(self):
+        """The training settings of each method of the grid, as a table."""
+        import pandas as pd
+
+        table = {m: {k: v for k, v in dataclasses.asdict(self.profile.train_config(m)).items() if k != "method"}
+                 for m in self.profile.grid.methods}
+        return pd.DataFrame(table).astype(str)
+
+    def decoding_settings(self):
+        import pandas as pd
+
+        return pd.DataFrame({m: dataclasses.asdict(self.decoding(m))
+                             for m in ["base", *self.profile.grid.methods]}).astype(str)
+
     def training_sets(self) -> list[TrainingSet]:
         d = self.profile.data
         return build_all(self.profile.grid.recipes, self.split(), d.train_languages, d.seed)
@@ -420,3 +442,16 @@ def runs_frame(exp: Experiment):
                      "steps": result.get("steps"), "seconds": result.get("seconds"),
                      "best validation loss": result.get("best_eval_loss"), "run id": run.run_id})
     return pd.DataFrame(rows)
+
+
+def translation_table(study: dict):
+    """Per language: chrF of accepted translations, of all output, the copy floor, and counts."""
+    import pandas as pd
+
+    return pd.DataFrame({
+        "chrF (accepted)": pd.Series(study["chrf"], dtype=float),
+        "chrF (all output)": pd.Series(study["raw_chrf"], dtype=float),
+        "chrF of the English source (floor)": pd.Series(study["copy_chrf"], dtype=float),
+        "records translated": pd.Series(study["records_ok"]),
+        "records": study["records"],
+    }).round(1)

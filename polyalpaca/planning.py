@@ -24,6 +24,41 @@ def _tokenizer(model: str):
     return load_tokenizer(model)
 
 
+def token_length_frame(exp: Experiment):
+    """One row per training record: language and token count (prompt + response)."""
+    import pandas as pd
+
+    model = exp.profile.grid.models[0]
+    return pd.DataFrame([{"lang": lang, "tokens": n} for lang, recs in exp.split().train.items()
+                         for n in _token_lengths(exp, model, recs)])
+
+
+def language_table(stats: dict):
+    import pandas as pd
+
+    return pd.DataFrame.from_dict(stats["languages"], orient="index")
+
+
+def recipe_table(exp: Experiment, stats: dict):
+    """Each recipe's runs, examples, tokens and budget units (per epoch), with its languages."""
+    import pandas as pd
+
+    table = pd.DataFrame.from_dict(stats["recipes"], orient="index")
+    languages = {ts.recipe: ", ".join(ts.languages) for ts in exp.training_sets() if ts.recipe != "monolingual"}
+    languages["monolingual"] = "one of: " + ", ".join(exp.profile.data.train_languages)
+    table["languages per run"] = [languages[r] for r in table.index]
+    return table
+
+
+def run_counts_table(exp: Experiment):
+    """Per training set: examples per language, validation size and budget units."""
+    import pandas as pd
+
+    rows = [{"run": ts.name, **ts.counts(), "validation": len(ts.validation), "units": ts.budget_units}
+            for ts in exp.training_sets()]
+    return pd.DataFrame(rows).set_index("run").fillna(0).astype({"validation": int})
+
+
 def data_stats(exp: Experiment) -> dict:
     """Per-language counts and token statistics under the first model's tokenizer, and each
     recipe's budget in examples and tokens (per epoch)."""
