@@ -99,41 +99,62 @@ def format_stats(stats: dict) -> str:
     return "\n".join(lines)
 
 
+def _cells(exp: Experiment, readable: bool):
+    """(model, method, recipe, name, languages, examples, tokens per epoch, budget units) per grid run."""
+    p = exp.profile
+    if readable:
+        for run in exp.runs(include_base=False):
+            yield (run.model, run.method, run.recipe, run.name, run.languages, run.train_examples,
+                   sum(_token_lengths(exp, run.model, run.training_set.train)), run.budget_units)
+        return
+    # The data cannot be read here (the Hub is unreachable): sizes from the profile's estimates.
+    langs = p.data.train_languages
+    per_lang = p.grid.records_per_language_estimate - p.data.validation_size
+    for model in p.grid.models:
+        for method in p.grid.methods:
+            for recipe in p.grid.recipes:
+                if recipe == "monolingual":
+                    cells = [(f"monolingual-{l}", [l], per_lang, 1.0) for l in langs]
+                elif recipe == "multilingual":
+                    cells = [("multilingual", langs, per_lang * len(langs), float(len(langs)))]
+                elif recipe == "english-only":
+                    cells = [("english-only", ["en"], per_lang, 1.0)]
+                else:
+                    cells = [("downsampled", langs, per_lang, 1.0)]
+                for name, run_langs, examples, units in cells:
+                    yield (model, method, recipe, name, run_langs, examples,
+                           examples * p.grid.tokens_per_example_estimate, units)
+
+
 def plan_table(exp: Experiment) -> dict:
     """Every grid run with the examples and tokens it processes and an estimated cost."""
     p = exp.profile
+    reason = ""
     try:
         exp.split()
         readable = True
     except Exception as exc:  # the Hub is unreachable: estimate from the profile's stated sizes
         readable, reason = False, f"{type(exc).__name__}: {exc}"
     rows = []
-    for run in exp.runs(include_base=False):
-        cfg = p.train_config(run.method)
-        if readable:
-            tokens = sum(_token_lengths(exp, run.model, run.training_set.train))
-            examples = run.train_examples
-        else:
-            per_lang = p.grid.records_per_language_estimate - p.data.validation_size
-            examples = per_lang * (len(run.languages) if run.recipe == "multilingual" else 1)
-            tokens = examples * p.grid.tokens_per_example_estimate
+    for model, method, recipe, name, langs, examples, tokens, units in _cells(exp, readable):
+        cfg = p.train_config(method)
         processed = tokens * cfg.epochs
-        row = {"run": f"{run.method}-{run.name}", "model": model_short_name(run.model), "method": run.method,
-               "recipe": run.recipe, "languages": run.languages, "examples_per_epoch": examples,
-               "epochs": cfg.epochs, "tokens_processed": int(processed), "budget_units": run.budget_units}
+        row = {"run": f"{method}-{name}", "model": model_short_name(model), "method": method,
+               "recipe": recipe, "languages": langs, "examples_per_epoch": examples,
+               "epochs": cfg.epochs, "tokens_processed": int(processed), "budget_units": units}
         if p.tokens_per_second_estimate:
             row["cpu_minutes"] = round(processed / p.tokens_per_second_estimate / 60, 1)
         if p.estimate_tflops:
-            params = p.grid.model_params_billions.get(run.model, 0.0) * 1e9
+            params = p.grid.model_params_billions.get(model, 0.0) * 1e9
             # 6 N FLOPs per token for full tuning; LoRA skips the frozen weights' gradients (~4 N).
-            flops = (6 if run.method == "full" else 4) * params * processed
+            flops = (6 if method == "full" else 4) * params * processed
             row["gpu_hours"] = round(flops / (p.estimate_tflops * 1e12 * p.estimate_mfu) / 3600, 2)
         rows.append(row)
     totals = {"runs": len(rows), "tokens_processed": sum(r["tokens_processed"] for r in rows)}
     for key in ("cpu_minutes", "gpu_hours"):
         if rows and key in rows[0]:
             totals[key] = round(sum(r[key] for r in rows), 1)
-    units = {}
+    units: dict[str, float] = {}
     for r in rows:
         k = f"{r['model']}/{r['method']}/{r['recipe']}"
         units[k] = units.get(k, 0) + r["budget_units"]
@@ -145,11 +166,11 @@ def plan_table(exp: Experiment) -> dict:
 def format_plan(table: dict) -> str:
     rows = table["runs"]
     extra = [k for k in ("cpu_minutes", "gpu_hours") if rows and k in rows[0]]
-    head = f"{'run':<34}{'model':<16}{'examples':>9}{'epochs':>7}{'tokens':>13}{'units':>6}" + "".join(
+    head = f"{'run':<34}{'model':<14}{'examples':>9}{'epochs':>7}{'tokens':>13}{'units':>6}" + "".join(
         f"{k:>13}" for k in extra)
     lines = [f"profile {table['profile']}" + (f", estimates for {table['device']}" if table["device"] else ""), head]
     for r in rows:
-        lines.append(f"{r['run']:<34}{r['model']:<16}{r['examples_per_epoch']:>9}{r['epochs']:>7}"
+        lines.append(f"{r['run']:<34}{r['model']:<14}{r['examples_per_epoch']:>9}{r['epochs']:>7}"
                      f"{r['tokens_processed']:>13}{r['budget_units']:>6.0f}" + "".join(f"{r[k]:>13}" for k in extra))
     t = table["totals"]
     lines.append(f"total: {t['runs']} runs, {t['tokens_processed']} tokens" +
