@@ -227,7 +227,9 @@ class Experiment:
     def evaluate(self, run: GridRun, progress=None) -> list[ScoredAnswer]:
         """Answer and score every test language of ``run``; finished languages are reused."""
         decoding = self.decoding(run.method)
-        signature = {"decoding": dataclasses.asdict(decoding), "langid_seed": self.profile.eval.langid_seed}
+        # Normalised through JSON (tuples become lists) so it compares equal to the stored copy.
+        signature = json.loads(json.dumps({"decoding": dataclasses.asdict(decoding),
+                                           "langid_seed": self.profile.eval.langid_seed}))
         todo = []
         for lang in run.eval_languages:
             path = self.generations_path(run, lang)
