@@ -16,11 +16,13 @@ from typing import Any, Iterable
 
 from .paths import DATA_DIR, RESOURCES_DIR, cache_dir
 
-#: Every language code the project knows (ISO 639-1), with its English name.
+#: Every language code the project knows (ISO 639-1), with the name prompts use for it.
 LANGUAGES = {
     "en": "English", "bg": "Bulgarian", "cs": "Czech", "de": "German", "es": "Spanish",
-    "fi": "Finnish", "fr": "French", "ru": "Russian", "zh": "Chinese", "bn": "Bengali",
-    "no": "Norwegian", "hi": "Hindi",
+    "fi": "Finnish", "fr": "French", "ru": "Russian", "zh": "Simplified Chinese", "bn": "Bengali",
+    "no": "Norwegian Bokmål", "hi": "Hindi", "it": "Italian", "pt": "Portuguese", "nl": "Dutch",
+    "pl": "Polish", "uk": "Ukrainian", "sv": "Swedish", "da": "Danish", "ja": "Japanese",
+    "ko": "Korean", "ar": "Arabic", "tr": "Turkish",
 }
 EMBEDDED_TRAIN_LANGUAGES = ["en", "bg", "cs", "de", "es", "fi", "fr", "ru", "zh"]
 EMBEDDED_TEST_LANGUAGES = EMBEDDED_TRAIN_LANGUAGES + ["bn", "no"]

@@ -30,18 +30,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Protocol, Sequence
 
+from .data import LANGUAGES
 from .langid import detect_language
 from .llm_client import (ChatClient, ChatPrompt, ChatRequest, EndpointConfig, EndpointError, InvalidReply,
                          load_prompt)
 
 ALPACA_FIELDS = ("instruction", "input", "output")
-LANGUAGE_NAMES = {
-    "en": "English", "bg": "Bulgarian", "cs": "Czech", "de": "German", "es": "Spanish",
-    "fi": "Finnish", "fr": "French", "ru": "Russian", "zh": "Simplified Chinese", "bn": "Bengali",
-    "no": "Norwegian Bokmål", "hi": "Hindi", "it": "Italian", "pt": "Portuguese", "nl": "Dutch",
-    "pl": "Polish", "uk": "Ukrainian", "sv": "Swedish", "da": "Danish", "ja": "Japanese",
-    "ko": "Korean", "ar": "Arabic", "tr": "Turkish",
-}
+LANGUAGE_NAMES = LANGUAGES  # one table for the whole project
 
 # Spans kept verbatim, in priority order (the first alternative that matches at a position wins).
 _PROTECTED_PATTERNS = (
