@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import logging
 import random
+import textwrap
 import time
+import warnings
 
 import numpy as np
 
@@ -20,6 +22,9 @@ def setup(profile: str, artefacts_dir: str = "", overrides: dict | None = None) 
     random.seed(p.data.seed)
     np.random.seed(p.data.seed)
     torch.manual_seed(p.data.seed)
+    # Library deprecation notices are for developers, not for the book's pages.
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
     transformers.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
     logging.getLogger("polyalpaca").setLevel(logging.INFO)
@@ -34,6 +39,11 @@ def glue(name: str, value, display: bool = False):
 
     _glue(name, value, display=display)
     return value
+
+
+def say(text: str, width: int = 88) -> None:
+    """Print a message wrapped to the page's width."""
+    print(textwrap.fill(text, width))
 
 
 class Progress:
