@@ -56,6 +56,9 @@ class GridRun:
     budget_units: float
     epochs: float
     training_set: TrainingSet | None = field(default=None, repr=False)
+    # Runs with the same model, method and exact training data share one trained model (the
+    # English-only model *is* the English monolingual model, as in the paper).
+    train_key: str = ""
 
     def summary(self) -> dict:
         out = dataclasses.asdict(self)
@@ -161,14 +164,17 @@ class Experiment:
                     key = {"model": model, "method": method, "train": dataclasses.asdict(cfg),
                            "ids": [(r.lang, r.id) for r in ts.train], "val": [(r.lang, r.id) for r in ts.validation],
                            "template": dataclasses.asdict(self.template)}
-                    run_id = f"{model_short_name(model)}-{method}-{ts.name}-{_digest(key)}"
+                    digest = _digest(key)
+                    run_id = f"{model_short_name(model)}-{method}-{ts.name}-{digest}"
                     evals = [l for l in tests if l in ts.languages] if ts.recipe == "monolingual" else list(tests)
                     out.append(GridRun(run_id, model, method, ts.recipe, ts.name, ts.languages, evals,
-                                       len(ts.train), len(ts.validation), ts.budget_units, cfg.epochs, ts))
+                                       len(ts.train), len(ts.validation), ts.budget_units, cfg.epochs, ts,
+                                       train_key=f"{model_short_name(model)}-{method}-{digest}"))
         return out
 
     def run_dir(self, run: GridRun) -> Path:
-        return self.root / "runs" / run.run_id
+        """Where the run's model is trained and kept (shared by runs with identical training)."""
+        return self.root / "runs" / (run.train_key or run.run_id)
 
     def is_trained(self, run: GridRun) -> bool:
         return run.method == "base" or (self.run_dir(run) / "DONE").exists()
@@ -442,7 +448,7 @@ def runs_frame(exp: Experiment):
                      "languages": " ".join(run.languages), "examples": run.train_examples,
                      "budget units": run.budget_units, "epochs": run.epochs, "tokens": result.get("train_tokens"),
                      "steps": result.get("steps"), "seconds": result.get("seconds"),
-                     "best validation loss": result.get("best_eval_loss"), "run id": run.run_id})
+                     "best validation loss": result.get("best_eval_loss"), "trained model": run.train_key})
     return pd.DataFrame(rows)
 
 

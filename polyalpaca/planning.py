@@ -105,7 +105,7 @@ def _cells(exp: Experiment, readable: bool):
     if readable:
         for run in exp.runs(include_base=False):
             yield (run.model, run.method, run.recipe, run.name, run.languages, run.train_examples,
-                   sum(_token_lengths(exp, run.model, run.training_set.train)), run.budget_units)
+                   sum(_token_lengths(exp, run.model, run.training_set.train)), run.budget_units, run.train_key)
         return
     # The data cannot be read here (the Hub is unreachable): sizes from the profile's estimates.
     langs = p.data.train_languages
@@ -122,8 +122,11 @@ def _cells(exp: Experiment, readable: bool):
                 else:
                     cells = [("downsampled", langs, per_lang, 1.0)]
                 for name, run_langs, examples, units in cells:
+                    # English-only trains exactly what monolingual-en trains: one model for both.
+                    shared = name == "english-only" and "monolingual" in p.grid.recipes and "en" in langs
+                    key = f"{model}/{method}/{'monolingual-en' if shared else name}"
                     yield (model, method, recipe, name, run_langs, examples,
-                           examples * p.grid.tokens_per_example_estimate, units)
+                           examples * p.grid.tokens_per_example_estimate, units, key)
 
 
 def plan_table(exp: Experiment) -> dict:
@@ -136,12 +139,15 @@ def plan_table(exp: Experiment) -> dict:
     except Exception as exc:  # the Hub is unreachable: estimate from the profile's stated sizes
         readable, reason = False, f"{type(exc).__name__}: {exc}"
     rows = []
-    for model, method, recipe, name, langs, examples, tokens, units in _cells(exp, readable):
+    seen_keys: set[str] = set()
+    for model, method, recipe, name, langs, examples, tokens, units, key in _cells(exp, readable):
         cfg = p.train_config(method)
         processed = tokens * cfg.epochs
         row = {"run": f"{method}-{name}", "model": model_short_name(model), "method": method,
                "recipe": recipe, "languages": langs, "examples_per_epoch": examples,
-               "epochs": cfg.epochs, "tokens_processed": int(processed), "budget_units": units}
+               "epochs": cfg.epochs, "tokens_processed": int(processed), "budget_units": units,
+               "trains_new_model": key not in seen_keys}
+        seen_keys.add(key)
         if p.tokens_per_second_estimate:
             row["cpu_minutes"] = round(processed / p.tokens_per_second_estimate / 60, 1)
         if p.estimate_tflops:
@@ -150,10 +156,12 @@ def plan_table(exp: Experiment) -> dict:
             flops = (6 if method == "full" else 4) * params * processed
             row["gpu_hours"] = round(flops / (p.estimate_tflops * 1e12 * p.estimate_mfu) / 3600, 2)
         rows.append(row)
-    totals = {"runs": len(rows), "tokens_processed": sum(r["tokens_processed"] for r in rows)}
+    new = [r for r in rows if r["trains_new_model"]]
+    totals = {"runs": len(rows), "models_trained": len(new),
+              "tokens_processed": sum(r["tokens_processed"] for r in new)}
     for key in ("cpu_minutes", "gpu_hours"):
         if rows and key in rows[0]:
-            totals[key] = round(sum(r[key] for r in rows), 1)
+            totals[key] = round(sum(r[key] for r in new), 1)
     units: dict[str, float] = {}
     for r in rows:
         k = f"{r['model']}/{r['method']}/{r['recipe']}"
@@ -170,10 +178,13 @@ def format_plan(table: dict) -> str:
         f"{k:>13}" for k in extra)
     lines = [f"profile {table['profile']}" + (f", estimates for {table['device']}" if table["device"] else ""), head]
     for r in rows:
+        if not r["trains_new_model"]:
+            lines.append(f"{r['run']:<34}{r['model']:<14}  (the same model as monolingual-en: no extra cost)")
+            continue
         lines.append(f"{r['run']:<34}{r['model']:<14}{r['examples_per_epoch']:>9}{r['epochs']:>7}"
                      f"{r['tokens_processed']:>13}{r['budget_units']:>6.0f}" + "".join(f"{r[k]:>13}" for k in extra))
     t = table["totals"]
-    lines.append(f"total: {t['runs']} runs, {t['tokens_processed']} tokens" +
+    lines.append(f"total: {t['runs']} runs, {t['models_trained']} models trained, {t['tokens_processed']} tokens" +
                  "".join(f", {k.replace('_', ' ')} {t[k]}" for k in extra))
     if table["note"]:
         lines.append(table["note"])

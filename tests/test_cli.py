@@ -32,7 +32,7 @@ def test_data_stats_json(tiny_model_dir, capsys):
 def test_plan_tiny_and_paper(tiny_model_dir, capsys):
     assert main(["plan", "--profile", "tiny", "--json"]) == 0
     plan = json.loads(capsys.readouterr().out)
-    assert plan["totals"]["runs"] == 12 and plan["data_read"]
+    assert plan["totals"]["runs"] == 12 and plan["totals"]["models_trained"] == 10 and plan["data_read"]
     assert {r["run"] for r in plan["runs"]} >= {"lora-multilingual", "full-downsampled", "lora-monolingual-ru"}
     out = run_cli("plan", "--profile", "paper", env={"HF_HUB_OFFLINE": "1"})
     assert out.returncode == 0, out.stderr
