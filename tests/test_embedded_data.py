@@ -57,3 +57,11 @@ def test_length_statistics_are_sensible():
     assert share_short >= 0.8
     cats = datacheck.category_counts()
     assert len(cats) >= 9 and min(cats.values()) >= 5
+
+
+@pytest.mark.parametrize("lang", EMBEDDED_TEST_LANGUAGES)
+def test_each_reference_passes_its_own_verifiable_answer(lang):
+    from polyalpaca.evaluate import verifiable_correct
+
+    bad = [t.id for t in embedded_test(lang).items if t.answer is not None and not verifiable_correct(t, t.reference)]
+    assert bad == []
