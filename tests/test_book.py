@@ -79,22 +79,25 @@ def test_no_secret_in_notebooks_html_or_artefacts(built_book):
                 assert secret not in text, path
 
 
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+
 def _serve(directory: Path):
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(directory))
-    handler.log_message = lambda *a: None
+    handler = functools.partial(_QuietHandler, directory=str(directory))
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     return server
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (make test installs it as root)")
-def test_every_page_in_headless_chromium(built_book, tmp_path):
+def check_pages(html_dir: Path, shots: Path) -> tuple[list[str], list[str]]:
+    """Open every page of a built book in headless Chromium; returns (pages, problems) and saves
+    a full-page screenshot of each page in ``shots``."""
     from urllib.parse import urljoin, urlparse
 
     from playwright.sync_api import sync_playwright
 
-    html_dir = built_book["root"] / "_build" / "html"
-    shots = Path(os.environ.get("POLYALPACA_SCREENSHOTS", tmp_path / "screenshots"))
     shots.mkdir(parents=True, exist_ok=True)
     pages = sorted(p.relative_to(html_dir).as_posix() for p in html_dir.rglob("*.html")
                    if not p.name.startswith(("genindex", "search")) and "_static" not in p.parts)
@@ -109,16 +112,19 @@ def test_every_page_in_headless_chromium(built_book, tmp_path):
             page = browser.new_page(viewport={"width": 1280, "height": 900})
             for rel in pages:
                 response = page.goto(base + rel, wait_until="load")
-                if response is None or response.status != 200:
+                if response is None or not response.ok:
                     problems.append(f"{rel}: HTTP {response and response.status}")
                     continue
+                page.wait_for_load_state("networkidle")  # index.html redirects to the intro page
+                here = page.url
                 for img in page.query_selector_all("main img, article img"):
                     ok = page.evaluate("i => i.complete && i.naturalWidth > 0", img)
+                    img.scroll_into_view_if_needed()
                     box = img.bounding_box()
                     if not ok or not box or box["width"] < 10 or box["height"] < 10:
                         problems.append(f"{rel}: image {img.get_attribute('src')} not visible")
                 for href in page.eval_on_selector_all("a[href]", "els => els.map(e => e.getAttribute('href'))"):
-                    target = urlparse(urljoin(base + rel, href))
+                    target = urlparse(urljoin(here, href))
                     if target.netloc != urlparse(base).netloc or not target.path.endswith(".html"):
                         continue
                     if not (html_dir / target.path.lstrip("/")).exists():
@@ -127,5 +133,14 @@ def test_every_page_in_headless_chromium(built_book, tmp_path):
             browser.close()
     finally:
         server.shutdown()
+    return pages, problems
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (make test installs it as root)")
+def test_every_page_in_headless_chromium(built_book, tmp_path):
+    html_dir = built_book["root"] / "_build" / "html"
+    shots = Path(os.environ.get("POLYALPACA_SCREENSHOTS", tmp_path / "screenshots"))
+    pages, problems = check_pages(html_dir, shots)
     assert len(pages) >= 10
     assert not problems, "\n".join(problems)
+    assert len(list(shots.glob("*.png"))) >= len(pages)
