@@ -9,8 +9,12 @@ import warnings
 
 import numpy as np
 
-from .config import load_profile
-from .grid import Experiment
+# Libraries import tqdm.auto, which in a kernel without ipywidgets warns on every page; the
+# chapters print plain progress lines instead (``Progress``), so the notice is noise there.
+warnings.filterwarnings("ignore", message="IProgress not found")
+
+from .config import load_profile  # noqa: E402
+from .grid import Experiment  # noqa: E402
 
 
 def setup(profile: str, artefacts_dir: str = "", overrides: dict | None = None) -> Experiment:

@@ -112,7 +112,8 @@ class TranslationSettings:
     api_key_env: str = "OPENAI_API_KEY"
     languages: list[str] = field(default_factory=lambda: ["es", "ru", "zh"])
     records: int = 6
-    prompt_version: str = "translate_base_v1"
+    prompt_version: str = "translate_base_v2"
+    examples: int = 3  # worked examples shown to a base model (the last records, never in the sample)
     max_new_tokens: int = 96
     batch_size: int = 8
     max_concurrency: int = 8

@@ -158,7 +158,8 @@ def claims_table(answers: pd.DataFrame, seen: list[str], unseen: list[str], seed
 def _setup():
     import seaborn as sns
 
-    sns.set_theme(context="notebook", style="whitegrid", palette="colorblind")
+    # Large enough to read when a figure is scaled to the page's width or printed.
+    sns.set_theme(context="notebook", style="whitegrid", palette="colorblind", font_scale=1.15)
     return sns
 
 
@@ -187,10 +188,14 @@ def plot_one_unit(answers: pd.DataFrame, value: str = "gate"):
 
 
 def plot_robustness(gap: pd.DataFrame):
+    """The robustness gap per recipe, one panel per tuning method (the untuned base model, whose
+    gap is on another scale, stays in the table)."""
     sns = _setup()
-    g = sns.catplot(data=gap, kind="bar", x="recipe", y="gap", col="method", height=3.2, aspect=1.3,
+    gap = gap[gap["method"] != "base"]
+    g = sns.catplot(data=gap, kind="bar", x="recipe", y="gap", col="method", height=3.4, aspect=1.3,
                     order=[r for r in RECIPE_ORDER if r in set(gap["recipe"])])
     g.set_axis_labels("recipe", "score lost to the language gate")
+    g.tick_params(axis="x", labelrotation=20)
     return g.figure
 
 

@@ -267,7 +267,7 @@ class Experiment:
         """Translate the first ``translation.records`` English records into ``translation.languages``
         and score them with chrF against our reference translations; stored and reused."""
         from .translate import (ApiBackend, LocalBackend, TranslationConfig, chrf_by_language,
-                                chrf_for_translations, translate_records)
+                                chrf_for_translations, protect, translate_records)
 
         t = self.profile.translation
         path = self.root / "translation" / f"{_digest(dataclasses.asdict(t))}.json"
@@ -279,8 +279,12 @@ class Experiment:
         source = [{k: getattr(r, k) for k in ("id", *fields)} for r in english[:t.records]]
         references = {lang: [{k: getattr(r, k) for k in ("id", *fields)} for r in recs[:t.records]]
                       for lang, recs in targets.items()}
-        # The worked example shown to base models: the last record's instruction, never in the sample.
-        examples = {lang: [english[-1].instruction, recs[-1].instruction] for lang, recs in targets.items()}
+        # Worked examples for base models: the last records' instructions (never in the sample),
+        # with their numbers and code already replaced by markers, as the texts to translate are.
+        if t.examples > len(english) - t.records:
+            raise ValueError(f"translation.examples = {t.examples} overlaps the {t.records} records translated")
+        examples = {lang: [[protect(english[-k].instruction).text, protect(recs[-k].instruction).text]
+                           for k in range(1, t.examples + 1)] for lang, recs in targets.items()}
         config = TranslationConfig(languages=list(t.languages), prompt_version=t.prompt_version,
                                    local_max_new_tokens=t.max_new_tokens, local_batch_size=t.batch_size,
                                    examples=examples)

@@ -90,7 +90,7 @@ class EndpointConfig:
 # --------------------------------------------------------------------------------------------
 # Versioned prompt templates
 # --------------------------------------------------------------------------------------------
-_SECTION = re.compile(r"^\[(system|user)\]\s*$", re.M)
+_SECTION = re.compile(r"^\[(system|user|example|stop)\]\s*$", re.M)
 _PLACEHOLDER = re.compile(r"\{(\w+)\}")
 
 
@@ -101,18 +101,30 @@ class ChatPrompt:
     File format: lines starting with ``#`` before the first section are comments; a line
     ``[system]`` or ``[user]`` starts a section; ``{name}`` is a placeholder (any other brace
     is literal). Placeholders are filled in one pass, so values may contain braces.
+
+    Prompts for base models, which continue a document instead of following instructions, may
+    add an ``[example]`` section, filled once per worked example (``{example_source}``,
+    ``{example_target}``) and joined into the ``{examples}`` placeholder, and a ``[stop]``
+    section: one string a line (``\n`` written as ``\\n``) at which generation stops.
     """
 
     version: str
     system: str
     user: str
     path: str = ""
+    example: str = ""
+    stop: tuple[str, ...] = ()
 
     def placeholders(self) -> set[str]:
         return set(_PLACEHOLDER.findall(self.system)) | set(_PLACEHOLDER.findall(self.user))
 
-    def render(self, **values: str) -> list[dict[str, str]]:
-        """The messages for one request."""
+    def render(self, examples: Sequence[Sequence[str]] = (), **values: str) -> list[dict[str, str]]:
+        """The messages for one request; ``examples`` are (source, target) pairs for ``[example]``."""
+        if self.example:
+            values["examples"] = "".join(
+                _PLACEHOLDER.sub(lambda m: str({**values, "example_source": src, "example_target": tgt}
+                                               .get(m.group(1), m.group(0))), self.example)
+                for src, tgt in examples)
         missing = self.placeholders() - values.keys()
         if missing:
             raise KeyError(f"prompt {self.path or self.version}: no value for placeholder(s) {sorted(missing)}")
@@ -138,8 +150,11 @@ def load_prompt(name: str) -> ChatPrompt:
             raise ValueError(f"{path}:{lineno}: text before the first [system]/[user] section: {line[:60]!r}")
     if "user" not in sections:
         raise ValueError(f"{path}: no [user] section")
+    example = sections.get("example", "").strip("\n")
+    stop = tuple(line.replace("\\n", "\n") for line in sections.get("stop", "").splitlines() if line)
     return ChatPrompt(version=path.stem, system=sections.get("system", "").strip("\n"),
-                      user=sections["user"].strip("\n"), path=str(path))
+                      user=sections["user"].strip("\n"), path=str(path),
+                      example=example + "\n\n" if example else "", stop=stop)
 
 
 # --------------------------------------------------------------------------------------------

@@ -71,9 +71,10 @@ class TranslationConfig:
     language_check_min_letters: int = 20  # shorter texts skip language ID (too unreliable)
     local_max_new_tokens: int = 512
     local_batch_size: int = 8
-    # One worked example per target language, {lang: [source text, its translation]}, for prompts
-    # with {example_source}/{example_target} (the base-model prompt): a base model needs one.
-    examples: dict[str, list[str]] = field(default_factory=dict)
+    # Worked examples per target language, {lang: [[source text, its translation], ...]}, for the
+    # base-model prompts (an ``[example]`` section, or {example_source}/{example_target} for the
+    # first pair): a base model only continues a document, so it needs to see the pattern.
+    examples: dict[str, list[list[str]]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         for code in [self.source_language, *self.languages]:
@@ -165,13 +166,14 @@ class TranslationJob:
     source_language: str
     target_language: str
     language_check_min_letters: int = 20
-    example: tuple[str, str] = ("", "")
+    examples: tuple[tuple[str, str], ...] = ()
 
     def messages(self, prompt: ChatPrompt) -> list[dict[str, str]]:
-        return prompt.render(source_name=LANGUAGE_NAMES[self.source_language], source_code=self.source_language,
-                             target_name=LANGUAGE_NAMES[self.target_language], target_code=self.target_language,
-                             text=self.protected.text, example_source=self.example[0],
-                             example_target=self.example[1])
+        first = self.examples[0] if self.examples else ("", "")
+        return prompt.render(self.examples, source_name=LANGUAGE_NAMES[self.source_language],
+                             source_code=self.source_language, target_name=LANGUAGE_NAMES[self.target_language],
+                             target_code=self.target_language, text=self.protected.text,
+                             example_source=first[0], example_target=first[1])
 
     def check_reply(self, reply: str) -> str:
         """The translation, markers still in place, or ``InvalidReply`` (unparseable, markers
@@ -235,11 +237,15 @@ class LocalBackend:
         self.tokenizer = tokenizer
         self.progress = progress
 
-    def render(self, messages: list[dict[str, str]]) -> str:
-        """The model's chat template when it has one, else the messages' text in order."""
+    def render(self, messages: list[dict[str, str]], continuation: bool = False) -> str:
+        """A continuation prompt (base models) as it is, so the model writes on from its last
+        character; otherwise the model's chat template when it has one, else the messages' text."""
+        text = "\n\n".join(m["content"] for m in messages)
+        if continuation:
+            return text
         if getattr(self.tokenizer, "chat_template", None):
             return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        return "\n\n".join(m["content"] for m in messages) + "\n\n"
+        return text + "\n\n"
 
     def translate(self, jobs: Sequence[TranslationJob], prompt: ChatPrompt,
                   config: TranslationConfig) -> list[JobOutcome]:
@@ -247,17 +253,17 @@ class LocalBackend:
 
         from .generate import DecodingConfig, generate_texts  # imports torch: only when used
 
-        prompts = [self.render(job.messages(prompt)) for job in jobs]
-        # A prompt that ends inside an open <translation> tag (the base-model prompt) is continued
-        # by the model: the tag is put back in front of the reply and generation stops at its end.
-        opened = bool(prompts) and prompts[0].rstrip().endswith("<translation>")
+        # A base-model prompt (one with a [stop] section) is a document the model continues: the
+        # continuation up to a stop string is the translation, put in tags for the common checks.
+        opened = bool(prompt.stop)
+        prompts = [self.render(job.messages(prompt), continuation=opened) for job in jobs]
         decoding = DecodingConfig(max_new_tokens=config.local_max_new_tokens, batch_size=config.local_batch_size,
-                                  stop_strings=("</translation>", "\n\n") if opened else ())
+                                  stop_strings=prompt.stop)
         with tqdm(total=len(prompts), desc="translate (local)", disable=not self.progress or not prompts,
                   mininterval=5.0) as bar:
             replies = generate_texts(self.model, self.tokenizer, prompts, decoding, on_batch=bar.update)
         if opened:
-            replies = [f"<translation>{reply}</translation>" for reply in replies]
+            replies = [f"<translation>{reply.strip()}</translation>" for reply in replies]
         outcomes = []
         for job, reply in zip(jobs, replies, strict=True):
             try:
@@ -304,7 +310,7 @@ def translate_records(records: Sequence[Mapping[str, Any]], config: TranslationC
                 if protected is not None:
                     jobs.setdefault((language, protected.text), TranslationJob(
                         protected, config.source_language, language, config.language_check_min_letters,
-                        tuple(config.examples.get(language, ("", "")))))
+                        tuple((src, tgt) for src, tgt in config.examples.get(language, []))))
     job_list = list(jobs.values())
     outcomes = dict(zip(jobs, backend.translate(job_list, prompt, config), strict=True)) if job_list else {}
 

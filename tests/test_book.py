@@ -49,6 +49,8 @@ def test_every_chapter_executed_without_errors(built_book):
         nb = json.loads((root / "book" / "chapters" / f"{name}.ipynb").read_text())
         outputs = [o for c in nb["cells"] if c["cell_type"] == "code" for o in c.get("outputs", [])]
         assert not [o for o in outputs if o.get("output_type") == "error"], name
+        stderr = ["".join(o["text"]) for o in outputs if o.get("name") == "stderr"]
+        assert not stderr, f"{name}: warnings on the page: {stderr}"
         assert all(c.get("execution_count") for c in nb["cells"] if c["cell_type"] == "code"), name
         injected = [c for c in nb["cells"] if "injected-parameters" in c["metadata"].get("tags", [])]
         assert injected and all("remove-cell" in c["metadata"]["tags"] for c in injected)

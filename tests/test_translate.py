@@ -16,7 +16,7 @@ import pytest
 
 from openai_double import OpenAIDouble, endpoint_settings, fake_translation
 from polyalpaca.langid import detect_language
-from polyalpaca.llm_client import ChatClient, EndpointConfig, InvalidReply, ReplyCache
+from polyalpaca.llm_client import ChatClient, EndpointConfig, InvalidReply, ReplyCache, load_prompt
 from polyalpaca.translate import (ApiBackend, LocalBackend, TranslationConfig, TranslationJob, chrf_by_language,
                                   chrf_for_translations, protect, read_jsonl, to_translate, translate_main,
                                   translate_records)
@@ -330,3 +330,26 @@ def test_chrf_for_translated_records(double):
         out = translate_records(RECORDS, TranslationConfig(languages=["fr"]), ApiBackend(client))
     references = {"fr": [t.record for t in out]}
     assert chrf_for_translations(out, references) == {"fr": pytest.approx(100.0)}
+
+
+def test_base_model_prompt_with_worked_examples_and_stops(monkeypatch):
+    prompt = load_prompt("translate_base_v2")
+    assert prompt.stop == ("\n\n",) and "{example_source}" in prompt.example
+    job = TranslationJob(protect("Add 2 and 3."), "en", "es",
+                         examples=(("Name a colour.", "Nombra un color."), ("Say hi.", "Di hola.")))
+    text = job.messages(prompt)[0]["content"]
+    assert text == ("English: Name a colour.\nSpanish: Nombra un color.\n\n"
+                    "English: Say hi.\nSpanish: Di hola.\n\nEnglish: Add ⟦0⟧ and ⟦1⟧.\nSpanish:")
+    calls = []
+
+    def fake_generate(model, tokenizer, prompts, decoding, on_batch=None):
+        calls.append(decoding)
+        return [" Suma ⟦0⟧ y ⟦1⟧." for _ in prompts]  # the continuation, cut at the stop string
+
+    monkeypatch.setattr("polyalpaca.generate.generate_texts", fake_generate)
+    config = TranslationConfig(languages=["es"], prompt_version="translate_base_v2",
+                               examples={"es": [["Name a colour.", "Nombra un color."]]})
+    out = translate_records([{"instruction": "Add 2 and 3.", "input": "", "output": "5"}], config,
+                            LocalBackend(model=None, tokenizer=None, progress=False))
+    assert calls[0].stop_strings == ("\n\n",)
+    assert out[0].ok and out[0].record == {"instruction": "Suma 2 y 3.", "input": "", "output": "5"}
