@@ -50,3 +50,14 @@ def test_run_rejects_unknown_parameters():
 def test_translate_help_is_reachable():
     out = run_cli("translate", "--help")
     assert out.returncode == 0 and "--backend" in out.stdout
+
+
+def test_timings_keep_the_last_and_the_slowest_build(tmp_path):
+    from polyalpaca.book import record_timings
+
+    path = tmp_path / "timings.json"
+    record_timings(path, {"03_training": 960.0, "01_data": 60.0})
+    table = record_timings(path, {"03_training": 6.0, "01_data": 30.0})
+    row = next(line for line in table.splitlines() if line.startswith("| 03_training"))
+    assert row == "| 03_training | 0.1 | 16.0 |"
+    assert "| 02_translation | not run | not run |" in table
