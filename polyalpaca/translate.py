@@ -440,6 +440,9 @@ def build_parser() -> argparse.ArgumentParser:
                              "(Hub id, folder, pypi:gemma-3-270m, tiny-random-gemma3)")
     parser.add_argument("--prompt-version", default="translate_v1", metavar="NAME",
                         help="prompt file polyalpaca/resources/prompts/NAME.txt (default: %(default)s)")
+    parser.add_argument("--examples", type=Path, metavar="JSON",
+                        help="worked examples for base-model prompts such as translate_base_v2: a JSON file "
+                             '{"es": [["source text", "its translation"], ...], ...}')
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     d = API_OPTION_DEFAULTS
     api = parser.add_argument_group("api backend only")
@@ -487,6 +490,23 @@ def _backend_options(parser: argparse.ArgumentParser, args: argparse.Namespace) 
             setattr(args, name, default)
 
 
+def read_examples(path: Path) -> dict[str, list[list[str]]]:
+    """Worked examples from a JSON file ``{lang: [[source, translation], ...]}``, checked."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: line {exc.lineno}: invalid JSON: {exc.msg}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected an object {{language: [[source, translation], ...]}}")
+    for lang, pairs in data.items():
+        if not isinstance(pairs, list):
+            raise ValueError(f"{path}: {lang!r}: expected a list of [source, translation] pairs")
+        for i, pair in enumerate(pairs):
+            if not (isinstance(pair, list) and len(pair) == 2 and all(isinstance(x, str) and x.strip() for x in pair)):
+                raise ValueError(f"{path}: {lang!r}[{i}]: expected [source, translation], two non-empty strings")
+    return data
+
+
 def translate_main(argv: Sequence[str] | None = None) -> int:
     """``polyalpaca translate``: returns the exit status (0 all translated, 1 some fields failed,
     2 bad input or an endpoint that refuses every request)."""
@@ -498,8 +518,9 @@ def translate_main(argv: Sequence[str] | None = None) -> int:
         config = TranslationConfig(languages=languages, source_language=args.source_language,
                                    prompt_version=args.prompt_version,
                                    max_invalid_replies=args.max_invalid, local_max_new_tokens=args.max_new_tokens,
-                                   local_batch_size=args.batch_size)
-    except ValueError as exc:
+                                   local_batch_size=args.batch_size,
+                                   examples=read_examples(args.examples) if args.examples else {})
+    except (OSError, ValueError) as exc:
         parser.error(str(exc))
     try:
         records = read_jsonl(args.input, config.fields)

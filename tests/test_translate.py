@@ -353,3 +353,21 @@ def test_base_model_prompt_with_worked_examples_and_stops(monkeypatch):
                             LocalBackend(model=None, tokenizer=None, progress=False))
     assert calls[0].stop_strings == ("\n\n",)
     assert out[0].ok and out[0].record == {"instruction": "Suma 2 y 3.", "input": "", "output": "5"}
+
+
+def test_cli_worked_examples_file_is_checked(double, tmp_path, capsys):
+    from polyalpaca.translate import read_examples
+
+    good = tmp_path / "examples.json"
+    good.write_text(json.dumps({"es": [["Say hi.", "Di hola."]]}), encoding="utf-8")
+    assert read_examples(good) == {"es": [["Say hi.", "Di hola."]]}
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"es": [["Say hi."]]}), encoding="utf-8")
+    write_records(tmp_path / "in.jsonl", RECORDS)
+    with pytest.raises(SystemExit):
+        translate_main(cli_args(double, tmp_path) + ["--examples", str(bad)])
+    assert "bad.json: 'es'[0]: expected [source, translation]" in capsys.readouterr().err
+    bad.write_text('{"es": [\n["a", ', encoding="utf-8")
+    with pytest.raises(SystemExit):
+        translate_main(cli_args(double, tmp_path) + ["--examples", str(bad)])
+    assert "bad.json: line 2: invalid JSON" in capsys.readouterr().err
