@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
-DEFAULT_CHUNK = 256
+DEFAULT_CHUNK = 1024  # tokens per block: 1 GB of fp32 logits for a 262k vocabulary
 
 
 class LinearCrossEntropy(torch.autograd.Function):
@@ -62,10 +62,13 @@ class LinearCrossEntropy(torch.autograd.Function):
         return total
 
     @staticmethod
+    @torch.autograd.function.once_differentiable
     def backward(ctx, grad_output):
         grad_hidden, grad_weight = ctx.saved_tensors
-        gw = grad_weight * grad_output.to(grad_weight.dtype) if ctx.need_w else None
-        return grad_hidden * grad_output.to(grad_hidden.dtype), gw, None, None, None
+        # Scaled in place: the buffers were made for this one backward pass, and for a trained
+        # head (full tuning) a copy would be another vocabulary x hidden tensor per step.
+        gw = grad_weight.mul_(grad_output.to(grad_weight.dtype)) if ctx.need_w else None
+        return grad_hidden.mul_(grad_output.to(grad_hidden.dtype)), gw, None, None, None
 
 
 def linear_cross_entropy_sum(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
