@@ -21,7 +21,13 @@ from dataclasses import dataclass
 
 import torch
 
-DEFAULT_CHUNK = 1024  # tokens per block: 1 GB of fp32 logits for a 262k vocabulary
+# Tokens per block of logits (fp32, 262k vocabulary: 1 MB a token). With a trained head (full
+# tuning) every block adds its share to the vocabulary x hidden weight gradient, so fewer, larger
+# blocks are faster; with a frozen head (LoRA) block size does not change the speed, and smaller
+# blocks keep the peak memory down (benchmarks/bench_train.py measured both). ``chunk=None``
+# picks by whether the head is trained.
+CHUNK_FROZEN_HEAD = 256
+CHUNK_TRAINED_HEAD = 1024
 
 
 class LinearCrossEntropy(torch.autograd.Function):
@@ -72,10 +78,12 @@ class LinearCrossEntropy(torch.autograd.Function):
 
 
 def linear_cross_entropy_sum(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
-                             softcap: float | None = None, chunk: int = DEFAULT_CHUNK) -> torch.Tensor:
+                             softcap: float | None = None, chunk: int | None = None) -> torch.Tensor:
     """sum_i CE(hidden_i @ weight.T, targets_i) without materialising the logits."""
     if hidden.shape[0] == 0:
         return (hidden.sum() + weight.sum()) * 0.0  # keeps the graph connected
+    if chunk is None:
+        chunk = CHUNK_TRAINED_HEAD if weight.requires_grad else CHUNK_FROZEN_HEAD
     return LinearCrossEntropy.apply(hidden, weight, targets, softcap or 0.0, chunk)
 
 
@@ -86,7 +94,7 @@ class FastLossOutput:
     logits: None = None
 
 
-def add_fast_lm_loss(model, chunk: int = DEFAULT_CHUNK, vocab_ids: torch.Tensor | None = None) -> None:
+def add_fast_lm_loss(model, chunk: int | None = None, vocab_ids: torch.Tensor | None = None) -> None:
     """Patch ``model.forward`` to accept ``fast_labels`` (unshifted labels, -100 = ignored).
 
     ``vocab_ids`` (optional, sorted token ids) restricts the softmax of the *training loss* to
