@@ -154,8 +154,6 @@ def record_timings(path: Path, timings: dict[str, float]) -> str:
     build (fast when the artefacts were reused) and the slowest recorded one (the build that
     computed them: what a first run costs)."""
     known = json.loads(path.read_text()) if path.exists() else {}
-    if known and "last" not in known:  # the older flat layout: {chapter: seconds}
-        known = {"last": known, "slowest": dict(known)}
     known.setdefault("last", {}).update(timings)
     slowest = known.setdefault("slowest", {})
     for name, seconds in timings.items():

@@ -121,20 +121,18 @@ class ChatPrompt:
     def render(self, examples: Sequence[Sequence[str]] = (), **values: str) -> list[dict[str, str]]:
         """The messages for one request; ``examples`` are (source, target) pairs for ``[example]``."""
         if self.example:
-            values["examples"] = "".join(
-                _PLACEHOLDER.sub(lambda m: str({**values, "example_source": src, "example_target": tgt}
-                                               .get(m.group(1), m.group(0))), self.example)
-                for src, tgt in examples)
-        missing = self.placeholders() - values.keys()
+            values["examples"] = "".join(self._fill(self.example, {**values, "example_source": src,
+                                                                   "example_target": tgt})
+                                         for src, tgt in examples)
+        messages = [{"role": "system", "content": self._fill(self.system, values)}] if self.system else []
+        messages.append({"role": "user", "content": self._fill(self.user, values)})
+        return messages
+
+    def _fill(self, text: str, values: Mapping[str, str]) -> str:
+        missing = set(_PLACEHOLDER.findall(text)) - values.keys()
         if missing:
             raise KeyError(f"prompt {self.path or self.version}: no value for placeholder(s) {sorted(missing)}")
-
-        def fill(text: str) -> str:
-            return _PLACEHOLDER.sub(lambda m: str(values[m.group(1)]), text)
-
-        messages = [{"role": "system", "content": fill(self.system)}] if self.system else []
-        messages.append({"role": "user", "content": fill(self.user)})
-        return messages
+        return _PLACEHOLDER.sub(lambda m: str(values[m.group(1)]), text)
 
 
 def load_prompt(name: str) -> ChatPrompt:

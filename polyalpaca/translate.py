@@ -72,8 +72,8 @@ class TranslationConfig:
     local_max_new_tokens: int = 512
     local_batch_size: int = 8
     # Worked examples per target language, {lang: [[source text, its translation], ...]}, for the
-    # base-model prompts (an ``[example]`` section, or {example_source}/{example_target} for the
-    # first pair): a base model only continues a document, so it needs to see the pattern.
+    # base-model prompts (their ``[example]`` section): a base model only continues a document,
+    # so it needs to see the pattern.
     examples: dict[str, list[list[str]]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -169,11 +169,9 @@ class TranslationJob:
     examples: tuple[tuple[str, str], ...] = ()
 
     def messages(self, prompt: ChatPrompt) -> list[dict[str, str]]:
-        first = self.examples[0] if self.examples else ("", "")
         return prompt.render(self.examples, source_name=LANGUAGE_NAMES[self.source_language],
                              source_code=self.source_language, target_name=LANGUAGE_NAMES[self.target_language],
-                             target_code=self.target_language, text=self.protected.text,
-                             example_source=first[0], example_target=first[1])
+                             target_code=self.target_language, text=self.protected.text)
 
     def check_reply(self, reply: str) -> str:
         """The translation, markers still in place, or ``InvalidReply`` (unparseable, markers

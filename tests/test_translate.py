@@ -16,7 +16,7 @@ import pytest
 
 from openai_double import OpenAIDouble, endpoint_settings, fake_translation
 from polyalpaca.langid import detect_language
-from polyalpaca.llm_client import ChatClient, EndpointConfig, InvalidReply, ReplyCache, load_prompt
+from polyalpaca.llm_client import ChatClient, EndpointConfig, ChatPrompt, InvalidReply, ReplyCache, load_prompt
 from polyalpaca.translate import (ApiBackend, LocalBackend, TranslationConfig, TranslationJob, chrf_by_language,
                                   chrf_for_translations, protect, read_jsonl, to_translate, translate_main,
                                   translate_records)
@@ -371,3 +371,13 @@ def test_cli_worked_examples_file_is_checked(double, tmp_path, capsys):
     with pytest.raises(SystemExit):
         translate_main(cli_args(double, tmp_path) + ["--examples", str(bad)])
     assert "bad.json: line 2: invalid JSON" in capsys.readouterr().err
+
+
+def test_tagged_base_prompt_uses_the_same_example_mechanism():
+    job = TranslationJob(protect("Say hello."), "en", "fr", examples=(("Say hi.", "Dis salut."),))
+    text = job.messages(load_prompt("translate_base_v1"))[0]["content"]
+    assert text.endswith("English: <source>Say hi.</source>\nFrench: <translation>Dis salut.</translation>\n\n"
+                         "English: <source>Say hello.</source>\nFrench: <translation>")
+    broken = ChatPrompt(version="x", system="", user="{examples}", example="{example_target} {nope}")
+    with pytest.raises(KeyError, match="nope"):
+        broken.render([("a", "b")])
