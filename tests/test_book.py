@@ -146,3 +146,17 @@ def test_every_page_in_headless_chromium(built_book, tmp_path):
     assert len(pages) >= 10
     assert not problems, "\n".join(problems)
     assert len(list(shots.glob("*.png"))) >= len(pages)
+
+
+def test_every_chapter_follows_the_template():
+    """The chapter sources keep the book's template, in order, ending with Summary and Exercises."""
+    from polyalpaca.book import chapter_path
+
+    headings = ["## Overview", "## Prerequisites", "## Parameters", "## Imports", "## Summary", "## Exercises"]
+    for name in CHAPTERS:
+        nb = json.loads(chapter_path(name).read_text(encoding="utf-8"))
+        text = "\n".join("".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "markdown")
+        lines = [line.strip() for line in text.splitlines()]
+        positions = [lines.index(h) if h in lines else -1 for h in headings]
+        assert -1 not in positions and positions == sorted(positions), (name, dict(zip(headings, positions)))
+        assert lines[positions[-1] + 1:] and lines[positions[-1] + 1].startswith("1."), name
