@@ -28,6 +28,7 @@ from pathlib import Path
 import torch
 from datasets import Dataset
 from transformers import TrainerCallback
+from transformers.trainer_callback import PrinterCallback
 from trl import SFTConfig, SFTTrainer
 
 from .config import TrainConfig
@@ -94,6 +95,21 @@ class FastSFTTrainer(SFTTrainer):
             self._total_train_tokens += int(inputs["input_ids"].numel())
             self._metrics["train"]["num_tokens"] = [self._total_train_tokens]
         return (loss, outputs) if return_outputs else loss
+
+
+class EpochLines(TrainerCallback):
+    """One printed line per validation and one at the end, instead of transformers' printer of
+    every logging step (hundreds of lines in an executed chapter). Every step's loss is still
+    kept in the run's ``log_history``, which the chapters plot."""
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not state.is_local_process_zero or not logs:
+            return
+        if "eval_loss" in logs:
+            print(f"  epoch {logs.get('epoch', 0):.2g}: validation loss {logs['eval_loss']:.4f}", flush=True)
+        elif "train_loss" in logs:
+            print(f"  trained {state.global_step} steps in {logs.get('train_runtime', 0):.0f} s, "
+                  f"mean training loss {logs['train_loss']:.4f}", flush=True)
 
 
 class _WallClock(TrainerCallback):
@@ -238,7 +254,8 @@ def train(model_spec: str, train_records: list[Record], validation_records: list
         trainer_cls = SFTTrainer
     trainer = trainer_cls(**extra, model=model, args=args, train_dataset=train_ds, eval_dataset=val_ds,
                           processing_class=tokenizer, peft_config=build_peft_config(cfg),
-                          callbacks=[_WallClock(), *(callbacks or [])])
+                          callbacks=[_WallClock(), EpochLines(), *(callbacks or [])])
+    trainer.remove_callback(PrinterCallback)
     start = time.time()
     trainer.train(resume_from_checkpoint=last_checkpoint(ckpt_dir))
     seconds = time.time() - start

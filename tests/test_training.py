@@ -80,7 +80,7 @@ def test_fast_loss_matches_model_loss_on_padded_batch(tiny_model_dir, tokenizer,
 
 
 @pytest.mark.parametrize("method, loss_on", [("lora", "all"), ("full", "response")])
-def test_fast_and_plain_trl_agree(tmp_path, tiny_model_dir, template, method, loss_on):
+def test_fast_and_plain_trl_agree(tmp_path, tiny_model_dir, template, method, loss_on, capsys):
     cfg = TrainConfig(method=method, epochs=1, batch_size=4, gradient_accumulation=1, warmup_steps=0,
                       learning_rate=1e-3, loss_on=loss_on, max_length=64, lora=TrainConfig().lora)
     losses = {}
@@ -91,6 +91,9 @@ def test_fast_and_plain_trl_agree(tmp_path, tiny_model_dir, template, method, lo
         assert (model_dir / ("adapter_config.json" if method == "lora" else "config.json")).exists()
         assert result.best_eval_loss is not None
     assert losses[True][0] == pytest.approx(losses[False][0], abs=1e-4)
+    printed = capsys.readouterr().out
+    assert "{'loss'" not in printed  # no line per logging step in the chapters
+    assert printed.count("validation loss") == 2 and printed.count("mean training loss") == 2
 
 
 class Interrupt(Exception):
