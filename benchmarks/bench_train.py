@@ -147,7 +147,7 @@ def main(argv=None) -> int:
     if args.variant:
         print(json.dumps(run_variant(args)))
         return 0
-    passthrough = [a for a in (sys.argv[1:] if argv is None else argv)]
+    passthrough = list(sys.argv[1:] if argv is None else argv)
     variants = args.variants.split(",")
     if variants[0] != "baseline":
         p.error("--variants must start with baseline: every speed-up is relative to it")

@@ -29,27 +29,29 @@ import torch
 CHUNK_FROZEN_HEAD = 256
 CHUNK_TRAINED_HEAD = 1024
 
-_workspaces: dict[tuple[torch.device, torch.dtype], torch.Tensor] = {}
 
-
-def logits_workspace(rows: int, vocab: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-    """A (rows x vocab) buffer kept between calls, one per device and dtype.
+def logits_workspace(workspace: dict | None, rows: int, vocab: int, device: torch.device,
+                     dtype: torch.dtype) -> torch.Tensor:
+    """A (rows x vocab) buffer for the logits, kept in ``workspace`` between calls on CPU.
 
     On CPU a fresh block of this size (256 MB-1 GB) comes from the operating system zero-filled,
     page by page, on every training step; writing the logits into it then ran 20-25% below the
-    matrix product's speed into a reused buffer (measured on the project's 2-core machine). The
-    buffer holds no state between calls: each block is fully overwritten before it is read."""
-    key = (torch.device(device), dtype)
-    buf = _workspaces.get(key)
+    matrix product's speed into a reused buffer (measured on the project's 2-core machine). GPUs'
+    caching allocator already reuses blocks, so there (or with no ``workspace``) it is a fresh
+    tensor. The buffer holds no state between calls: each block is overwritten before it is read."""
+    if workspace is None or torch.device(device).type != "cpu":
+        return torch.empty(rows, vocab, device=device, dtype=dtype)
+    key = (str(device), dtype)
+    buf = workspace.get(key)
     if buf is None or buf.numel() < rows * vocab:
-        _workspaces.pop(key, None)
-        buf = _workspaces[key] = torch.empty(rows * vocab, device=device, dtype=dtype)
+        workspace.pop(key, None)
+        buf = workspace[key] = torch.empty(rows * vocab, device=device, dtype=dtype)
     return buf[: rows * vocab].view(rows, vocab)
 
 
 class LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, hidden, weight, targets, softcap, chunk):
+    def forward(ctx, hidden, weight, targets, softcap, chunk, workspace):
         n = hidden.shape[0]
         need_w = weight.requires_grad
         grad_hidden = torch.empty_like(hidden)
@@ -58,12 +60,12 @@ class LinearCrossEntropy(torch.autograd.Function):
         acc = torch.float32 if hidden.dtype in (torch.float16, torch.bfloat16) else hidden.dtype
         total = hidden.new_zeros((), dtype=acc)
         w = weight
-        direct = acc == hidden.dtype  # fp32: the product goes straight into the workspace
-        workspace = logits_workspace(min(chunk, n), w.shape[0], hidden.device, acc) if direct else None
+        direct = acc == hidden.dtype  # fp32: the product goes straight into the logits buffer
+        buffer = logits_workspace(workspace, min(chunk, n), w.shape[0], hidden.device, acc) if direct else None
         for start in range(0, n, chunk):
             h = hidden[start:start + chunk]
             t = targets[start:start + chunk]
-            logits = torch.mm(h, w.t(), out=workspace[: len(h)]) if direct else (h @ w.t()).to(acc)
+            logits = torch.mm(h, w.t(), out=buffer[: len(h)]) if direct else (h @ w.t()).to(acc)
             if softcap:
                 capped = torch.tanh(logits / softcap)
                 logits = capped * softcap
@@ -93,17 +95,21 @@ class LinearCrossEntropy(torch.autograd.Function):
         # Scaled in place: the buffers were made for this one backward pass, and for a trained
         # head (full tuning) a copy would be another vocabulary x hidden tensor per step.
         gw = grad_weight.mul_(grad_output.to(grad_weight.dtype)) if ctx.need_w else None
-        return grad_hidden.mul_(grad_output.to(grad_hidden.dtype)), gw, None, None, None
+        return grad_hidden.mul_(grad_output.to(grad_hidden.dtype)), gw, None, None, None, None
 
 
 def linear_cross_entropy_sum(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
-                             softcap: float | None = None, chunk: int | None = None) -> torch.Tensor:
-    """sum_i CE(hidden_i @ weight.T, targets_i) without materialising the logits."""
+                             softcap: float | None = None, chunk: int | None = None,
+                             workspace: dict | None = None) -> torch.Tensor:
+    """sum_i CE(hidden_i @ weight.T, targets_i) without materialising the logits.
+
+    ``workspace``: a dict the caller keeps between calls, in which the logits buffer is reused
+    (``add_fast_lm_loss`` keeps one per model, so it is freed with the model)."""
     if hidden.shape[0] == 0:
         return (hidden.sum() + weight.sum()) * 0.0  # keeps the graph connected
     if chunk is None:
         chunk = CHUNK_TRAINED_HEAD if weight.requires_grad else CHUNK_FROZEN_HEAD
-    return LinearCrossEntropy.apply(hidden, weight, targets, softcap or 0.0, chunk)
+    return LinearCrossEntropy.apply(hidden, weight, targets, softcap or 0.0, chunk, workspace)
 
 
 @dataclass
@@ -123,6 +129,7 @@ def add_fast_lm_loss(model, chunk: int | None = None, vocab_ids: torch.Tensor | 
         return
     original = model.forward
     softcap = getattr(model.config.get_text_config(), "final_logit_softcapping", None)
+    workspace: dict = {}  # the logits buffer, reused from step to step and freed with the model
     remap = None
     if vocab_ids is not None:
         vocab_ids = torch.as_tensor(vocab_ids, dtype=torch.long)
@@ -149,7 +156,7 @@ def add_fast_lm_loss(model, chunk: int | None = None, vocab_ids: torch.Tensor | 
                 raise ValueError("a label is outside the reduced vocabulary; rebuild it from this data "
                                  "or set train.vocab_subset = false")
             weight = weight.index_select(0, vocab_ids.to(weight.device))
-        loss_sum = linear_cross_entropy_sum(hidden[keep], weight, chosen, softcap, chunk)
+        loss_sum = linear_cross_entropy_sum(hidden[keep], weight, chosen, softcap, chunk, workspace)
         count = keep.sum()
         denominator = num_items_in_batch if num_items_in_batch is not None else count.clamp(min=1)
         return FastLossOutput(loss=loss_sum / denominator, num_tokens=count)

@@ -106,7 +106,7 @@ class EpochLines(TrainerCallback):
         if not state.is_local_process_zero or not logs:
             return
         if "eval_loss" in logs:
-            print(f"  epoch {logs.get('epoch', 0):.2g}: validation loss {logs['eval_loss']:.4f}", flush=True)
+            print(f"  epoch {logs.get('epoch', 0):g}: validation loss {logs['eval_loss']:.4f}", flush=True)
         elif "train_loss" in logs:
             print(f"  trained {state.global_step} steps in {logs.get('train_runtime', 0):.0f} s, "
                   f"mean training loss {logs['train_loss']:.4f}", flush=True)

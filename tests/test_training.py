@@ -52,14 +52,16 @@ def test_linear_cross_entropy_reuses_its_logits_buffer_safely():
     """Calls of different sizes share one logits workspace; none may see another's values."""
     torch.manual_seed(1)
     w = torch.randn(301, 16, dtype=torch.float64)
+    workspace = {}
     for n in (5, 37, 3, 16):
         h = torch.randn(n, 16, dtype=torch.float64, requires_grad=True)
         y = torch.randint(0, 301, (n,))
         ref = F.cross_entropy(h @ w.t(), y, reduction="sum")
         (ref_grad,) = torch.autograd.grad(ref, [h])
-        got = linear_cross_entropy_sum(h, w, y, chunk=16)
+        got = linear_cross_entropy_sum(h, w, y, chunk=16, workspace=workspace)
         (got_grad,) = torch.autograd.grad(got, [h])
         assert torch.allclose(got, ref, atol=1e-9) and torch.allclose(got_grad, ref_grad, atol=1e-9)
+    assert [b.numel() for b in workspace.values()] == [16 * 301]  # one buffer, grown to one block
 
 
 def test_fast_loss_matches_model_loss_on_padded_batch(tiny_model_dir, tokenizer, template):
