@@ -57,7 +57,10 @@ class TrainConfig:
     epochs: float = 5
     learning_rate: float = 3e-4
     batch_size: int = 8  # per device
-    gradient_accumulation: int = 16
+    gradient_accumulation: int = 16  # used when effective_batch is 0
+    # The batch one optimizer step sees across all processes (the paper: 128). When set, gradient
+    # accumulation follows from it: effective_batch / (batch_size x number of processes).
+    effective_batch: int = 0
     warmup_steps: int = 100
     warmup_ratio: float = 0.0
     scheduler: str = "linear"
@@ -82,6 +85,9 @@ class GridConfig:
     models: list[str] = field(default_factory=lambda: ["pypi:gemma-3-270m"])
     methods: list[str] = field(default_factory=lambda: ["lora", "full"])
     recipes: list[str] = field(default_factory=lambda: ["monolingual", "multilingual", "english-only", "downsampled"])
+    # Training seeds: every grid cell is trained once per seed (LoRA initialisation, data order,
+    # dropout and the downsampled draw all follow the seed).
+    seeds: list[int] = field(default_factory=lambda: [42])
     compute_note: str = ""
     # For estimates when the data cannot be read here (the paper profile offline):
     records_per_language_estimate: int = 0
@@ -120,12 +126,49 @@ class TranslationSettings:
 
 
 @dataclass
+class ServerSettings:
+    """Generation through an OpenAI-compatible completions server (vLLM, llama.cpp, TGI) instead
+    of in-process ``transformers``: ``eval.backend = "server"``. With ``lora_adapters`` each LoRA
+    run is requested by its adapter name on one served base model (vLLM multi-LoRA serving)."""
+
+    base_url: str = ""
+    model: str = ""  # the served base model's name; empty = the grid's model spec
+    api_key_env: str = "OPENAI_API_KEY"
+    lora_adapters: bool = False
+    max_concurrency: int = 8
+
+
+@dataclass
+class FindingsConfig:
+    """The statistical design of the claims table, declared before any run."""
+
+    alpha: float = 0.05  # family-wise error rate over the claims family (Holm)
+    n_boot: int = 2000  # bootstrap resamples
+    # Non-inferiority margins per measure, for claims the paper states as "on par or better":
+    # A is declared not worse than B when the lower bound of A - B (higher = better) is above -margin.
+    margins: dict[str, float] = field(default_factory=lambda: {"quality": 0.02, "gate": 0.05, "robustness": 0.25})
+    min_seeds: int = 3  # fewer seeds than this: the verdict is exploratory and not counted
+    seed: int = 0  # the bootstrap's random seed
+
+
+@dataclass
+class BookConfig:
+    """How the book is executed."""
+
+    chapter_timeout_s: int = 3600  # per chapter; a chapter running longer is stopped and named
+
+
+@dataclass
 class EvalConfig:
     decoding: DecodingConfig = field(default_factory=DecodingConfig)
     decoding_full: DecodingConfig | None = None  # decoding for full fine-tuning, when it differs
     judge: JudgeSettings = field(default_factory=JudgeSettings)
     evaluate_base_model: bool = True
     langid_seed: int = 0
+    backend: str = "local"  # local (transformers in this process) | server (see ServerSettings)
+    server: ServerSettings = field(default_factory=ServerSettings)
+    likelihood: bool = True  # score the reference answers' likelihood (the decoding-free quality score)
+    likelihood_batch_size: int = 8
 
 
 @dataclass
@@ -140,6 +183,8 @@ class Profile:
     grid: GridConfig = field(default_factory=GridConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     translation: TranslationSettings = field(default_factory=TranslationSettings)
+    findings: FindingsConfig = field(default_factory=FindingsConfig)
+    book: BookConfig = field(default_factory=BookConfig)
     tokens_per_second_estimate: float = 0.0  # measured training throughput (CPU profiles), for `plan`
     estimate_device: str = ""  # what the estimate is for, e.g. "1x A100 80GB"
     estimate_tflops: float = 0.0  # peak dense bf16 TFLOP/s of that device (GPU profiles)

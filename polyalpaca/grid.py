@@ -13,7 +13,6 @@ import hashlib
 import json
 import logging
 import platform
-import shutil
 import subprocess
 import time
 from dataclasses import dataclass, field
@@ -182,28 +181,16 @@ class Experiment:
     # --- training -------------------------------------------------------------------------
     def train(self, run: GridRun) -> dict:
         """Train one run unless it is done; returns its recorded result."""
-        from .train import train
+        from .train import train_run
 
-        rd = self.run_dir(run)
         if run.method == "base":
             return {}
-        if (rd / "DONE").exists():
-            return json.loads((rd / "train_result.json").read_text())
-        rd.mkdir(parents=True, exist_ok=True)
         cfg: TrainConfig = self.profile.train_config(run.method)
-        (rd / "run.json").write_text(json.dumps({
-            **run.summary(), "train_config": dataclasses.asdict(cfg), "seed": cfg.seed,
-            "versions": library_versions(), "git": git_revision(),
-            "counts": run.training_set.counts()}, indent=2))
-        write_jsonl(rd / "train_ids.jsonl", [{"lang": r.lang, "id": r.id} for r in run.training_set.train])
+        record = {**run.summary(), "train_config": dataclasses.asdict(cfg), "seed": cfg.seed,
+                  "versions": library_versions(), "git": git_revision(), "counts": run.training_set.counts()}
         vocab = self.vocabulary(run.model) if cfg.vocab_subset else None
-        result = train(run.model, run.training_set.train, run.training_set.validation, cfg, self.template, rd,
-                       vocab_ids=vocab)
-        (rd / "DONE").write_text(time.strftime("%Y-%m-%dT%H:%M:%S\n"))
-        # The finished model is in run_dir/model; resumable checkpoints (optimizer states included)
-        # are only needed while the run is unfinished.
-        shutil.rmtree(rd / "checkpoints", ignore_errors=True)
-        return dataclasses.asdict(result) if dataclasses.is_dataclass(result) else result
+        return train_run(self.run_dir(run), run.model, run.training_set.train, run.training_set.validation,
+                         cfg, self.template, record, vocab_ids=vocab)
 
     def vocabulary(self, model: str):
         """Token ids of all the experiment's text (for the ``vocab_subset`` deviation), cached."""
@@ -264,76 +251,10 @@ class Experiment:
 
     # --- the translation study -----------------------------------------------------------
     def translation_study(self) -> dict:
-        """Translate the first ``translation.records`` English records into ``translation.languages``
-        and score them with chrF against our reference translations; stored and reused."""
-        from .translate import (ApiBackend, LocalBackend, TranslationConfig, chrf_by_language,
-                                chrf_for_translations, protect, translate_records)
+        """The translation chapter's study (``polyalpaca.translate.translation_study``)."""
+        from .translate import translation_study
 
-        t = self.profile.translation
-        path = self.root / "translation" / f"{_digest(dataclasses.asdict(t))}.json"
-        if path.exists():
-            return json.loads(path.read_text())
-        fields = ("instruction", "input", "output")
-        english = load_training_records("en", "embedded").items
-        targets = {lang: load_training_records(lang, "embedded").items for lang in t.languages}
-        source = [{k: getattr(r, k) for k in ("id", *fields)} for r in english[:t.records]]
-        references = {lang: [{k: getattr(r, k) for k in ("id", *fields)} for r in recs[:t.records]]
-                      for lang, recs in targets.items()}
-        # Worked examples for base models: the last records' instructions (never in the sample),
-        # with their numbers and code already replaced by markers, as the texts to translate are.
-        if t.examples > len(english) - t.records:
-            raise ValueError(f"translation.examples = {t.examples} overlaps the {t.records} records translated")
-        examples = {lang: [[protect(english[-k].instruction).text, protect(recs[-k].instruction).text]
-                           for k in range(1, t.examples + 1)] for lang, recs in targets.items()}
-        config = TranslationConfig(languages=list(t.languages), prompt_version=t.prompt_version,
-                                   local_max_new_tokens=t.max_new_tokens, local_batch_size=t.batch_size,
-                                   examples=examples)
-        ledger = None
-        if t.backend == "local":
-            from .models import load_model, load_tokenizer
-
-            backend = LocalBackend(load_model(t.model), load_tokenizer(t.model), progress=False)
-            translated = translate_records(source, config, backend)
-        elif t.backend == "api":
-            from .llm_client import ChatClient, EndpointConfig
-
-            endpoint = EndpointConfig(base_url=t.base_url, model=t.model, api_key_env=t.api_key_env,
-                                      max_concurrency=t.max_concurrency)
-            with ChatClient(endpoint, self.root / "llm-cache", progress=False) as client:
-                translated = translate_records(source, config, ApiBackend(client))
-                ledger = client.ledger.to_dict()
-        else:
-            raise ValueError(f"translation.backend must be 'local' or 'api', got {t.backend!r}")
-        ok = [x for x in translated if x.ok]
-        chrf = chrf_for_translations(ok, references) if ok else {}
-        rows = []
-        for item in translated:
-            for name in fields:
-                ref = references[item.language][item.index][name]
-                if not source[item.index][name].strip():
-                    continue
-                failure = next((f for f in item.failures if f.field == name), None)
-                rows.append({"id": source[item.index]["id"], "lang": item.language, "field": name,
-                             "source": source[item.index][name], "reference": ref,
-                             "translation": item.record[name] if item.ok else None,
-                             "failed": failure is not None,
-                             "reply": (failure.replies[-1] if failure and failure.replies else None)})
-        # chrF of everything the model wrote, rejected replies included: how far the raw output is.
-        raw = {}
-        for lang in t.languages:
-            pairs = [(r["translation"] if r["translation"] is not None else _strip_tags(r["reply"] or ""), r["reference"])
-                     for r in rows if r["lang"] == lang and r["reference"].strip()]
-            raw[lang] = chrf_by_language({lang: [p[0] for p in pairs]}, {lang: [p[1] for p in pairs]})[lang] if pairs else None
-        # The floor: chrF of the untranslated English source against the references.
-        copy = {lang: chrf_by_language({lang: [r["source"] for r in rows if r["lang"] == lang]},
-                                       {lang: [r["reference"] for r in rows if r["lang"] == lang]})[lang]
-                for lang in t.languages}
-        result = {"settings": dataclasses.asdict(t), "chrf": chrf, "raw_chrf": raw, "copy_chrf": copy, "rows": rows, "ledger": ledger,
-                  "records_ok": {lang: sum(x.ok for x in translated if x.language == lang) for lang in t.languages},
-                  "records": t.records}
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(result, indent=2, ensure_ascii=False))
-        return result
+        return translation_study(self.profile.translation, self.root)
 
     # --- the judge -----------------------------------------------------------------------
     def judge_path(self, run: GridRun, lang: str) -> Path:
@@ -416,10 +337,6 @@ class Experiment:
         return pd.DataFrame(rows)
 
 
-def _strip_tags(reply: str) -> str:
-    return reply.replace("<translation>", "").replace("</translation>", "").strip()
-
-
 def loss_history_frame(exp: Experiment):
     """Training and validation losses of every trained run (one row per logged value)."""
     import pandas as pd
@@ -454,16 +371,3 @@ def runs_frame(exp: Experiment):
                      "steps": result.get("steps"), "seconds": result.get("seconds"),
                      "best validation loss": result.get("best_eval_loss"), "trained model": run.train_key})
     return pd.DataFrame(rows)
-
-
-def translation_table(study: dict):
-    """Per language: chrF of accepted translations, of all output, the copy floor, and counts."""
-    import pandas as pd
-
-    return pd.DataFrame({
-        "chrF (accepted)": pd.Series(study["chrf"], dtype=float),
-        "chrF (all output)": pd.Series(study["raw_chrf"], dtype=float),
-        "chrF of the English source (floor)": pd.Series(study["copy_chrf"], dtype=float),
-        "records translated": pd.Series(study["records_ok"]),
-        "records": study["records"],
-    }).round(1)

@@ -274,6 +274,31 @@ def train(model_spec: str, train_records: list[Record], validation_records: list
     return result
 
 
+def train_run(run_dir: str | Path, model_spec: str, train_records: list[Record],
+              validation_records: list[Record], cfg: TrainConfig, template: PromptTemplate, record: dict,
+              vocab_ids=None) -> dict:
+    """Train one grid run into ``run_dir`` unless it is marked done; returns its recorded result.
+
+    Writes ``run.json`` (``record``), ``train_ids.jsonl``, the model and ``train_result.json``,
+    then the ``DONE`` marker; resumable checkpoints are removed once the run is done."""
+    import shutil
+
+    from .data import write_jsonl
+
+    run_dir = Path(run_dir)
+    if (run_dir / "DONE").exists():
+        return json.loads((run_dir / "train_result.json").read_text())
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "run.json").write_text(json.dumps(record, indent=2))
+    write_jsonl(run_dir / "train_ids.jsonl", [{"lang": r.lang, "id": r.id} for r in train_records])
+    result = train(model_spec, train_records, validation_records, cfg, template, run_dir, vocab_ids=vocab_ids)
+    (run_dir / "DONE").write_text(time.strftime("%Y-%m-%dT%H:%M:%S\n"))
+    # The finished model is in run_dir/model; resumable checkpoints (optimizer states included)
+    # are only needed while the run is unfinished.
+    shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
+    return asdict(result)
+
+
 def load_trained(model_dir: str | Path, base_spec: str):
     """A fine-tuned model for generation: LoRA adapters are merged into their base."""
     model_dir = Path(model_dir)

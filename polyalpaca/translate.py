@@ -21,6 +21,8 @@ command. ``chrf_by_language`` scores translations against references with sacreb
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import hashlib
 import json
 import os
 import re
@@ -30,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Protocol, Sequence
 
-from .data import LANGUAGES
+from .data import LANGUAGES, load_training_records
 from .langid import detect_language
 from .llm_client import (ChatClient, ChatPrompt, ChatRequest, EndpointConfig, EndpointError, InvalidReply,
                          load_prompt)
@@ -377,6 +379,98 @@ def chrf_for_translations(translated: Sequence[TranslatedRecord],
 # --------------------------------------------------------------------------------------------
 # Command line
 # --------------------------------------------------------------------------------------------
+# --- the translation chapter's study ----------------------------------------------------------
+
+def translation_study(t, root) -> dict:
+    """Translate the first ``translation.records`` English records into ``translation.languages``
+    and score them with chrF against our reference translations; stored and reused."""
+    root = Path(root)
+    digest = hashlib.sha256(json.dumps(dataclasses.asdict(t), sort_keys=True).encode()).hexdigest()[:10]
+    path = root / "translation" / f"{digest}.json"
+    if path.exists():
+        return json.loads(path.read_text())
+    fields = ("instruction", "input", "output")
+    english = load_training_records("en", "embedded").items
+    targets = {lang: load_training_records(lang, "embedded").items for lang in t.languages}
+    source = [{k: getattr(r, k) for k in ("id", *fields)} for r in english[:t.records]]
+    references = {lang: [{k: getattr(r, k) for k in ("id", *fields)} for r in recs[:t.records]]
+                  for lang, recs in targets.items()}
+    # Worked examples for base models: the last records' instructions (never in the sample),
+    # with their numbers and code already replaced by markers, as the texts to translate are.
+    if t.examples > len(english) - t.records:
+        raise ValueError(f"translation.examples = {t.examples} overlaps the {t.records} records translated")
+    examples = {lang: [[protect(english[-k].instruction).text, protect(recs[-k].instruction).text]
+                       for k in range(1, t.examples + 1)] for lang, recs in targets.items()}
+    config = TranslationConfig(languages=list(t.languages), prompt_version=t.prompt_version,
+                               local_max_new_tokens=t.max_new_tokens, local_batch_size=t.batch_size,
+                               examples=examples)
+    ledger = None
+    if t.backend == "local":
+        from .models import load_model, load_tokenizer
+
+        backend = LocalBackend(load_model(t.model), load_tokenizer(t.model), progress=False)
+        translated = translate_records(source, config, backend)
+    elif t.backend == "api":
+        from .llm_client import ChatClient, EndpointConfig
+
+        endpoint = EndpointConfig(base_url=t.base_url, model=t.model, api_key_env=t.api_key_env,
+                                  max_concurrency=t.max_concurrency)
+        with ChatClient(endpoint, root / "llm-cache", progress=False) as client:
+            translated = translate_records(source, config, ApiBackend(client))
+            ledger = client.ledger.to_dict()
+    else:
+        raise ValueError(f"translation.backend must be 'local' or 'api', got {t.backend!r}")
+    ok = [x for x in translated if x.ok]
+    chrf = chrf_for_translations(ok, references) if ok else {}
+    rows = []
+    for item in translated:
+        for name in fields:
+            ref = references[item.language][item.index][name]
+            if not source[item.index][name].strip():
+                continue
+            failure = next((f for f in item.failures if f.field == name), None)
+            rows.append({"id": source[item.index]["id"], "lang": item.language, "field": name,
+                         "source": source[item.index][name], "reference": ref,
+                         "translation": item.record[name] if item.ok else None,
+                         "failed": failure is not None,
+                         "reply": (failure.replies[-1] if failure and failure.replies else None)})
+    # chrF of everything the model wrote, rejected replies included: how far the raw output is.
+    raw = {}
+    for lang in t.languages:
+        pairs = [(r["translation"] if r["translation"] is not None else _strip_tags(r["reply"] or ""), r["reference"])
+                 for r in rows if r["lang"] == lang and r["reference"].strip()]
+        raw[lang] = chrf_by_language({lang: [p[0] for p in pairs]}, {lang: [p[1] for p in pairs]})[lang] if pairs else None
+    # The floor: chrF of the untranslated English source against the references.
+    copy = {lang: chrf_by_language({lang: [r["source"] for r in rows if r["lang"] == lang]},
+                                   {lang: [r["reference"] for r in rows if r["lang"] == lang]})[lang]
+            for lang in t.languages}
+    result = {"settings": dataclasses.asdict(t), "chrf": chrf, "raw_chrf": raw, "copy_chrf": copy, "rows": rows, "ledger": ledger,
+              "records_ok": {lang: sum(x.ok for x in translated if x.language == lang) for lang in t.languages},
+              "records": t.records}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=2, ensure_ascii=False))
+    return result
+
+
+
+def _strip_tags(reply: str) -> str:
+    return reply.replace("<translation>", "").replace("</translation>", "").strip()
+
+
+
+def translation_table(study: dict):
+    """Per language: chrF of accepted translations, of all output, the copy floor, and counts."""
+    import pandas as pd
+
+    return pd.DataFrame({
+        "chrF (accepted)": pd.Series(study["chrf"], dtype=float),
+        "chrF (all output)": pd.Series(study["raw_chrf"], dtype=float),
+        "chrF of the English source (floor)": pd.Series(study["copy_chrf"], dtype=float),
+        "records translated": pd.Series(study["records_ok"]),
+        "records": study["records"],
+    }).round(1)
+
+
 def read_jsonl(path: str | Path, fields: Sequence[str] = ALPACA_FIELDS) -> list[dict[str, Any]]:
     """Records of a JSONL file; blank lines are skipped, bad lines raise naming file and line."""
     records = []
