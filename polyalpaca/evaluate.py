@@ -11,14 +11,19 @@ import unicodedata
 from dataclasses import asdict, dataclass
 
 from .data import TestPrompt
-from .generate import DecodingConfig, generate_texts
 from .langid import language_gate
 from .prompts import PromptTemplate
 
+# The version of the offline scorer (gate rules, echo and loop detection, chrF, accuracy): bump it
+# when scoring changes, and every stored score is recomputed from the stored answers.
+SCORER_VERSION = 2
+
 
 def answer_prompts(model, tokenizer, template: PromptTemplate, prompts: list[TestPrompt],
-                   decoding: DecodingConfig, on_batch=None) -> list[str]:
+                   decoding, on_batch=None) -> list[str]:
     """Generate one answer per prompt (the prompt goes in the template's instruction slot)."""
+    from .generate import generate_texts
+
     texts = [template.build(p.prompt) for p in prompts]
     outputs = generate_texts(model, tokenizer, texts, decoding, on_batch=on_batch)
     return [template.extract_response(template.response_marker + "\n" + out) for out in outputs]
@@ -70,6 +75,11 @@ class ScoredAnswer:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def score_answers(prompts: list[TestPrompt], responses: list[str], seed: int = 0) -> list[dict]:
+    """Score stored answers (rows for the artefact store)."""
+    return [score_answer("", p, r, seed).to_dict() for p, r in zip(prompts, responses)]
 
 
 def score_answer(run: str, prompt: TestPrompt, response: str, seed: int = 0) -> ScoredAnswer:

@@ -1,15 +1,20 @@
-"""The experiment grid: which runs a profile declares, and running them with caching.
+"""The experiment: a profile's grid of runs, composed from the pipeline's stages.
 
-Each run (base model x method x training set) gets an id derived from everything that shapes
-it (model, method settings, the exact training ids, template). Its artefacts live in
-``<artefacts>/<profile>/runs/<run_id>/``; a run with ``DONE`` is never trained again, and an
-interrupted one resumes from its last checkpoint. Generations and scores are cached per
-(run, language, decoding) in the same way.
+Data flows one way: data (``polyalpaca.data``) -> training sets (``polyalpaca.recipes``) ->
+trained models (``polyalpaca.train``) -> answers (``polyalpaca.generate``/``evaluate``) and
+likelihood scores (``polyalpaca.likelihood``) -> verdicts (``polyalpaca.findings``).
+``Experiment`` only says which run needs what, and where the artefact store keeps it.
+
+Each run (base model x method x training set x seed) gets an id derived from everything that
+shapes it (model, method settings and seed, the exact training ids, template). A trained model
+lives in ``<artefacts>/runs/<train_key>/``, marked finished by ``DONE``; an interrupted run
+resumes from its last checkpoint. Answers, scores, likelihoods and judge verdicts are stored per
+(trained model, language) under a cache key of everything that produced them
+(``polyalpaca.store``): a changed input is recomputed, an unchanged one reused.
 """
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import logging
 import platform
@@ -20,28 +25,31 @@ from importlib import metadata
 from pathlib import Path
 
 from .config import Profile, TrainConfig
-from .data import Record, TestPrompt, load_test_prompts, load_training_records, read_jsonl, write_jsonl
-from .evaluate import ScoredAnswer, answer_prompts, score_answer
-from .generate import DecodingConfig
+from .data import DataError, Record, TestPrompt, load_test_prompts, load_training_records
 from .paths import PROJECT_ROOT, artefacts_root
 from .prompts import load_template
-from .recipes import SplitData, TrainingSet, build_all, split_validation
+from .recipes import SplitData, TrainingSet, build_all, select_records, split_validation
+from .store import Cached, atomic_write_json, key, text_digest
 
 log = logging.getLogger(__name__)
 BASE_RECIPE = "base"  # the untuned model, answering zero-shot
+
+
+class UnknownRun(ValueError):
+    pass
+
+
+class RunNotTrained(ValueError):
+    pass
 
 
 def model_short_name(spec: str) -> str:
     return spec.split(":")[-1].rstrip("/").split("/")[-1]
 
 
-def _digest(obj) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:10]
-
-
 @dataclass
 class GridRun:
-    """One cell of the grid."""
+    """One cell of the grid, for one training seed."""
 
     run_id: str
     model: str
@@ -54,10 +62,21 @@ class GridRun:
     validation_examples: int
     budget_units: float
     epochs: float
+    seed: int | None = None  # None for the untuned base model
     training_set: TrainingSet | None = field(default=None, repr=False)
-    # Runs with the same model, method and exact training data share one trained model (the
+    # Runs with the same model, method, seed and exact training data share one trained model (the
     # English-only model *is* the English monolingual model, as in the paper).
     train_key: str = ""
+
+    @property
+    def label(self) -> str:
+        """The name users type: METHOD-NAME-sSEED (``lora-multilingual-s42``), or ``base``."""
+        return "base" if self.method == "base" else f"{self.method}-{self.name}-s{self.seed}"
+
+    @property
+    def model_key(self) -> str:
+        """The trained model's identity: what every answer and score of this run is keyed by."""
+        return self.train_key or self.run_id
 
     def summary(self) -> dict:
         out = dataclasses.asdict(self)
@@ -95,18 +114,26 @@ class Experiment:
         self.template = load_template("alpaca")
         self._split: SplitData | None = None
         self._tests: dict[str, list[TestPrompt]] = {}
+        self.skipped: dict[str, int] = {}  # bad records skipped per file (data.skip_bad_records)
 
     # --- data ---------------------------------------------------------------------------
+    def _note_skipped(self, where: str, skipped: list) -> None:
+        if skipped:
+            self.skipped[where] = len(skipped)
+            log.warning("%s: skipped %d bad records (first: line %s, %s)", where, len(skipped),
+                        skipped[0].line, skipped[0].problem)
+
     def training_records(self) -> dict[str, list[Record]]:
+        """Each training language's records; with ``data.train_limit`` the same ids in every
+        language, drawn evenly across task categories (seeded by ``data.seed``)."""
         d = self.profile.data
         out = {}
         for lang in d.train_languages:
             res = load_training_records(lang, d.source, hub_english=d.hub_english, hub_pattern=d.hub_pattern,
                                         files_pattern=d.files_pattern, skip_bad=d.skip_bad_records)
-            if res.skipped:
-                log.warning("%s: skipped %d bad records", lang, len(res.skipped))
-            out[lang] = res.items[:d.train_limit] if d.train_limit else res.items
-        return out
+            self._note_skipped(f"training data {lang}", res.skipped)
+            out[lang] = res.items
+        return select_records(out, d.train_limit, d.seed)
 
     def split(self) -> SplitData:
         if self._split is None:
@@ -117,8 +144,16 @@ class Experiment:
     def test_prompts(self, lang: str) -> list[TestPrompt]:
         if lang not in self._tests:
             d = self.profile.data
-            items = load_test_prompts(lang, d.test_source, d.skip_bad_records).items
-            self._tests[lang] = items[:d.test_limit] if d.test_limit else items
+            if d.test_source not in ("embedded", "paper-url"):
+                path = Path(d.test_source) / f"test_{lang}.jsonl"
+                if not path.is_file():
+                    problem = ("no such folder" if not Path(d.test_source).is_dir()
+                               else f"the folder has no test_{lang}.jsonl")
+                    raise DataError(path, None, None, f"{problem} (data.test_source needs one test_{{lang}}.jsonl "
+                                    "per test language, one JSON object a line with 'id' and 'prompt')")
+            res = load_test_prompts(lang, d.test_source, d.skip_bad_records)
+            self._note_skipped(f"test prompts {lang}", res.skipped)
+            self._tests[lang] = res.items[:d.test_limit] if d.test_limit else res.items
         return self._tests[lang]
 
     def seen_languages(self) -> list[str]:
@@ -129,23 +164,36 @@ class Experiment:
         """Test languages no recipe trains on."""
         return [l for l in self.profile.data.test_languages if l not in self.profile.data.train_languages]
 
+    def training_sets(self, seed: int | None = None) -> list[TrainingSet]:
+        """The training sets for one seed (default: the profile's first seed)."""
+        d = self.profile.data
+        seed = self.profile.grid.seeds[0] if seed is None else seed
+        return build_all(self.profile.grid.recipes, self.split(), d.train_languages, seed)
+
     def method_settings(self):
-        """The training settings of each method of the grid, as a table."""
+        """The training settings of each method of the grid, as a table (settings that do not
+        apply to a method, like the LoRA rank of full tuning, are left blank)."""
         import pandas as pd
 
-        table = {m: {k: v for k, v in dataclasses.asdict(self.profile.train_config(m)).items() if k != "method"}
-                 for m in self.profile.grid.methods}
-        return pd.DataFrame(table).astype(str)
+        table = {}
+        for m in self.profile.grid.methods:
+            values = dataclasses.asdict(self.profile.train_config(m))
+            values.pop("method")
+            lora = values.pop("lora")
+            if m == "lora":
+                values.update({f"lora.{k}": v for k, v in lora.items()})
+            table[m] = values
+        return pd.DataFrame(table).astype(str).replace("nan", "")
+
+    def decoding(self, method: str):
+        e = self.profile.eval
+        return e.decoding_full if method == "full" and e.decoding_full else e.decoding
 
     def decoding_settings(self):
         import pandas as pd
 
         return pd.DataFrame({m: dataclasses.asdict(self.decoding(m))
                              for m in ["base", *self.profile.grid.methods]}).astype(str)
-
-    def training_sets(self) -> list[TrainingSet]:
-        d = self.profile.data
-        return build_all(self.profile.grid.recipes, self.split(), d.train_languages, d.seed)
 
     # --- the grid -----------------------------------------------------------------------
     def runs(self, include_base: bool | None = None) -> list[GridRun]:
@@ -154,26 +202,40 @@ class Experiment:
         tests = p.data.test_languages
         out: list[GridRun] = []
         for model in p.grid.models:
+            short = model_short_name(model)
             if include_base:
-                out.append(GridRun(f"{model_short_name(model)}-base", model, "base", BASE_RECIPE, "base", [], tests,
-                                   0, 0, 0.0, 0))
+                out.append(GridRun(f"{short}-base", model, "base", BASE_RECIPE, "base", [], list(tests), 0, 0, 0.0, 0))
             for method in p.grid.methods:
-                cfg = p.train_config(method)
-                for ts in self.training_sets():
-                    key = {"model": model, "method": method, "train": dataclasses.asdict(cfg),
-                           "ids": [(r.lang, r.id) for r in ts.train], "val": [(r.lang, r.id) for r in ts.validation],
-                           "template": dataclasses.asdict(self.template)}
-                    digest = _digest(key)
-                    run_id = f"{model_short_name(model)}-{method}-{ts.name}-{digest}"
-                    evals = [l for l in tests if l in ts.languages] if ts.recipe == "monolingual" else list(tests)
-                    out.append(GridRun(run_id, model, method, ts.recipe, ts.name, ts.languages, evals,
-                                       len(ts.train), len(ts.validation), ts.budget_units, cfg.epochs, ts,
-                                       train_key=f"{model_short_name(model)}-{method}-{digest}"))
+                for seed in p.grid.seeds:
+                    cfg = dataclasses.replace(p.train_config(method), seed=seed)
+                    for ts in self.training_sets(seed):
+                        digest = key({"model": model, "method": method, "train": dataclasses.asdict(cfg),
+                                      "ids": [(r.lang, r.id) for r in ts.train],
+                                      "val": [(r.lang, r.id) for r in ts.validation],
+                                      "template": dataclasses.asdict(self.template)})
+                        evals = [l for l in tests if l in ts.languages] if ts.recipe == "monolingual" else list(tests)
+                        out.append(GridRun(f"{short}-{method}-{ts.name}-s{seed}-{digest}", model, method, ts.recipe,
+                                           ts.name, ts.languages, evals, len(ts.train), len(ts.validation),
+                                           ts.budget_units, cfg.epochs, seed, ts,
+                                           train_key=f"{short}-{method}-s{seed}-{digest}"))
         return out
+
+    def find_runs(self, name: str) -> list[GridRun]:
+        """Runs named ``name``: a label (``lora-multilingual-s42``), a label without seed
+        (``lora-multilingual``: every seed), ``base`` or a run id."""
+        runs = self.runs(include_base=True)
+        found = [r for r in runs if name in (r.run_id, r.label)
+                 or (r.method != "base" and name == f"{r.method}-{r.name}")]
+        if not found:
+            labels = sorted({f"{r.method}-{r.name}" if r.method != "base" else "base" for r in runs})
+            seeds = ", ".join(str(s) for s in self.profile.grid.seeds)
+            raise UnknownRun(f"no run {name!r} in profile {self.profile.name}. Runs: {', '.join(labels)} "
+                             f"(add -s<seed> for one seed; seeds: {seeds})")
+        return found
 
     def run_dir(self, run: GridRun) -> Path:
         """Where the run's model is trained and kept (shared by runs with identical training)."""
-        return self.root / "runs" / (run.train_key or run.run_id)
+        return self.root / "runs" / run.model_key
 
     def is_trained(self, run: GridRun) -> bool:
         return run.method == "base" or (self.run_dir(run) / "DONE").exists()
@@ -185,81 +247,196 @@ class Experiment:
 
         if run.method == "base":
             return {}
-        cfg: TrainConfig = self.profile.train_config(run.method)
-        record = {**run.summary(), "train_config": dataclasses.asdict(cfg), "seed": cfg.seed,
+        cfg: TrainConfig = dataclasses.replace(self.profile.train_config(run.method), seed=run.seed)
+        record = {**run.summary(), "train_config": dataclasses.asdict(cfg), "seed": run.seed,
                   "versions": library_versions(), "git": git_revision(), "counts": run.training_set.counts()}
         vocab = self.vocabulary(run.model) if cfg.vocab_subset else None
         return train_run(self.run_dir(run), run.model, run.training_set.train, run.training_set.validation,
                          cfg, self.template, record, vocab_ids=vocab)
 
+    def train_all(self) -> list[dict]:
+        """Train every run of the grid (finished ones are reused), reporting progress."""
+        from .progress import Progress
+
+        runs = self.runs(include_base=False)
+        progress, results, done_keys = Progress(len(runs), "training"), [], set()
+        for run in runs:
+            cached = self.is_trained(run) or run.model_key in done_keys
+            result = self.train(run)
+            done_keys.add(run.model_key)
+            results.append(result)
+            note = "stored" if cached else f"{result.get('seconds', 0):.0f} s"
+            progress.step(f"{run.label} ({note})", cached=cached)
+        return results
+
     def vocabulary(self, model: str):
-        """Token ids of all the experiment's text (for the ``vocab_subset`` deviation), cached."""
+        """Token ids of the training data and the template (the ``lora.vocab_subset`` /
+        ``full.vocab_subset`` deviation), cached under a key of exactly those inputs. Test
+        prompts and references never enter it."""
         import torch
 
-        from .models import load_tokenizer
         from .vocab import data_vocabulary
 
-        path = self.root / f"vocabulary-{model_short_name(model)}.json"
-        if path.exists():
-            return torch.tensor(json.loads(path.read_text()), dtype=torch.long)
-        texts = [t for recs in self.training_records().values() for r in recs for t in (r.instruction, r.input, r.output)]
-        texts += [t for lang in self.profile.data.test_languages for p in self.test_prompts(lang)
-                  for t in (p.prompt, p.reference)]
+        texts = [t for recs in self.split().train.values() for r in recs for t in (r.instruction, r.input, r.output)]
+        texts += [t for recs in self.split().validation.values() for r in recs for t in (r.instruction, r.input, r.output)]
+        cached = Cached(self.root / "vocabulary", model_short_name(model),
+                        {"model": model, "template": dataclasses.asdict(self.template), "texts": text_digest(texts)},
+                        suffix="json")
+        if cached.exists():
+            return torch.tensor(cached.read_json(), dtype=torch.long)
+        from .models import load_tokenizer
+
         ids = data_vocabulary(load_tokenizer(model), texts, self.template)
-        path.write_text(json.dumps(ids.tolist()))
+        cached.write_json(ids.tolist())
         return ids
 
     # --- evaluation -----------------------------------------------------------------------
-    def decoding(self, method: str) -> DecodingConfig:
+    def _answers(self, run: GridRun, lang: str) -> Cached:
+        prompts = self.test_prompts(lang)
+        return Cached(self.root / "answers" / run.model_key, lang, {
+            "model": run.model_key, "base_model": run.model, "decoding": dataclasses.asdict(self.decoding(run.method)),
+            "template": dataclasses.asdict(self.template), "prompt_ids": [p.id for p in prompts],
+            "prompts": text_digest(p.prompt for p in prompts), "backend": self._backend_identity(run)})
+
+    def _backend_identity(self, run: GridRun) -> dict:
         e = self.profile.eval
-        return e.decoding_full if method == "full" and e.decoding_full else e.decoding
+        if e.backend == "server":
+            return {"backend": "server", "model": e.server.model or run.model, "lora_adapters": e.server.lora_adapters}
+        return {"backend": "local"}
 
-    def generations_path(self, run: GridRun, lang: str) -> Path:
-        return self.root / "generations" / run.run_id / f"{lang}.jsonl"
+    def _scores(self, run: GridRun, lang: str, answers: Cached) -> Cached:
+        from .evaluate import SCORER_VERSION
 
-    def evaluate(self, run: GridRun, progress=None) -> list[ScoredAnswer]:
-        """Answer and score every test language of ``run``; finished languages are reused."""
-        decoding = self.decoding(run.method)
-        # Normalised through JSON (tuples become lists) so it compares equal to the stored copy.
-        signature = json.loads(json.dumps({"decoding": dataclasses.asdict(decoding),
-                                           "langid_seed": self.profile.eval.langid_seed}))
-        todo = []
+        prompts = self.test_prompts(lang)
+        return Cached(self.root / "scores" / run.model_key, lang, {
+            "answers": answers.key, "references": text_digest(p.reference for p in prompts),
+            "answer_keys": text_digest(f"{p.answer}|{p.answer_kind}|{p.answer_aliases}" for p in prompts),
+            "langid_seed": self.profile.eval.langid_seed, "scorer": SCORER_VERSION})
+
+    def likelihood_pairs(self, lang: str) -> list[tuple[str, str, str]]:
+        """(prompt id, prompt, reference) to score, plus the English reference to the same prompt
+        (id ``ID@en``) for the language log-odds of non-English prompts."""
+        prompts = [p for p in self.test_prompts(lang) if p.reference]
+        pairs = [(p.id, p.prompt, p.reference) for p in prompts]
+        if lang != "en":
+            english = {p.id: p.reference for p in self._english_references()}
+            pairs += [(f"{p.id}@en", p.prompt, english[p.id]) for p in prompts if english.get(p.id)]
+        return pairs
+
+    def _english_references(self) -> list[TestPrompt]:
+        d = self.profile.data
+        res = load_test_prompts("en", d.test_source, d.skip_bad_records)
+        return [p for p in res.items if p.reference]
+
+    def _likelihood(self, run: GridRun, lang: str) -> Cached | None:
+        e = self.profile.eval
+        if not e.likelihood or e.backend != "local":
+            return None
+        pairs = self.likelihood_pairs(lang)
+        if not pairs:
+            return None
+        return Cached(self.root / "likelihood" / run.model_key, lang, {
+            "model": run.model_key, "base_model": run.model, "template": dataclasses.asdict(self.template),
+            "pairs": text_digest(t for pair in pairs for t in pair), "max_answer_tokens": e.likelihood_max_tokens,
+            "softmax": "exact, full vocabulary", "version": 1})
+
+    def _load_for_evaluation(self, run: GridRun):
+        from .models import load_model, load_tokenizer
+
+        tokenizer = load_tokenizer(run.model)
+        if run.method == "base":
+            return load_model(run.model), tokenizer
+        from .train import load_trained
+
+        return load_trained(self.run_dir(run) / "model", run.model), tokenizer
+
+    def _generate(self, run: GridRun, model, tokenizer, prompts: list[TestPrompt]) -> list[str]:
+        from .evaluate import answer_prompts
+
+        e = self.profile.eval
+        if e.backend == "server":
+            from .serving import answer_prompts_via_server
+
+            adapter = run.model_key if (e.server.lora_adapters and run.method == "lora") else None
+            return answer_prompts_via_server(prompts, self.template, self.decoding(run.method), e.server,
+                                             adapter, self.root / "llm-cache")
+        return answer_prompts(model, tokenizer, self.template, prompts, self.decoding(run.method))
+
+    def evaluate(self, run: GridRun) -> dict:
+        """Answer, score and likelihood-score every test language of ``run``. Everything stored
+        under the same keys is reused; returns what was computed (``generated`` and
+        ``likelihood_scored`` languages, ``loaded`` whether a model was loaded)."""
+        from .evaluate import score_answers
+        from .likelihood import answer_likelihoods
+
+        if not self.is_trained(run):
+            raise RunNotTrained(
+                f"run {run.label} is not trained yet (no {self.run_dir(run) / 'DONE'}). Train it first: "
+                f"`polyalpaca train --profile {self.profile.name} --run {run.label}`, or execute the training "
+                f"chapter (`polyalpaca run training -s profile {self.profile.name}`).")
+        work = {lang: (self._answers(run, lang), self._likelihood(run, lang)) for lang in run.eval_languages}
+        need_gen = [lang for lang, (a, _) in work.items() if not a.exists()]
+        need_lik = [lang for lang, (_, l) in work.items() if l is not None and not l.exists()]
+        loaded = bool(need_lik) or (bool(need_gen) and self.profile.eval.backend == "local")
+        model = tokenizer = None
+        if loaded:
+            model, tokenizer = self._load_for_evaluation(run)
+        for lang in need_gen:
+            prompts = self.test_prompts(lang)
+            responses = self._generate(run, model, tokenizer, prompts)
+            work[lang][0].write_rows({"prompt_id": p.id, "lang": lang, "response": r} for p, r in zip(prompts, responses))
+        for lang in need_lik:
+            pairs = self.likelihood_pairs(lang)
+            scored = answer_likelihoods(model, tokenizer, self.template, [(p, r) for _, p, r in pairs],
+                                        self.profile.eval.likelihood_batch_size, self.profile.eval.likelihood_max_tokens)
+            work[lang][1].write_rows({"prompt_id": pid, "logprob": s.logprob, "tokens": s.tokens, "bytes": s.bytes}
+                                     for (pid, _, _), s in zip(pairs, scored))
+        del model
+        for lang, (answers, _) in work.items():
+            scores = self._scores(run, lang, answers)
+            if not scores.exists():
+                rows = answers.read_rows()
+                prompts = {p.id: p for p in self.test_prompts(lang)}
+                scores.write_rows(score_answers([prompts[r["prompt_id"]] for r in rows], [r["response"] for r in rows],
+                                                self.profile.eval.langid_seed))
+        return {"generated": need_gen, "likelihood_scored": need_lik, "loaded": loaded}
+
+    def evaluate_all(self) -> None:
+        """Evaluate every trained run (the base model included), reporting progress."""
+        from .progress import Progress
+
+        runs = [r for r in self.runs() if self.is_trained(r)]
+        progress, seen = Progress(len(runs), "evaluation"), set()
+        for run in runs:
+            done = self.evaluate(run)
+            cached = not (done["generated"] or done["likelihood_scored"])
+            seen.add(run.model_key)
+            gate = self.run_answers(run)["gate"].mean() if run.eval_languages else float("nan")
+            progress.step(f"{run.label}: {len(run.eval_languages)} languages, gate pass {gate:.2f}"
+                          + (" (stored)" if cached else ""), cached=cached)
+
+    def run_answers(self, run: GridRun):
+        """The stored answers of one run, with their scores and likelihoods, as a table."""
+        import pandas as pd
+
+        frames = []
         for lang in run.eval_languages:
-            path = self.generations_path(run, lang)
-            meta = path.with_suffix(".json")
-            if not (path.exists() and meta.exists() and json.loads(meta.read_text()) == signature):
-                todo.append(lang)
-        if todo:
-            from .models import load_model, load_tokenizer
-            from .train import load_trained
-
-            tokenizer = load_tokenizer(run.model)
-            model = (load_model(run.model) if run.method == "base"
-                     else load_trained(self.run_dir(run) / "model", run.model))
-            for lang in todo:
-                prompts = self.test_prompts(lang)
-                responses = answer_prompts(model, tokenizer, self.template, prompts, decoding,
-                                           on_batch=progress)
-                scored = [score_answer(run.run_id, p, r, self.profile.eval.langid_seed)
-                          for p, r in zip(prompts, responses)]
-                path = self.generations_path(run, lang)
-                write_jsonl(path, [s.to_dict() for s in scored])
-                path.with_suffix(".json").write_text(json.dumps(signature, sort_keys=True))
-            del model
-        return [ScoredAnswer(**row) for lang in run.eval_languages
-                for row in read_jsonl(self.generations_path(run, lang))]
-
-    # --- the translation study -----------------------------------------------------------
-    def translation_study(self) -> dict:
-        """The translation chapter's study (``polyalpaca.translate.translation_study``)."""
-        from .translate import translation_study
-
-        return translation_study(self.profile.translation, self.root)
+            answers = self._answers(run, lang)
+            if not answers.exists():
+                continue
+            scores = self._scores(run, lang, answers)
+            frame = pd.DataFrame(scores.read_rows() if scores.exists() else [])
+            lik = self._likelihood(run, lang)
+            if lik is not None and lik.exists():
+                frame = frame.merge(likelihood_columns(pd.DataFrame(lik.read_rows())), on="prompt_id", how="left")
+            verdicts = self._judge(run, lang, answers)
+            if verdicts is not None and verdicts.exists():
+                frame = frame.merge(pd.DataFrame(verdicts.read_rows())[["prompt_id", "judge", "judge_status"]],
+                                    on="prompt_id", how="left")
+            frames.append(frame)
+        return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["gate"])
 
     # --- the judge -----------------------------------------------------------------------
-    def judge_path(self, run: GridRun, lang: str) -> Path:
-        return self.root / "judge" / run.run_id / f"{lang}.jsonl"
-
     def judge_config(self):
         from .judge import JudgeConfig
         from .llm_client import EndpointConfig
@@ -268,6 +445,18 @@ class Experiment:
         return JudgeConfig(endpoint=EndpointConfig(base_url=j.base_url, model=j.model, api_key_env=j.api_key_env,
                                                    max_concurrency=j.max_concurrency),
                            prompt_version=j.prompt_version)
+
+    def _judge(self, run: GridRun, lang: str, answers: Cached) -> Cached | None:
+        j = self.profile.eval.judge
+        if not (j.base_url and j.model):
+            return None
+        from .llm_client import load_prompt
+
+        prompt = load_prompt(j.prompt_version)
+        responses = [r["response"] for r in answers.read_rows()] if answers.exists() else []
+        return Cached(self.root / "judge" / run.model_key, lang, {
+            "answers": answers.key, "responses": text_digest(responses), "judge_model": j.model,
+            "prompt_version": j.prompt_version, "prompt_text": text_digest([prompt.system, prompt.user])})
 
     def judge_all(self, client=None, progress: bool = False) -> dict:
         """Rate every stored answer with the configured judge (the paper's protocol); replies are
@@ -280,7 +469,7 @@ class Experiment:
         j = self.profile.eval.judge
         if not (j.base_url and j.model):
             return {"judged": 0, "message": "No judge endpoint is configured (eval.judge.base_url is empty): "
-                    "answers are scored offline (language gate, verifiable accuracy, chrF)."}
+                    "answers are scored offline (likelihood of the reference, language gate, chrF)."}
         if client is None and j.api_key_env and not os.environ.get(j.api_key_env):
             return {"judged": 0, "message": f"A judge is configured ({j.model}) but the environment variable "
                     f"{j.api_key_env} is not set: judging skipped, offline scores only."}
@@ -288,53 +477,84 @@ class Experiment:
         counts = {"scored": 0, "unparsed": 0, "failed": 0}
         for run in self.runs():
             for lang in run.eval_languages:
-                path, answers = self.judge_path(run, lang), self.generations_path(run, lang)
+                answers = self._answers(run, lang)
                 if not answers.exists():
                     continue
-                if not path.exists():
-                    rows = read_jsonl(answers)
-                    items = [JudgeItem(r["prompt"], r["response"], lang, r["prompt_id"]) for r in rows]
+                verdicts = self._judge(run, lang, answers)
+                if not verdicts.exists():
+                    rows = answers.read_rows()
+                    prompts = {p.id: p for p in self.test_prompts(lang)}
+                    items = [JudgeItem(prompts[r["prompt_id"]].prompt, r["response"], lang, r["prompt_id"]) for r in rows]
                     records = judge_responses(items, config, client=client, cache_dir=self.root / "llm-cache",
                                               progress=progress)
-                    write_jsonl(path, [{"prompt_id": rec.id, "status": rec.status, "judge": rec.score,
-                                        "raw_replies": rec.raw_replies, "error": rec.error,
-                                        "judge_model": j.model, "prompt_version": j.prompt_version}
-                                       for rec in records])
-                for row in read_jsonl(path):
+                    rows = [{"prompt_id": rec.id, "status": rec.status, "judge": rec.score, "judge_status": rec.status,
+                             "raw_replies": rec.raw_replies, "error": rec.error, "judge_model": j.model,
+                             "prompt_version": j.prompt_version} for rec in records]
+                    if any(r["status"] == "failed" for r in rows):
+                        # Not stored: a later run retries exactly the failed items (the replies
+                        # received are in the client's cache and are not paid for twice).
+                        counts["failed"] += sum(r["status"] == "failed" for r in rows)
+                        counts["scored"] += sum(r["status"] == "scored" for r in rows)
+                        counts["unparsed"] += sum(r["status"] == "unparsed" for r in rows)
+                        continue
+                    verdicts.write_rows(rows)
+                for row in verdicts.read_rows():
                     counts[row["status"]] += 1
-        return {"judged": sum(counts.values()), **counts,
-                "message": f"Judged with {j.model}: {counts['scored']} scored, {counts['unparsed']} unparsed "
-                           f"(counted apart, never scored), {counts['failed']} failed."}
+        message = (f"Judged with {j.model}: {counts['scored']} scored, {counts['unparsed']} unparsed "
+                   f"(counted apart, never scored), {counts['failed']} failed.")
+        if counts["failed"]:
+            message += (f" The endpoint {j.base_url} did not answer for {counts['failed']} answers after retries: "
+                        "their languages are not stored; re-run to retry them.")
+        return {"judged": sum(counts.values()), **counts, "message": message}
+
+    # --- the translation study -----------------------------------------------------------
+    def translation_study(self) -> dict:
+        """The translation chapter's study (``polyalpaca.translate.translation_study``)."""
+        from .translate import translation_study
+
+        return translation_study(self.profile.translation, self.root)
 
     # --- records ------------------------------------------------------------------------
     def write_manifest(self) -> Path:
         path = self.root / "manifest.json"
-        path.write_text(json.dumps({"profile": self.profile.to_dict(), "versions": library_versions(),
-                                    "git": git_revision(), "written": time.strftime("%Y-%m-%dT%H:%M:%S")},
-                                   indent=2, default=str))
+        atomic_write_json(path, {"profile": self.profile.to_dict(), "versions": library_versions(),
+                                 "git": git_revision(), "written": time.strftime("%Y-%m-%dT%H:%M:%S")})
         return path
 
     def answers_frame(self):
-        """Every scored answer of every evaluated run, with the run's recipe, method and model."""
+        """Every scored answer of every evaluated run, with the run's recipe, method, seed and model."""
         import pandas as pd
 
-        rows = []
+        frames = []
         for run in self.runs():
-            for lang in run.eval_languages:
-                path = self.generations_path(run, lang)
-                if not path.exists():
-                    continue
-                judged = self.judge_path(run, lang)
-                verdicts = {r["prompt_id"]: r for r in read_jsonl(judged)} if judged.exists() else {}
-                for row in read_jsonl(path):
-                    row.update(recipe=run.recipe, method=run.method, model=model_short_name(run.model),
-                               name=run.name, seen=lang in self.profile.data.train_languages)
-                    verdict = verdicts.get(row["prompt_id"], {})
-                    row["judge"] = verdict.get("judge")
-                    row["judge_status"] = verdict.get("status")
-                    row["gated_judge"] = None if row["judge"] is None else row["judge"] * int(row["gate"])
-                    rows.append(row)
-        return pd.DataFrame(rows)
+            frame = self.run_answers(run)
+            if frame.empty:
+                continue
+            frames.append(frame.assign(run=run.label, recipe=run.recipe, method=run.method, seed=run.seed,
+                                       model=model_short_name(run.model), name=run.name,
+                                       seen=frame["lang"].isin(self.profile.data.train_languages)))
+        if not frames:
+            return pd.DataFrame()
+        out = pd.concat(frames, ignore_index=True)
+        for column in ("judge", "judge_status"):
+            if column not in out:
+                out[column] = None
+        from .judge import gated_score
+
+        out["gated_judge"] = [None if pd.isna(j) else gated_score(int(j), bool(g)) for j, g in zip(out["judge"], out["gate"])]
+        return out
+
+
+def likelihood_columns(rows):
+    """Per prompt: NLL per byte of the reference in the prompt's language, and the language
+    log-odds log P(reference in L) - log P(English reference) (missing for English prompts)."""
+    own = rows[~rows["prompt_id"].str.endswith("@en")].set_index("prompt_id")
+    english = rows[rows["prompt_id"].str.endswith("@en")].assign(
+        prompt_id=lambda d: d["prompt_id"].str[:-3]).set_index("prompt_id")
+    out = own[[]].copy()
+    out["nll_per_byte"] = -own["logprob"] / own["bytes"]
+    out["lang_logodds"] = own["logprob"] - english["logprob"].reindex(own.index)
+    return out.reset_index()
 
 
 def loss_history_frame(exp: Experiment):
@@ -347,25 +567,24 @@ def loss_history_frame(exp: Experiment):
         if not path.exists():
             continue
         for h in json.loads(path.read_text())["log_history"]:
-            label = f"{run.name}"
+            base = {"run": run.name, "seed": run.seed, "method": run.method, "recipe": run.recipe,
+                    "epoch": h.get("epoch"), "step": h.get("step")}
             if "loss" in h:
-                rows.append({"run": label, "method": run.method, "recipe": run.recipe, "epoch": h.get("epoch"),
-                             "step": h.get("step"), "loss": h["loss"], "split": "train"})
+                rows.append({**base, "loss": h["loss"], "split": "train"})
             if "eval_loss" in h:
-                rows.append({"run": label, "method": run.method, "recipe": run.recipe, "epoch": h.get("epoch"),
-                             "step": h.get("step"), "loss": h["eval_loss"], "split": "validation"})
+                rows.append({**base, "loss": h["eval_loss"], "split": "validation"})
     return pd.DataFrame(rows)
 
 
 def runs_frame(exp: Experiment):
-    """One row per trained run: size, budget, steps, time and best validation loss."""
+    """One row per trained run: size, budget, seed, steps, time and best validation loss."""
     import pandas as pd
 
     rows = []
     for run in exp.runs(include_base=False):
         path = exp.run_dir(run) / "train_result.json"
         result = json.loads(path.read_text()) if path.exists() else {}
-        rows.append({"run": run.name, "method": run.method, "recipe": run.recipe,
+        rows.append({"run": run.name, "method": run.method, "recipe": run.recipe, "seed": run.seed,
                      "languages": " ".join(run.languages), "examples": run.train_examples,
                      "budget units": run.budget_units, "epochs": run.epochs, "tokens": result.get("train_tokens"),
                      "steps": result.get("steps"), "seconds": result.get("seconds"),

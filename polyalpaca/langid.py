@@ -52,11 +52,17 @@ def detect_language_fasttext(text: str) -> str | None:
 
 
 def is_echo(prompt: str, answer: str, threshold: float = 0.8) -> bool:
-    """True when the answer mostly repeats the prompt (a copy passes a naive language check)."""
+    """True when the answer repeats the prompt instead of answering it (a copy passes a naive
+    language check): the answer is a piece of the prompt, starts with the prompt (a restated
+    question, whatever follows), consists mostly of copies of it, or is close to it overall."""
     a, p = " ".join(answer.split()).lower(), " ".join(prompt.split()).lower()
-    if not a:
+    if not a or not p:
         return False
-    if a in p or (len(p) > 20 and p in a and len(a) < 1.5 * len(p)):
+    if a in p:
+        return True
+    if len(p) >= 12 and SequenceMatcher(None, a[:len(p)], p).ratio() >= 0.85:
+        return True
+    if a.count(p) * len(p) >= 0.5 * len(a):
         return True
     return SequenceMatcher(None, a[:600], p[:600]).ratio() >= threshold
 

@@ -62,37 +62,100 @@ def split_validation(records: dict[str, list[Record]], validation_size: int, see
     return SplitData(train=train, validation=val, validation_ids=sorted(held))
 
 
+def stratified_ids(records: list[Record], limit: int, seed: int) -> list[str]:
+    """``limit`` record ids drawn evenly across categories (seeded): categories take turns, each
+    giving its next id in a seeded random order, so every category is represented before any
+    gets a second example. Records without a category form one category ("")."""
+    by_category: dict[str, list[str]] = {}
+    for r in records:
+        by_category.setdefault(r.category, []).append(r.id)
+    rng = random.Random(f"stratified-{seed}")
+    queues = {c: rng.sample(ids, len(ids)) for c, ids in sorted(by_category.items())}
+    chosen: list[str] = []
+    while len(chosen) < limit and any(queues.values()):
+        for c in sorted(queues):
+            if queues[c] and len(chosen) < limit:
+                chosen.append(queues[c].pop())
+    return chosen
+
+
+def select_records(records: dict[str, list[Record]], limit: int | None, seed: int) -> dict[str, list[Record]]:
+    """The same ``limit`` ids in every language (the data are parallel), stratified by the
+    categories of the first language's records; all records when ``limit`` is None."""
+    if not limit:
+        return records
+    first = next(iter(records.values()))
+    common = set.intersection(*(set(r.id for r in recs) for recs in records.values()))
+    ids = set(stratified_ids([r for r in first if r.id in common], limit, seed))
+    return {lang: [r for r in recs if r.id in ids] for lang, recs in records.items()}
+
+
+def category_mix(sets: list[TrainingSet]) -> dict[str, dict[str, int]]:
+    """Examples per category in each training set."""
+    out: dict[str, dict[str, int]] = {}
+    for ts in sets:
+        row = out.setdefault(ts.name, {})
+        for r in ts.train:
+            row[r.category or "-"] = row.get(r.category or "-", 0) + 1
+    return out
+
+
 def _pool(split: dict[str, list[Record]], languages: list[str]) -> list[Record]:
     return [r for lang in languages for r in split[lang]]
 
 
-def build_recipe(recipe: str, data: SplitData, languages: list[str], seed: int) -> list[TrainingSet]:
-    """The training sets one recipe produces (several for monolingual, one otherwise)."""
+@dataclass(frozen=True)
+class RecipeCell:
+    """One training set a recipe makes, described by sizes alone (what ``plan`` needs when the
+    data cannot be read): its name, languages, examples as a multiple of one language's set,
+    budget units, and the name of the set it trains exactly the same model as (if any)."""
+
+    name: str
+    languages: tuple[str, ...]
+    sets_of_one_language: float
+    budget_units: float
+    same_model_as: str = ""
+
+
+def recipe_cells(recipe: str, languages: list[str], recipes: list[str] | None = None) -> list[RecipeCell]:
+    """The training sets of ``recipe`` over ``languages``: the one statement of the recipe rules
+    (``build_recipe`` fills them with records; ``planning`` sizes them)."""
     if recipe not in RECIPES:
         raise ValueError(f"unknown recipe {recipe!r}: expected one of {', '.join(RECIPES)}")
+    n = len(languages)
+    if recipe == "monolingual":
+        return [RecipeCell(f"monolingual-{lang}", (lang,), 1.0, 1.0) for lang in languages]
+    if recipe == "english-only":
+        if "en" not in languages:
+            raise ValueError("the english-only recipe needs English training data ('en' in data.train_languages)")
+        # The English-only model *is* the English monolingual model when both are in the grid.
+        shared = "monolingual-en" if "monolingual" in (recipes or []) else ""
+        return [RecipeCell("english-only", ("en",), 1.0, 1.0, shared)]
+    if recipe == "multilingual":
+        return [RecipeCell("multilingual", tuple(languages), float(n), float(n))]
+    return [RecipeCell("downsampled", tuple(languages), 1.0, 1.0)]
+
+
+def build_recipe(recipe: str, data: SplitData, languages: list[str], seed: int) -> list[TrainingSet]:
+    """The training sets one recipe produces (several for monolingual, one otherwise)."""
+    cells = recipe_cells(recipe, languages)
     missing = [lang for lang in languages if lang not in data.train]
     if missing:
         raise ValueError(f"recipe {recipe!r} needs training data for {missing}")
-    n = len(languages)
-    if recipe == "monolingual":
-        return [TrainingSet(recipe, f"monolingual-{lang}", [lang], list(data.train[lang]),
-                            list(data.validation[lang]), 1.0, seed) for lang in languages]
-    if recipe == "english-only":
-        if "en" not in data.train:
-            raise ValueError("the english-only recipe needs English training data")
-        return [TrainingSet(recipe, "english-only", ["en"], list(data.train["en"]),
-                            list(data.validation["en"]), 1.0, seed)]
-    pool = _pool(data.train, languages)
-    val_pool = _pool(data.validation, languages)
-    rng = random.Random(f"{recipe}-{seed}")
-    if recipe == "multilingual":
-        rng.shuffle(pool)
-        return [TrainingSet(recipe, "multilingual", list(languages), pool, val_pool, float(n), seed)]
-    # downsampled: a uniform sample of the pool, as large as one language's set (the mean, when unequal)
-    size = round(len(pool) / n)
-    val_size = round(len(val_pool) / n)
-    return [TrainingSet(recipe, "downsampled", list(languages), rng.sample(pool, size),
-                        rng.sample(val_pool, val_size), 1.0, seed)]
+    out = []
+    for cell in cells:
+        pool = _pool(data.train, list(cell.languages))
+        val_pool = _pool(data.validation, list(cell.languages))
+        # The seed decides the multilingual order and the downsampled draw.
+        rng = random.Random(f"{recipe}-{seed}")
+        if recipe == "multilingual":
+            rng.shuffle(pool)
+        elif recipe == "downsampled":
+            # a uniform sample of the pool, as large as one language's set (the mean, when unequal)
+            n = len(cell.languages)
+            pool, val_pool = rng.sample(pool, round(len(pool) / n)), rng.sample(val_pool, round(len(val_pool) / n))
+        out.append(TrainingSet(recipe, cell.name, list(cell.languages), pool, val_pool, cell.budget_units, seed))
+    return out
 
 
 def build_all(recipes: list[str], data: SplitData, languages: list[str], seed: int) -> list[TrainingSet]:

@@ -84,3 +84,18 @@ def test_verifiable_answers_and_gated_scores():
     assert verifiable_correct(name, "Самая большая планета — Юпитер.") is True
     wrong_lang = score_answer("run", p, "El aterrizaje fue en 1969, un gran momento para todos.")
     assert wrong_lang.correct is False and wrong_lang.gated_chrf == 0.0 and wrong_lang.chrf > 0
+
+
+def test_echoes_that_start_with_the_question_or_repeat_it_fail():
+    """The two cases the first cpu build let through, and answers that quote the question fairly."""
+    q = "¿Cuál es el planeta más cercano al Sol?"
+    thrice = f"{q} {q} {q}"  # the base model: the question three times over
+    assert language_gate(q, thrice, "es").reason == "echo"
+    restated = (f"{q} ¿Y cuál es el más lejano? ¿Cuántos planetas hay? ¿Qué planeta es el más grande?")
+    assert language_gate(q, restated, "es").reason == "echo"  # restates it and asks three more
+    near = "Cuál es el planeta más cercano al sol. Mercurio es el planeta más cercano."
+    assert is_echo(q, near)  # starts with the question, punctuation aside
+    answer = "Mercurio es el planeta más cercano al Sol; tarda 88 días en dar la vuelta."
+    assert not is_echo(q, answer) and language_gate(q, answer, "es").passed
+    quoting = "Buena pregunta. " + "Mercurio es el más cercano, y también el más pequeño del sistema solar. " * 2
+    assert not is_echo(q, quoting)

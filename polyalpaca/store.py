@@ -1,0 +1,121 @@
+"""The artefact store: where every result lives, and the cache key that says what made it.
+
+One mechanism serves every stage. A stage describes everything that produced a result as a
+plain JSON-able dict (the model run, decoding, the exact prompts' ids and text, the judge model
+and prompt version, ...). ``key(inputs)`` is the digest of that description, and the result is
+stored under a name that contains the key. So:
+
+- unchanged inputs find the stored result and reuse it;
+- any changed input gives another key, hence another file: the result is recomputed, and the
+  old one is never read as if it answered the new inputs;
+- next to each result, ``<name>.inputs.json`` records the description in full, so a reader can
+  see what made it.
+
+Results are written atomically (a temporary file, then a rename), and a result counts only
+when its file exists: a job killed half-way leaves at most a ``.tmp`` file, never a result.
+Training runs are folders marked finished by a ``DONE`` file (``polyalpaca.train.train_run``).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any, Iterable
+
+KEY_LENGTH = 12
+
+
+def canonical(obj: Any) -> str:
+    """The canonical JSON text of ``obj`` (sorted keys, tuples as lists, dataclasses as dicts)."""
+    import dataclasses
+
+    def default(o):
+        if dataclasses.is_dataclass(o):
+            return dataclasses.asdict(o)
+        if isinstance(o, (set, frozenset)):
+            return sorted(o)
+        if isinstance(o, Path):
+            return str(o)
+        raise TypeError(f"cannot describe {type(o).__name__} in a cache key")
+
+    return json.dumps(obj, sort_keys=True, ensure_ascii=False, default=default)
+
+
+def key(inputs: Any) -> str:
+    """The cache key of a result: a digest of the description of everything that produced it."""
+    return hashlib.sha256(canonical(inputs).encode("utf-8")).hexdigest()[:KEY_LENGTH]
+
+
+def text_digest(texts: Iterable[str]) -> str:
+    """A digest of a sequence of texts (prompts, references, answers): any change of any text,
+    of their order or of their number changes it."""
+    h = hashlib.sha256()
+    for text in texts:
+        data = text.encode("utf-8")
+        h.update(len(data).to_bytes(8, "little"))
+        h.update(data)
+    return h.hexdigest()[:KEY_LENGTH]
+
+
+# --- atomic files -----------------------------------------------------------------------------
+
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+    return path
+
+
+def atomic_write_json(path: str | Path, obj: Any) -> Path:
+    return atomic_write_text(path, json.dumps(obj, indent=2, ensure_ascii=False, default=str) + "\n")
+
+
+def write_jsonl(path: str | Path, rows: Iterable[Any]) -> Path:
+    """Dataclasses or dicts as JSON lines, atomically."""
+    from dataclasses import asdict, is_dataclass
+
+    lines = [json.dumps(asdict(r) if is_dataclass(r) else r, ensure_ascii=False) for r in rows]
+    return atomic_write_text(path, "".join(line + "\n" for line in lines))
+
+
+def read_jsonl(path: str | Path) -> list[dict]:
+    with Path(path).open(encoding="utf-8") as fh:
+        return [json.loads(line) for line in fh if line.strip()]
+
+
+# --- keyed results ------------------------------------------------------------------------------
+
+class Cached:
+    """One keyed result: ``folder/<name>-<key>.<suffix>`` plus its ``.inputs.json`` record."""
+
+    def __init__(self, folder: str | Path, name: str, inputs: dict, suffix: str = "jsonl"):
+        self.inputs = inputs
+        self.key = key(inputs)
+        self.path = Path(folder) / f"{name}-{self.key}.{suffix}"
+
+    @property
+    def inputs_path(self) -> Path:
+        return self.path.with_name(self.path.name + ".inputs.json")
+
+    def exists(self) -> bool:
+        return self.path.exists()
+
+    def _record(self) -> None:
+        atomic_write_json(self.inputs_path, self.inputs)
+
+    def write_rows(self, rows: Iterable[Any]) -> Path:
+        self._record()
+        return write_jsonl(self.path, rows)
+
+    def read_rows(self) -> list[dict]:
+        return read_jsonl(self.path)
+
+    def write_json(self, obj: Any) -> Path:
+        self._record()
+        return atomic_write_json(self.path, obj)
+
+    def read_json(self) -> Any:
+        return json.loads(self.path.read_text(encoding="utf-8"))
