@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import urllib.request
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
+from .files import JsonlError, atomic_write_bytes, atomic_write_text, iter_jsonl
+from .files import read_jsonl, write_jsonl  # noqa: F401 -- re-exported: data.read_jsonl, data.write_jsonl
 from .paths import DATA_DIR, RESOURCES_DIR, cache_dir
 
 #: Every language code the project knows (ISO 639-1), with the name prompts use for it.
@@ -90,24 +91,21 @@ def check_language(lang: str, where: str = "language") -> str:
 
 
 def _iter_json_rows(path: Path) -> Iterable[tuple[int, Any]]:
-    """Yield (line number, parsed object) from a JSONL file or a JSON array file."""
-    text = path.read_text(encoding="utf-8")
-    stripped = text.lstrip()
-    if path.suffix == ".json" and stripped.startswith("["):
-        try:
-            rows = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise DataError(path, exc.lineno, None, f"invalid JSON: {exc.msg}") from None
-        # A JSON array has no per-record lines; report the record's position (1-based) as its line.
-        yield from ((i + 1, row) for i, row in enumerate(rows))
-        return
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            yield number, json.loads(line)
-        except json.JSONDecodeError as exc:
-            yield number, DataError(path, number, None, f"invalid JSON: {exc.msg} (column {exc.colno})")
+    """Yield (line number, parsed object or DataError) from a JSONL file or a JSON array file."""
+    if path.suffix == ".json":
+        text = path.read_text(encoding="utf-8")
+        if text.lstrip().startswith("["):
+            try:
+                rows = json.loads(text)
+            except json.JSONDecodeError as exc:
+                raise DataError(path, exc.lineno, None, f"invalid JSON: {exc.msg}") from None
+            # A JSON array has no per-record lines; report the record's position (1-based) as its line.
+            yield from ((i + 1, row) for i, row in enumerate(rows))
+            return
+    for number, row in iter_jsonl(path):
+        if isinstance(row, JsonlError):
+            row = DataError(path, number, None, f"invalid JSON: {row.msg} (column {row.column})")
+        yield number, row
 
 
 def _require_str(row: dict, name: str, path, line, *, required: bool, allow_empty: bool = False) -> str:
@@ -265,17 +263,15 @@ def fetch_paper_test_file(lang: str, url_pattern: str = PAPER_TEST_URL, cache: P
     record = target.with_suffix(".sha256")
     if not target.exists():
         url = url_pattern.format(lang=lang)
-        partial = target.with_suffix(".partial")
         with urllib.request.urlopen(url, timeout=60) as response:
-            partial.write_bytes(response.read())
-        os.replace(partial, target)
+            atomic_write_bytes(target, response.read())
     digest = hashlib.sha256(target.read_bytes()).hexdigest()
     if expected is None and record.exists():
         expected = record.read_text().strip()
     if expected is not None and digest != expected:
         raise DataError(target, None, None, f"sha256 {digest} does not match the pinned {expected}")
     if not record.exists():
-        record.write_text(digest + "\n")
+        atomic_write_text(record, digest + "\n")
     return target
 
 
@@ -301,20 +297,3 @@ def load_training_records(lang: str, source: str = "embedded", *, hub_english: s
             raise ValueError("data.source = 'files' needs data.files_pattern, e.g. 'data/alpaca_{lang}.json'")
         return read_alpaca_file(files_pattern.format(lang=lang), lang, skip_bad)
     raise ValueError(f"unknown data source {source!r}: expected embedded, hub or files")
-
-
-def write_jsonl(path: str | Path, rows: Iterable[Any]) -> None:
-    """Write dataclasses or dicts as JSONL, atomically (a temporary file, then a rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w", encoding="utf-8") as fh:
-        for row in rows:
-            fh.write(json.dumps(asdict(row) if hasattr(row, "__dataclass_fields__") else row,
-                                ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
-
-
-def read_jsonl(path: str | Path) -> list[dict]:
-    with Path(path).open(encoding="utf-8") as fh:
-        return [json.loads(line) for line in fh if line.strip()]

@@ -8,8 +8,8 @@ The rating is parsed from ``Rating: [[N]]``; a reply without a single valid rati
 again and, after ``max_invalid_replies``, counted as *unparsed* (never scored). Raw replies
 are kept on every record.
 
-Pure functions turn records into the paper's numbers: ``gated_score`` (score x language_ok),
-``language_totals`` (per-language sum, 0..3n, and normalised 0..1) and ``robustness_gap``
+Pure functions turn records into the paper's numbers: ``gated_score`` (score x language_ok,
+from ``polyalpaca.metrics``), ``language_totals`` (per-language sum, 0..3n, and normalised 0..1) and ``robustness_gap``
 (mean over languages of the score before the gate minus after it). Language identification is
 not done here: the gate is a boolean input (see ``polyalpaca.langid``).
 """
@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
 from .llm_client import ChatClient, ChatPrompt, ChatRequest, EndpointConfig, InvalidReply, load_prompt
+from .metrics import gated_score
 
 RATING_SCALE = (1, 2, 3)
 _RATING = re.compile(r"Rating:\s*\[\[\s*(-?\d+)\s*\]\]", re.I)
@@ -132,11 +133,6 @@ def judge_responses(items: Sequence[JudgeItem], config: JudgeConfig, client: Cha
 # --------------------------------------------------------------------------------------------
 # Scores (pure functions)
 # --------------------------------------------------------------------------------------------
-def gated_score(score: int, language_ok: bool) -> int:
-    """The paper's language gate: a response in the wrong language scores 0."""
-    return score * int(bool(language_ok))
-
-
 def language_totals(records: Iterable[JudgeRecord],
                     language_ok: Sequence[bool] | None = None) -> dict[str, LanguageTotal]:
     """Per-language sum of scores (gated when ``language_ok`` is given, aligned with ``records``

@@ -40,11 +40,11 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 import openai
 from tqdm import tqdm
 
-from .paths import RESOURCES_DIR
+from .files import atomic_write_json
+from .prompts import read_resource
 
 log = logging.getLogger(__name__)
 
-PROMPTS_DIR = RESOURCES_DIR / "prompts"
 CACHE_FILENAME = "chat_cache.sqlite"
 FATAL_STATUS = (401, 403, 404)  # wrong key, no access, wrong URL or model: stop the whole run
 RETRYABLE_STATUS = (408, 409, 429)  # plus every 5xx
@@ -137,10 +137,7 @@ class ChatPrompt:
 
 def load_prompt(name: str) -> ChatPrompt:
     """Load ``polyalpaca/resources/prompts/NAME.txt`` (or a ``.txt`` file given by path)."""
-    path = Path(name) if name.endswith(".txt") else PROMPTS_DIR / f"{name}.txt"
-    if not path.is_file():
-        raise FileNotFoundError(f"prompt template not found: {path}")
-    text = path.read_text(encoding="utf-8")
+    path, text = read_resource(name, "prompts", ".txt", "prompt template")
     parts = _SECTION.split(text)
     head, sections = parts[0], dict(zip(parts[1::2], parts[2::2], strict=True))
     for lineno, line in enumerate(head.splitlines(), 1):
@@ -265,12 +262,7 @@ class Ledger:
 
     def write_json(self, path: str | Path) -> Path:
         """Write the ledger atomically (a temporary file renamed into place)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(self.to_dict(), indent=2) + "\n", encoding="utf-8")
-        os.replace(tmp, path)
-        return path
+        return atomic_write_json(path, self.to_dict())
 
 
 # --------------------------------------------------------------------------------------------

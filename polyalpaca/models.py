@@ -12,12 +12,12 @@ A model is named by a *spec*:
 from __future__ import annotations
 
 import logging
-import shutil
 from pathlib import Path
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from .files import atomic_folder
 from .paths import cache_dir
 
 log = logging.getLogger(__name__)
@@ -38,17 +38,6 @@ def _gguf_folder() -> tuple[Path, str]:
     return folder, pkg.MODEL_NAME
 
 
-def _atomic_save(build, final: Path) -> Path:
-    """Build a folder under a temporary name and rename it, so a crash never leaves half a model."""
-    if final.exists():
-        return final
-    partial = final.with_name(final.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    build(partial)
-    partial.rename(final)
-    return final
-
-
 def gemma_tokenizer_folder() -> Path:
     """The real Gemma 3 tokenizer, converted from the GGUF file once."""
 
@@ -57,7 +46,7 @@ def gemma_tokenizer_folder() -> Path:
         tok = AutoTokenizer.from_pretrained(folder, gguf_file=name)
         tok.save_pretrained(out)
 
-    return _atomic_save(build, cache_dir() / "models" / "gemma-3-270m-tokenizer")
+    return atomic_folder(build, cache_dir() / "models" / "gemma-3-270m-tokenizer")
 
 
 def gemma_fp32_folder() -> Path:
@@ -71,7 +60,7 @@ def gemma_fp32_folder() -> Path:
         model.save_pretrained(out)
         AutoTokenizer.from_pretrained(gemma_tokenizer_folder()).save_pretrained(out)
 
-    return _atomic_save(build, cache_dir() / "models" / "gemma-3-270m-fp32")
+    return atomic_folder(build, cache_dir() / "models" / "gemma-3-270m-fp32")
 
 
 def tiny_gemma_folder(seed: int = 0) -> Path:
@@ -100,7 +89,7 @@ def tiny_gemma_folder(seed: int = 0) -> Path:
         model.save_pretrained(out)
         tok.save_pretrained(out)
 
-    return _atomic_save(build, cache_dir() / "models" / f"tiny-random-gemma3-seed{seed}")
+    return atomic_folder(build, cache_dir() / "models" / f"tiny-random-gemma3-seed{seed}")
 
 
 def resolve_model(spec: str) -> str:

@@ -35,11 +35,21 @@ class PromptTemplate:
         return text.split(self.section_marker, 1)[0].strip()
 
 
+def read_resource(name: str, folder: str, suffix: str, what: str = "resource") -> tuple[Path, str]:
+    """``(path, text)`` of ``polyalpaca/resources/FOLDER/NAME{suffix}``, or of the file ``name``
+    itself when it ends in ``suffix``; a missing file names the ones that exist."""
+    path = Path(name) if name.endswith(suffix) else RESOURCES_DIR / folder / f"{name}{suffix}"
+    if not path.is_file():
+        known = sorted(p.stem for p in (RESOURCES_DIR / folder).glob(f"*{suffix}"))
+        raise FileNotFoundError(f"{what} not found: {path}; available: {', '.join(known)}")
+    return path, path.read_text(encoding="utf-8")
+
+
 @lru_cache(maxsize=None)
 def load_template(name: str = "alpaca") -> PromptTemplate:
     """Load a template from ``polyalpaca/resources/templates/NAME.json`` or from a JSON file path."""
-    path = Path(name) if name.endswith(".json") else RESOURCES_DIR / "templates" / f"{name}.json"
-    spec = json.loads(path.read_text(encoding="utf-8"))
+    path, text = read_resource(name, "templates", ".json", "prompt template")
+    spec = json.loads(text)
     return PromptTemplate(
         name=path.stem,
         prompt_input=spec["prompt_input"],

@@ -16,7 +16,8 @@ Two backends share one interface (``TranslationBackend.translate(jobs, prompt, c
 
 ``translate_records`` returns one ``TranslatedRecord`` per (language, record), languages in the
 configured order and records in input order. ``translate_main`` is the ``polyalpaca translate``
-command. ``chrf_by_language`` scores translations against references with sacrebleu's chrF.
+command. ``chrf_for_translations`` scores translations against references with chrF
+(``polyalpaca.metrics``).
 """
 from __future__ import annotations
 
@@ -24,7 +25,6 @@ import argparse
 import dataclasses
 import hashlib
 import json
-import os
 import re
 import sys
 import threading
@@ -32,10 +32,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Protocol, Sequence
 
-from .data import LANGUAGES, load_training_records
-from .langid import detect_language
+from .data import LANGUAGES, check_language, load_training_records
+from .files import JsonlError, atomic_write_json, iter_jsonl
+from .files import write_jsonl as _write_jsonl  # the name translate_main uses
+from .langid import _LETTER, detect_language
 from .llm_client import (ChatClient, ChatPrompt, ChatRequest, EndpointConfig, EndpointError, InvalidReply,
                          load_prompt)
+from .metrics import chrf_by_language
 
 ALPACA_FIELDS = ("instruction", "input", "output")
 LANGUAGE_NAMES = LANGUAGES  # one table for the whole project
@@ -54,7 +57,6 @@ _PROTECTED_PATTERNS = (
 _PROTECTED = re.compile("|".join(f"(?:{p})" for p in _PROTECTED_PATTERNS), re.S)
 _MARKER = re.compile(r"⟦\s*(\d+)\s*⟧")
 _TRANSLATION = re.compile(r"<translation>(.*?)</translation>", re.S)
-_LETTER = re.compile(r"[^\W\d_]")
 _LANGDETECT_LOCK = threading.Lock()  # langdetect's lazy global set-up is not thread-safe
 
 
@@ -80,9 +82,7 @@ class TranslationConfig:
 
     def __post_init__(self) -> None:
         for code in [self.source_language, *self.languages]:
-            if code not in LANGUAGE_NAMES:
-                raise ValueError(f"TranslationConfig: unknown language code {code!r}; "
-                                 f"known: {', '.join(sorted(LANGUAGE_NAMES))}")
+            check_language(code, "TranslationConfig")
         if self.source_language in self.languages:
             raise ValueError(f"TranslationConfig.languages contains the source language {self.source_language!r}")
         if not self.languages:
@@ -336,28 +336,12 @@ def translate_records(records: Sequence[Mapping[str, Any]], config: TranslationC
 # --------------------------------------------------------------------------------------------
 # chrF
 # --------------------------------------------------------------------------------------------
-def chrf_by_language(hypotheses: Mapping[str, Sequence[str]],
-                     references: Mapping[str, Sequence[str]]) -> dict[str, float]:
-    """Corpus chrF (sacrebleu, 0..100) per language; segments are aligned by position."""
-    from sacrebleu.metrics import CHRF
-
-    scores = {}
-    for language, hyps in hypotheses.items():
-        if language not in references:
-            raise KeyError(f"chrF: no references for language {language!r}")
-        refs = references[language]
-        if len(hyps) != len(refs):
-            raise ValueError(f"chrF {language}: {len(hyps)} hypotheses but {len(refs)} references")
-        scores[language] = CHRF().corpus_score(list(hyps), [list(refs)]).score
-    return scores
-
-
 def chrf_for_translations(translated: Sequence[TranslatedRecord],
                           references: Mapping[str, Sequence[Mapping[str, Any]]],
                           fields: Sequence[str] = ALPACA_FIELDS) -> dict[str, float]:
     """chrF per language of translated records against reference records with the same index
-    (e.g. the embedded ``train/{lang}.jsonl``). Failed records and fields empty in the
-    reference are left out."""
+    (e.g. the embedded ``train/{lang}.jsonl``), with ``metrics.chrf_by_language``. Failed
+    records and fields empty in the reference are left out."""
     hyps: dict[str, list[str]] = {}
     refs: dict[str, list[str]] = {}
     for item in translated:
@@ -377,9 +361,8 @@ def chrf_for_translations(translated: Sequence[TranslatedRecord],
 
 
 # --------------------------------------------------------------------------------------------
-# Command line
+# The translation chapter's study
 # --------------------------------------------------------------------------------------------
-# --- the translation chapter's study ----------------------------------------------------------
 
 def translation_study(t, root) -> dict:
     """Translate the first ``translation.records`` English records into ``translation.languages``
@@ -389,7 +372,7 @@ def translation_study(t, root) -> dict:
     path = root / "translation" / f"{digest}.json"
     if path.exists():
         return json.loads(path.read_text())
-    fields = ("instruction", "input", "output")
+    fields = ALPACA_FIELDS
     english = load_training_records("en", "embedded").items
     targets = {lang: load_training_records(lang, "embedded").items for lang in t.languages}
     source = [{k: getattr(r, k) for k in ("id", *fields)} for r in english[:t.records]]
@@ -447,8 +430,7 @@ def translation_study(t, root) -> dict:
     result = {"settings": dataclasses.asdict(t), "chrf": chrf, "raw_chrf": raw, "copy_chrf": copy, "rows": rows, "ledger": ledger,
               "records_ok": {lang: sum(x.ok for x in translated if x.language == lang) for lang in t.languages},
               "records": t.records}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result, indent=2, ensure_ascii=False))
+    atomic_write_json(path, result)
     return result
 
 
@@ -471,32 +453,22 @@ def translation_table(study: dict):
     }).round(1)
 
 
-def read_jsonl(path: str | Path, fields: Sequence[str] = ALPACA_FIELDS) -> list[dict[str, Any]]:
-    """Records of a JSONL file; blank lines are skipped, bad lines raise naming file and line."""
+def read_records(path: str | Path, fields: Sequence[str] = ALPACA_FIELDS) -> list[dict[str, Any]]:
+    """Records to translate from a JSONL file, kept as they are (other keys too); blank lines
+    are skipped; a bad line, or a record whose ``fields`` are not all strings, raises
+    ``ValueError`` naming file and line. Empty fields are allowed (they stay empty)."""
     records = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"{path}:{lineno}: not valid JSON ({exc.msg} at column {exc.colno})") from None
-            problem = field_problem(record, fields)
-            if problem:
-                raise ValueError(f"{path}:{lineno}: {problem}")
-            records.append(record)
+    for lineno, record in iter_jsonl(path):
+        if isinstance(record, JsonlError):
+            raise record
+        problem = field_problem(record, fields)
+        if problem:
+            raise ValueError(f"{path}:{lineno}: {problem}")
+        records.append(record)
     return records
 
 
-def _write_jsonl(path: Path, rows: Sequence[Mapping[str, Any]]) -> None:
-    """Write atomically: a half-written output never replaces a good one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
+read_jsonl = read_records  # the old name, which translate_main uses
 
 
 API_OPTION_DEFAULTS: dict[str, Any] = {

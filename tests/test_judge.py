@@ -6,9 +6,10 @@ import math
 import pytest
 
 from openai_double import OpenAIDouble, endpoint_settings
-from polyalpaca.judge import (JudgeConfig, JudgeItem, JudgeRecord, escape_block, gated_score, judge_responses,
-                              language_totals, parse_rating, robustness_gap)
+from polyalpaca.judge import (JudgeConfig, JudgeItem, JudgeRecord, escape_block, judge_responses, language_totals,
+                              parse_rating, robustness_gap)
 from polyalpaca.llm_client import ChatClient, EndpointConfig, InvalidReply
+from polyalpaca.metrics import gated_score
 
 KEY_ENV = "POLYALPACA_TEST_API_KEY"
 KEY = "sk-test-SECRET-judge-7"

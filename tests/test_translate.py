@@ -17,8 +17,9 @@ import pytest
 from openai_double import OpenAIDouble, endpoint_settings, fake_translation
 from polyalpaca.langid import detect_language
 from polyalpaca.llm_client import ChatClient, EndpointConfig, ChatPrompt, InvalidReply, ReplyCache, load_prompt
-from polyalpaca.translate import (ApiBackend, LocalBackend, TranslationConfig, TranslationJob, chrf_by_language,
-                                  chrf_for_translations, protect, read_jsonl, to_translate, translate_main,
+from polyalpaca.metrics import chrf_by_language
+from polyalpaca.translate import (ApiBackend, LocalBackend, TranslationConfig, TranslationJob,
+                                  chrf_for_translations, protect, read_records, to_translate, translate_main,
                                   translate_records)
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -142,10 +143,10 @@ def test_read_jsonl_names_file_and_line(tmp_path):
     path = tmp_path / "in.jsonl"
     path.write_text(json.dumps(RECORDS[0]) + "\n\n{oops\n", encoding="utf-8")
     with pytest.raises(ValueError, match=r"in.jsonl:3: not valid JSON"):
-        read_jsonl(path)
+        read_records(path)
     path.write_text(json.dumps({"instruction": "x", "input": 3, "output": ""}) + "\n", encoding="utf-8")
     with pytest.raises(ValueError, match=r"in.jsonl:1: field 'input' must be a string, got int"):
-        read_jsonl(path)
+        read_records(path)
 
 
 # -- command line -----------------------------------------------------------------------------
