@@ -6,6 +6,7 @@ import random
 import textwrap
 import time
 import warnings
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -13,16 +14,22 @@ import numpy as np
 # chapters print plain progress lines instead (``Progress``), so the notice is noise there.
 warnings.filterwarnings("ignore", message="IProgress not found")
 
-from .config import load_profile  # noqa: E402
-from .grid import Experiment  # noqa: E402
+from .preflight import preflight  # noqa: E402
+
+if TYPE_CHECKING:
+    from .grid import Experiment
 
 
 def setup(profile: str, artefacts_dir: str = "", overrides: dict | None = None) -> Experiment:
-    """Load the profile, seed everything, quiet the libraries' logs, and return the experiment."""
+    """Check the profile with its overrides (``polyalpaca.preflight``: a ``SettingsError`` listing
+    every problem, before torch is imported or anything is loaded), then seed everything, quiet
+    the libraries' logs, and return the ``grid.Experiment``."""
+    p = preflight(profile, overrides or {})
     import torch
     import transformers
 
-    p = load_profile(profile, overrides or {})
+    from .grid import Experiment
+
     random.seed(p.data.seed)
     np.random.seed(p.data.seed)
     torch.manual_seed(p.data.seed)

@@ -1,38 +1,61 @@
-"""The ``polyalpaca`` command line.
+"""The ``polyalpaca`` command line: one parser for every command.
 
+    polyalpaca check [--profile cpu]           check every setting; the plan's time and disk estimate
     polyalpaca book [--profile cpu]            execute every chapter and build the HTML book
-    polyalpaca run CHAPTER -p KEY VALUE ...    re-execute one chapter with parameters
+    polyalpaca run CHAPTER [--profile cpu]     re-execute one chapter (-p KEY VALUE: notebook parameters)
     polyalpaca plan [--profile cpu]            the grid, its budget and a compute estimate
     polyalpaca data stats [--profile cpu]      per-language counts, tokens and recipe budgets
     polyalpaca train --profile P --run NAME    train one grid cell (works under accelerate launch)
     polyalpaca evaluate --profile P --run NAME answer and score one grid cell's test prompts
-    polyalpaca translate ...                   translate Alpaca records with an LLM (see --help)
+    polyalpaca translate --input IN ...        translate Alpaca records with an LLM API or a local model
     polyalpaca prepare-model [SPEC]            convert/cache a model (default: Gemma 3 270M from PyPI)
+
+Every command that reads a profile takes --profile and -s/--set KEY VALUE (repeatable) to
+override one setting by its dotted key (polyalpaca check --list-settings lists them). Before long
+work (book, run, train, evaluate) and for plan and data, the whole profile is checked first and
+every problem is listed at once (exit status 2), before any model is loaded.
 """
 from __future__ import annotations
 
+# Only light modules here: `polyalpaca --help` must start in well under a second. Everything
+# that imports torch, transformers or openai is imported inside the command that needs it.
 import argparse
 import json
 import logging
 import sys
 from pathlib import Path
 
-from .config import available_profiles, load_profile, parse_value
+from .config import SettingsError, available_profiles, load_profile, settings_help
 
 
-def _profile_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--profile", default="cpu",
+def _profile_args(p: argparse.ArgumentParser, default: str | None = "cpu") -> None:
+    p.add_argument("--profile", default=default,
                    help=f"profile name ({', '.join(available_profiles())}) or a TOML file (default: cpu)")
-    p.add_argument("--artefacts", default="", help="artefacts folder (default: artefacts/<profile>)")
+    p.add_argument("--artefacts", default=None, help="artefacts folder (default: artefacts/<profile>)")
     p.add_argument("-s", "--set", nargs=2, action="append", default=[], metavar=("KEY", "VALUE"),
-                   help="override a profile setting, e.g. -s lora.epochs 2 (repeatable)")
+                   help="override a profile setting by its dotted key, e.g. -s lora.epochs 2 or "
+                        "-s data.train_languages '[\"en\", \"ru\"]' (lists and tables as JSON; repeatable; "
+                        "'polyalpaca check --list-settings' lists every key)")
 
 
-def _experiment(args):
-    from .grid import Experiment
+def _overrides(args) -> dict[str, str]:
+    """The -s pairs as given: config converts each text to its field's type (and says so when it cannot)."""
+    return {key: value for key, value in args.set}
 
-    overrides = {k: parse_value(v) for k, v in args.set}
-    return Experiment(load_profile(args.profile, overrides), args.artefacts or None)
+
+def _checked_profile(profile: str, overrides: dict, endpoints: tuple[str, ...] | None = None):
+    """The profile after the preflight (polyalpaca.preflight): every problem at once, as a
+    SettingsError. ``endpoints``: whose API keys must be set (default: all)."""
+    from .preflight import preflight
+
+    return preflight(profile, overrides, endpoints)
+
+
+def _experiment(args, endpoints: tuple[str, ...] = ()):
+    profile = _checked_profile(args.profile, _overrides(args), endpoints)
+    from .grid import Experiment  # after the check: this imports torch
+
+    return Experiment(profile, args.artefacts or None)
 
 
 def _find_run(exp, name: str):
@@ -44,44 +67,87 @@ def _find_run(exp, name: str):
                      + ", ".join(f"{r.method}-{r.name}" for r in runs))
 
 
+def cmd_check(args) -> int:
+    if args.list_settings:
+        profile = load_profile(args.profile, _overrides(args))
+        for key, kind, value, text in settings_help(profile):
+            print(f"{key} = {value}    # {kind}" + (f": {text}" if text else ""))
+        return 0
+    profile = _checked_profile(args.profile, _overrides(args))
+    from .grid import Experiment
+    from .planning import plan_table
+    from .preflight import disk_estimate, format_check
+
+    plan = plan_table(Experiment(profile, args.artefacts or None))
+    print(format_check(profile, plan, disk_estimate(profile, plan)))
+    return 0
+
+
 def cmd_book(args) -> int:
+    overrides = _overrides(args)
+    _checked_profile(args.profile, overrides)
     from .book import build_book
 
-    overrides = {k: parse_value(v) for k, v in args.set}
-    index = build_book(args.profile, args.book_dir or None, args.artefacts, overrides,
+    index = build_book(args.profile, args.book_dir or None, args.artefacts or "", overrides,
                        args.chapters or None, strict=not args.no_strict, execute=not args.no_execute)
     print(f"book: {index}")
     return 0
 
 
-def cmd_run(args) -> int:
-    from .book import PROJECT_ROOT, chapter_path, execute_chapter, split_parameters
+def run_parameters(args) -> dict:
+    """The notebook parameters of ``polyalpaca run``: --profile, --artefacts and -s, or their
+    aliases -p profile NAME, -p artefacts_dir DIR, -p DOTTED.KEY VALUE and -p overrides JSON."""
+    from .book import split_parameters
 
-    params = split_parameters([(k, parse_value(v)) for k, v in args.param])
+    pairs = []
+    for key, value in args.param:
+        if key == "overrides":
+            try:
+                table = json.loads(value)
+            except json.JSONDecodeError:
+                table = None
+            if not isinstance(table, dict):
+                raise ValueError(f"-p overrides: expected a JSON object such as '{{\"lora.epochs\": 2}}', got {value!r}")
+            pairs += list(table.items())
+        else:
+            pairs.append((key, value))
+    params = split_parameters(pairs)
+    for name, option, given in (("profile", "--profile", args.profile), ("artefacts_dir", "--artefacts", args.artefacts)):
+        if given is not None and name in params and params[name] != given:
+            raise ValueError(f"{option} {given} and -p {name} {params[name]} disagree; give one")
+        if given is not None:
+            params[name] = given
     params.setdefault("profile", "cpu")
     params.setdefault("artefacts_dir", "")
-    out = Path(args.output) if args.output else PROJECT_ROOT / "book" / "chapters" / chapter_path(args.chapter).name
+    params["overrides"] = {**params["overrides"], **_overrides(args)}
+    return params
+
+
+def cmd_run(args) -> int:
+    from .book import PROJECT_ROOT, chapter_path, execute_chapter
+
+    params = run_parameters(args)
+    chapter = chapter_path(args.chapter)  # an unknown chapter is reported before the profile
+    _checked_profile(params["profile"], params["overrides"])
+    out = Path(args.output) if args.output else PROJECT_ROOT / "book" / "chapters" / chapter.name
     execute_chapter(args.chapter, params, out)
     return 0
 
 
 def cmd_plan(args) -> int:
-    from .planning import plan_table
+    exp = _experiment(args)
+    from .planning import format_plan, plan_table
 
-    table = plan_table(_experiment(args))
-    if args.json:
-        print(json.dumps(table, indent=2))
-    else:
-        from .planning import format_plan
-
-        print(format_plan(table))
+    table = plan_table(exp)
+    print(json.dumps(table, indent=2) if args.json else format_plan(table))
     return 0
 
 
 def cmd_data(args) -> int:
+    exp = _experiment(args)
     from .planning import data_stats, format_stats
 
-    stats = data_stats(_experiment(args))
+    stats = data_stats(exp)
     print(json.dumps(stats, indent=2, ensure_ascii=False) if args.json else format_stats(stats))
     return 0
 
@@ -94,7 +160,7 @@ def cmd_train(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    exp = _experiment(args)
+    exp = _experiment(args, endpoints=("server",))
     scored = exp.evaluate(_find_run(exp, args.run))
     print(json.dumps({"answers": len(scored), "gate_pass_rate": sum(s.gate for s in scored) / max(len(scored), 1)}))
     return 0
@@ -107,11 +173,113 @@ def cmd_prepare_model(args) -> int:
     return 0
 
 
+# --- polyalpaca translate -------------------------------------------------------------------------
+
+class _TranslateHelp(argparse.HelpFormatter):
+    """Shows each option's default, read from the translation and endpoint dataclasses only when
+    help is printed (their module imports the openai package, too slow for every start)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        from .translate import option_defaults
+
+        defaults = {k: v for group in option_defaults().values() for k, v in group.items()}
+        value = defaults.get(action.dest)
+        if value is None or isinstance(value, bool):
+            return action.help or ""
+        return f"{action.help} (default: {value:g})" if isinstance(value, float) else f"{action.help} (default: {value})"
+
+
+def _add_translate(sub) -> None:
+    p = sub.add_parser(
+        "translate", formatter_class=_TranslateHelp,
+        help="translate Alpaca records with an LLM API or a local model (see polyalpaca translate --help)",
+        description="Translate Alpaca records (instruction, input, output) into other languages. "
+                    "Writes one line per (language, record), languages in the given order, records in "
+                    "input order, with 'language' and 'source_index' added. Fields that could not be "
+                    "translated are listed in OUTPUT.failures.jsonl and their records left out; the exit "
+                    "status is then 1 (2 for bad arguments, input or endpoint).")
+    # Options whose default depends on the backend default to None here, so that giving one to the
+    # other backend is an error rather than silently ignored; _backend_options fills them in.
+    p.add_argument("--input", required=True, type=Path, metavar="JSONL", help="records to translate, one JSON object a line")
+    p.add_argument("--output", required=True, type=Path, metavar="JSONL",
+                   help="where to write the translations (replaced atomically)")
+    p.add_argument("--languages", required=True, metavar="CODES",
+                   help="comma-separated target language codes, e.g. bg,cs,de,es,fi,fr,ru,zh")
+    p.add_argument("--source-language", default=None, metavar="CODE", help="language of the input")
+    p.add_argument("--backend", choices=("api", "local"), default="api",
+                   help="api: an OpenAI-compatible endpoint; local: a causal LM in this process, greedy, "
+                        "one try per field (default: api)")
+    p.add_argument("--model", required=True,
+                   help="api: the endpoint's model name; local: a model spec for polyalpaca.models "
+                        "(Hub id, folder, pypi:gemma-3-270m, tiny-random-gemma3)")
+    p.add_argument("--prompt-version", default=None, metavar="NAME",
+                   help="prompt file polyalpaca/resources/prompts/NAME.txt")
+    p.add_argument("--examples", type=Path, metavar="JSON",
+                   help="worked examples for base-model prompts such as translate_base_v2: a JSON file "
+                        '{"es": [["source text", "its translation"], ...], ...}')
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    api = p.add_argument_group("api backend only")
+    api.add_argument("--base-url", default=None, metavar="URL", help="the endpoint's base URL")
+    api.add_argument("--api-key-env", default=None, metavar="NAME",
+                     help="NAME of the environment variable holding the key, '' for none; the key itself is "
+                          "never an argument")
+    api.add_argument("--concurrency", type=int, default=None, metavar="N", help="requests in flight")
+    api.add_argument("--max-retries", type=int, default=None, metavar="N",
+                     help="retries per request on 429, 5xx, timeouts, connection errors and malformed bodies")
+    api.add_argument("--timeout", type=float, default=None, metavar="SECONDS", help="per request")
+    api.add_argument("--max-invalid", type=int, default=None, metavar="N",
+                     help="replies asked for before a field is reported failed")
+    api.add_argument("--cache", type=Path, default=None, metavar="DIR",
+                     help="folder of the reply cache that makes reruns free and interrupted runs resumable "
+                          "(default: llm/ in the polyalpaca cache, $POLYALPACA_CACHE or ~/.cache/polyalpaca)")
+    api.add_argument("--no-cache", action="store_true", default=None, help="neither read nor write a cache")
+    api.add_argument("--ledger", type=Path, default=None, metavar="PATH",
+                     help="write the counts of requests, retries, cache hits, tokens and estimated cost "
+                          "to this JSON file (also when the run stops on an error)")
+    local = p.add_argument_group("local backend only")
+    local.add_argument("--max-new-tokens", type=int, default=None, metavar="N", help="generation limit per field")
+    local.add_argument("--batch-size", type=int, default=None, metavar="N", help="prompts per generate call")
+    p.set_defaults(func=cmd_translate, usage_error=p.error)
+
+
+def _backend_options(args: argparse.Namespace, defaults: dict[str, dict]) -> None:
+    """Refuse options of the other backend, then fill in the defaults."""
+    other = "local" if args.backend == "api" else "api"
+    given = ["--" + name.replace("_", "-") for name in defaults[other] if getattr(args, name) is not None]
+    if given:
+        args.usage_error(f"{', '.join(given)} only apply to --backend {other}")
+    if args.backend == "api" and args.cache is not None and args.no_cache:
+        args.usage_error("--cache and --no-cache exclude each other")
+    for group in defaults.values():
+        for name, default in group.items():
+            if getattr(args, name) is None:
+                setattr(args, name, default)
+
+
+def cmd_translate(args) -> int:
+    from .translate import command_config, option_defaults, translate_command
+
+    _backend_options(args, option_defaults())
+    try:
+        config = command_config(args)
+    except (OSError, ValueError) as exc:
+        args.usage_error(str(exc))  # exits with status 2
+    return translate_command(args, config)
+
+
+# --- the parser -------------------------------------------------------------------------------------
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="polyalpaca", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress at INFO level")
     sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("check", help="check every setting of a profile; print the plan's time and disk estimate")
+    _profile_args(p)
+    p.add_argument("--list-settings", action="store_true",
+                   help="print every setting with its value in the profile, its type and what it does")
+    p.set_defaults(func=cmd_check)
 
     p = sub.add_parser("book", help="execute all chapters with papermill and build the HTML book")
     _profile_args(p)
@@ -121,10 +289,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-execute", action="store_true", help="only render already executed chapters")
     p.set_defaults(func=cmd_book)
 
-    p = sub.add_parser("run", help="re-execute one chapter notebook with parameters")
+    p = sub.add_parser("run", help="re-execute one chapter notebook with a profile and overrides")
     p.add_argument("chapter", help="01_data, 02_translation, 03_training, 04_evaluation, 05_findings (or data, ...)")
+    _profile_args(p, default=None)
     p.add_argument("-p", "--param", nargs=2, action="append", default=[], metavar=("KEY", "VALUE"),
-                   help="notebook parameter (profile, artefacts_dir) or dotted profile override (lora.epochs)")
+                   help="a notebook parameter, the alias of the options above: -p profile NAME, "
+                        "-p artefacts_dir DIR, -p DOTTED.KEY VALUE (as -s), -p overrides JSON")
     p.add_argument("--output", default="", help="executed notebook path (default: book/chapters/CHAPTER.ipynb)")
     p.set_defaults(func=cmd_run)
 
@@ -147,9 +317,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--run", required=True, help="run id or METHOD-NAME, e.g. lora-multilingual, lora-monolingual-ru")
         p.set_defaults(func=func)
 
-    p = sub.add_parser("translate", help="translate Alpaca records with an LLM (run 'polyalpaca translate --help')",
-                       add_help=False)
-    p.set_defaults(func=None)
+    _add_translate(sub)
 
     p = sub.add_parser("prepare-model", help="convert and cache a base model")
     p.add_argument("spec", nargs="?", default="pypi:gemma-3-270m")
@@ -158,16 +326,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if argv and argv[0] == "translate":
-        from .translate import translate_main
-
-        return translate_main(argv[1:])
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(name)s: %(message)s")
     try:
         return args.func(args)
+    except SettingsError as exc:  # every problem of the profile, one line each
+        print(f"polyalpaca: {exc}", file=sys.stderr)
+        return 2
     except (FileNotFoundError, ValueError) as exc:  # DataError is a ValueError: file, line and field
         if args.verbose:
             raise

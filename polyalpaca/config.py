@@ -2,50 +2,102 @@
 
 Profiles live in ``polyalpaca/profiles/NAME.toml`` (``tiny`` for tests, ``cpu`` the offline
 default, ``paper`` the paper's scale) or in any TOML file given by path. Every field can be
-overridden with dotted keys, e.g. ``{"train.lora.epochs": 2}``.
+overridden with dotted keys, e.g. ``{"lora.epochs": 2}`` (``-s lora.epochs 2`` on the command
+line). Every value, from the file or from an override, is checked against its field's declared
+type when the profile is read; text from the command line is converted where that is
+unambiguous ("2" for a whole number, "1e-3" for a number, "true"/"false", JSON lists and tables).
+Each field carries its help text (``polyalpaca check --list-settings`` prints them all). Which
+values are *allowed*, and how fields must agree with each other, is ``polyalpaca.preflight``'s job.
+
+This module imports nothing heavy: the command line reads it before deciding what to load.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
+import math
 import tomllib
+import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
-from .generate import DecodingConfig
 from .paths import PACKAGE_DIR
 
 PROFILES_DIR = PACKAGE_DIR / "profiles"
 PAPER_TRAIN_LANGUAGES = ["en", "bg", "cs", "de", "es", "fi", "fr", "ru", "zh"]
 
 
+def setting(default: Any = dataclasses.MISSING, help: str = "", *, factory: Callable[[], Any] | None = None) -> Any:
+    """A dataclass field with its help text. A list or dict default is copied for each instance."""
+    if factory is None and isinstance(default, (list, dict)):
+        value = default
+        factory = lambda: copy.deepcopy(value)  # noqa: E731
+    if factory is not None:
+        return field(default_factory=factory, metadata={"help": help})
+    return field(default=default, metadata={"help": help})
+
+
+class SettingsError(ValueError):
+    """Every problem found in a profile, one line each, each naming its dotted key."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = list(problems)
+        n = len(self.problems)
+        lines = "".join(f"\n  - {p}" for p in self.problems)
+        super().__init__(f"the profile has {n} problem{'' if n == 1 else 's'}:{lines}")
+
+
+@dataclass
+class DecodingConfig:
+    """How answers are decoded. The paper used 4 beams, 256 new tokens, no_repeat_ngram_size 6
+    (and repetition_penalty 1.1 for full fine-tuning); the CPU default decodes greedily."""
+
+    max_new_tokens: int = setting(64, "most tokens generated per answer")
+    num_beams: int = setting(1, "beam search width (1 = greedy)")
+    no_repeat_ngram_size: int = setting(0, "forbid repeating n-grams of this size (0 = off)")
+    repetition_penalty: float = setting(1.0, "penalty on tokens already generated (1.0 = off)")
+    batch_size: int = setting(16, "prompts per generate call")
+    stop_strings: tuple[str, ...] = setting(("\n### ",), "generation stops at any of these strings")
+
+    def generate_kwargs(self) -> dict:
+        kwargs = dict(max_new_tokens=self.max_new_tokens, do_sample=False, num_beams=self.num_beams)
+        if self.no_repeat_ngram_size:
+            kwargs["no_repeat_ngram_size"] = self.no_repeat_ngram_size
+        if self.repetition_penalty != 1.0:
+            kwargs["repetition_penalty"] = self.repetition_penalty
+        return kwargs
+
+
 @dataclass
 class DataConfig:
     """Which instruction data and test prompts to use."""
 
-    source: str = "embedded"  # embedded | hub | files
-    train_languages: list[str] = field(default_factory=lambda: list(PAPER_TRAIN_LANGUAGES))
-    test_languages: list[str] = field(default_factory=lambda: ["en", "es", "ru", "zh", "bg", "bn", "no"])
-    unseen_languages: list[str] = field(default_factory=lambda: ["bn", "no"])
-    train_limit: int | None = None  # records per language (first N ids), None = all
-    validation_size: int = 20  # held-out records per training set (the paper: 1000)
-    test_source: str = "embedded"  # embedded | paper-url | a folder with test_{lang}.jsonl
-    test_limit: int | None = None
-    hub_english: str = "yahma/alpaca-cleaned"
-    hub_pattern: str = "pinzhenchen/alpaca-cleaned-{lang}"
-    files_pattern: str = ""  # e.g. data/alpaca_{lang}.json when source = files
-    skip_bad_records: bool = False
-    seed: int = 42
+    source: str = setting("embedded", "training data: embedded, hub or files")
+    train_languages: list[str] = setting(PAPER_TRAIN_LANGUAGES, "languages of the training data")
+    test_languages: list[str] = setting(["en", "es", "ru", "zh", "bg", "bn", "no"], "languages of the test prompts")
+    unseen_languages: list[str] = setting(["bn", "no"], "test languages no recipe trains on")
+    train_limit: int | None = setting(None, "records per language (the first N ids); none = all")
+    validation_size: int = setting(20, "held-out records per training set (the paper: 1000)")
+    test_source: str = setting("embedded", "test prompts: embedded, paper-url or a folder with test_{lang}.jsonl")
+    test_limit: int | None = setting(None, "test prompts per language; none = all")
+    hub_english: str = setting("yahma/alpaca-cleaned", "Hub data set of the English records (source = hub)")
+    hub_pattern: str = setting("pinzhenchen/alpaca-cleaned-{lang}", "Hub data set of the other languages (source = hub)")
+    files_pattern: str = setting("", "file of each language when source = files, e.g. data/alpaca_{lang}.json")
+    skip_bad_records: bool = setting(False, "skip (and report) malformed records instead of stopping")
+    seed: int = setting(42, "seed of the validation split and of the notebooks' random state")
 
 
 @dataclass
 class LoraSettings:
-    r: int = 8
-    alpha: int = 16
-    dropout: float = 0.05
-    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj"])
+    """The LoRA adapter (used by the lora method)."""
+
+    r: int = setting(8, "rank of the adapter matrices")
+    alpha: int = setting(16, "scaling numerator (the update is scaled by alpha / r)")
+    dropout: float = setting(0.05, "dropout on the adapter's input")
+    target_modules: list[str] = setting(["q_proj", "k_proj", "v_proj"], "module names that get an adapter")
 
 
 @dataclass
@@ -53,57 +105,55 @@ class TrainConfig:
     """One fine-tuning method. ``loss_on`` is "all" (prompt and response, the paper's LoRA) or
     "response" (prompt masked, the paper's full fine-tuning)."""
 
-    method: str = "lora"  # lora | full
-    epochs: float = 5
-    learning_rate: float = 3e-4
-    batch_size: int = 8  # per device
-    gradient_accumulation: int = 16  # used when effective_batch is 0
-    # The batch one optimizer step sees across all processes (the paper: 128). When set, gradient
-    # accumulation follows from it: effective_batch / (batch_size x number of processes).
-    effective_batch: int = 0
-    warmup_steps: int = 100
-    warmup_ratio: float = 0.0
-    scheduler: str = "linear"
-    weight_decay: float = 0.0
-    max_length: int = 512
-    loss_on: str = "all"
-    lora: LoraSettings = field(default_factory=LoraSettings)
-    eval_every_epoch: bool = True
-    best_by_validation: bool = True
-    fast_path: bool = True  # our speed-ups (logits only where labels count, no padding): same loss
-    vocab_subset: bool = False  # DEVIATION: softmax of the training loss over the data's tokens only
-    precision: str = "auto"  # auto | fp32 | bf16
-    gradient_checkpointing: str = "auto"  # auto | on | off
-    logging_steps: int = 1
-    seed: int = 42
+    method: str = setting("lora", "lora or full (set by the table's name)")
+    epochs: float = setting(5, "passes over the training set")
+    learning_rate: float = setting(3e-4, "peak learning rate")
+    batch_size: int = setting(8, "examples per device per step")
+    gradient_accumulation: int = setting(16, "steps accumulated per optimizer step (when effective_batch is 0)")
+    effective_batch: int = setting(0, "examples per optimizer step across all processes (the paper: 128); "
+                                      "0 = use gradient_accumulation")
+    warmup_steps: int = setting(100, "learning-rate warm-up steps (when warmup_ratio is 0)")
+    warmup_ratio: float = setting(0.0, "warm-up as a share of all steps")
+    scheduler: str = setting("linear", "learning-rate schedule (a transformers SchedulerType)")
+    weight_decay: float = setting(0.0, "AdamW weight decay")
+    max_length: int = setting(512, "tokens per example (longer ones are cut)")
+    loss_on: str = setting("all", "all (prompt and response) or response (prompt masked)")
+    lora: LoraSettings = setting(factory=LoraSettings, help="the LoRA adapter")
+    eval_every_epoch: bool = setting(True, "validation loss after every epoch")
+    best_by_validation: bool = setting(True, "keep the epoch with the lowest validation loss")
+    fast_path: bool = setting(True, "our speed-ups (logits only where labels count, no padding): same loss")
+    vocab_subset: bool = setting(False, "DEVIATION: softmax of the training loss over the data's tokens only")
+    precision: str = setting("auto", "auto, fp32 or bf16")
+    gradient_checkpointing: str = setting("auto", "auto, on or off")
+    logging_steps: int = setting(1, "steps between recorded training losses")
+    seed: int = setting(42, "training seed (the grid's seeds replace it per run)")
 
 
 @dataclass
 class GridConfig:
     """The experiment grid: base models x methods x recipes (monolingual = one run per language)."""
 
-    models: list[str] = field(default_factory=lambda: ["pypi:gemma-3-270m"])
-    methods: list[str] = field(default_factory=lambda: ["lora", "full"])
-    recipes: list[str] = field(default_factory=lambda: ["monolingual", "multilingual", "english-only", "downsampled"])
-    # Training seeds: every grid cell is trained once per seed (LoRA initialisation, data order,
-    # dropout and the downsampled draw all follow the seed).
-    seeds: list[int] = field(default_factory=lambda: [42])
-    compute_note: str = ""
-    # For estimates when the data cannot be read here (the paper profile offline):
-    records_per_language_estimate: int = 0
-    tokens_per_example_estimate: int = 0
-    model_params_billions: dict[str, float] = field(default_factory=dict)
+    models: list[str] = setting(["pypi:gemma-3-270m"], "base model specs (Hub ids, folders, pypi:gemma-3-270m)")
+    methods: list[str] = setting(["lora", "full"], "fine-tuning methods: lora, full")
+    recipes: list[str] = setting(["monolingual", "multilingual", "english-only", "downsampled"],
+                                 "tuning recipes (polyalpaca.recipes)")
+    seeds: list[int] = setting([42], "training seeds: every grid cell is trained once per seed (LoRA "
+                                     "initialisation, data order, dropout and the downsampled draw follow it)")
+    compute_note: str = setting("", "free text about the compute used, shown in the book")
+    records_per_language_estimate: int = setting(0, "for plan estimates when the data cannot be read here")
+    tokens_per_example_estimate: int = setting(0, "for plan estimates when the data cannot be read here")
+    model_params_billions: dict[str, float] = setting({}, "parameters per model spec, for GPU-hour and disk estimates")
 
 
 @dataclass
 class JudgeSettings:
     """An OpenAI-compatible judge. Empty base_url and model = no judge (offline scoring)."""
 
-    base_url: str = ""
-    model: str = ""
-    api_key_env: str = "OPENAI_API_KEY"
-    prompt_version: str = "judge_v1"
-    max_concurrency: int = 8
+    base_url: str = setting("", "the judge endpoint's base URL; empty = no judge")
+    model: str = setting("", "the judge model's name; empty = no judge")
+    api_key_env: str = setting("OPENAI_API_KEY", "NAME of the environment variable holding the key ('' = none)")
+    prompt_version: str = setting("judge_v1", "prompt file polyalpaca/resources/prompts/NAME.txt")
+    max_concurrency: int = setting(8, "requests in flight")
 
 
 @dataclass
@@ -112,17 +162,17 @@ class TranslationSettings:
     own reference translations. ``backend`` "local" runs ``model`` (a model spec) in-process;
     "api" calls an OpenAI-compatible endpoint (``base_url``, ``model``, key from ``api_key_env``)."""
 
-    backend: str = "local"
-    model: str = "pypi:gemma-3-270m"
-    base_url: str = ""
-    api_key_env: str = "OPENAI_API_KEY"
-    languages: list[str] = field(default_factory=lambda: ["es", "ru", "zh"])
-    records: int = 6
-    prompt_version: str = "translate_base_v2"
-    examples: int = 3  # worked examples shown to a base model (the last records, never in the sample)
-    max_new_tokens: int = 96
-    batch_size: int = 8
-    max_concurrency: int = 8
+    backend: str = setting("local", "local (a model in this process) or api (an OpenAI-compatible endpoint)")
+    model: str = setting("pypi:gemma-3-270m", "local: a model spec; api: the endpoint's model name")
+    base_url: str = setting("", "the endpoint's base URL (backend = api)")
+    api_key_env: str = setting("OPENAI_API_KEY", "NAME of the environment variable holding the key (backend = api)")
+    languages: list[str] = setting(["es", "ru", "zh"], "target languages (with embedded reference translations)")
+    records: int = setting(6, "English records translated")
+    prompt_version: str = setting("translate_base_v2", "prompt file polyalpaca/resources/prompts/NAME.txt")
+    examples: int = setting(3, "worked examples shown to a base model (the last records, never in the sample)")
+    max_new_tokens: int = setting(96, "generation limit per field (backend = local)")
+    batch_size: int = setting(8, "prompts per generate call (backend = local)")
+    max_concurrency: int = setting(8, "requests in flight (backend = api)")
 
 
 @dataclass
@@ -131,64 +181,72 @@ class ServerSettings:
     of in-process ``transformers``: ``eval.backend = "server"``. With ``lora_adapters`` each LoRA
     run is requested by its adapter name on one served base model (vLLM multi-LoRA serving)."""
 
-    base_url: str = ""
-    model: str = ""  # the served base model's name; empty = the grid's model spec
-    api_key_env: str = "OPENAI_API_KEY"
-    lora_adapters: bool = False
-    max_concurrency: int = 8
+    base_url: str = setting("", "the server's base URL, e.g. http://localhost:8000/v1")
+    model: str = setting("", "the served base model's name; empty = the grid's model spec")
+    api_key_env: str = setting("OPENAI_API_KEY", "NAME of the environment variable holding the key ('' = none)")
+    lora_adapters: bool = setting(False, "request each LoRA run by its adapter name (vLLM multi-LoRA)")
+    max_concurrency: int = setting(8, "requests in flight")
 
 
 @dataclass
 class FindingsConfig:
     """The statistical design of the claims table, declared before any run."""
 
-    alpha: float = 0.05  # family-wise error rate over the claims family (Holm)
-    n_boot: int = 2000  # bootstrap resamples
-    # Non-inferiority margins per measure, for claims the paper states as "on par or better":
-    # A is declared not worse than B when the lower bound of A - B (higher = better) is above -margin.
-    margins: dict[str, float] = field(default_factory=lambda: {"quality": 0.02, "gate": 0.05, "robustness": 0.25})
-    min_seeds: int = 3  # fewer seeds than this: the verdict is exploratory and not counted
-    seed: int = 0  # the bootstrap's random seed
+    alpha: float = setting(0.05, "family-wise error rate over the claims family (Holm)")
+    n_boot: int = setting(2000, "bootstrap resamples")
+    margins: dict[str, float] = setting({"quality": 0.02, "gate": 0.05, "robustness": 0.25},
+                                        "non-inferiority margin per measure: A is not worse than B when the "
+                                        "lower bound of A - B is above -margin")
+    min_seeds: int = setting(3, "fewer seeds than this: the verdict is exploratory and not counted")
+    seed: int = setting(0, "the bootstrap's random seed")
 
 
 @dataclass
 class BookConfig:
     """How the book is executed."""
 
-    chapter_timeout_s: int = 3600  # per chapter; a chapter running longer is stopped and named
+    chapter_timeout_s: int = setting(3600, "seconds per chapter; a chapter running longer is stopped and named")
 
 
 @dataclass
 class EvalConfig:
-    decoding: DecodingConfig = field(default_factory=DecodingConfig)
-    decoding_full: DecodingConfig | None = None  # decoding for full fine-tuning, when it differs
-    judge: JudgeSettings = field(default_factory=JudgeSettings)
-    evaluate_base_model: bool = True
-    langid_seed: int = 0
-    backend: str = "local"  # local (transformers in this process) | server (see ServerSettings)
-    server: ServerSettings = field(default_factory=ServerSettings)
-    likelihood: bool = True  # score the reference answers' likelihood (the decoding-free quality score)
-    likelihood_batch_size: int = 8
+    """How the test prompts are answered and scored."""
+
+    decoding: DecodingConfig = setting(factory=DecodingConfig, help="decoding of the answers")
+    decoding_full: DecodingConfig | None = setting(None, "decoding for full fine-tuning, when it differs")
+    judge: JudgeSettings = setting(factory=JudgeSettings, help="the LLM judge")
+    evaluate_base_model: bool = setting(True, "also answer with the untuned base model")
+    langid_seed: int = setting(0, "seed of the language detector")
+    backend: str = setting("local", "local (transformers in this process) or server (eval.server)")
+    server: ServerSettings = setting(factory=ServerSettings, help="the completions server (backend = server)")
+    likelihood: bool = setting(True, "score the reference answers' likelihood (needs test prompts with references)")
+    likelihood_batch_size: int = setting(8, "answers per likelihood forward pass")
+    likelihood_max_tokens: int = setting(64, "reference answers are scored on their first N tokens")
+
+
+def _full_defaults() -> TrainConfig:
+    return TrainConfig(method="full", epochs=3, learning_rate=2e-5, warmup_steps=0, warmup_ratio=0.03,
+                       scheduler="cosine", loss_on="response")
 
 
 @dataclass
 class Profile:
-    name: str
-    description: str = ""
-    data: DataConfig = field(default_factory=DataConfig)
-    lora: TrainConfig = field(default_factory=TrainConfig)
-    full: TrainConfig = field(default_factory=lambda: TrainConfig(method="full", epochs=3, learning_rate=2e-5,
-                                                                  warmup_steps=0, warmup_ratio=0.03,
-                                                                  scheduler="cosine", loss_on="response"))
-    grid: GridConfig = field(default_factory=GridConfig)
-    eval: EvalConfig = field(default_factory=EvalConfig)
-    translation: TranslationSettings = field(default_factory=TranslationSettings)
-    findings: FindingsConfig = field(default_factory=FindingsConfig)
-    book: BookConfig = field(default_factory=BookConfig)
-    tokens_per_second_estimate: float = 0.0  # measured training throughput (CPU profiles), for `plan`
-    estimate_device: str = ""  # what the estimate is for, e.g. "1x A100 80GB"
-    estimate_tflops: float = 0.0  # peak dense bf16 TFLOP/s of that device (GPU profiles)
-    estimate_mfu: float = 0.35  # assumed model FLOP utilisation
+    """Everything one book build, or one command, runs with."""
+
+    name: str = setting("", "the profile's name (default: the file's name)")
+    description: str = setting("", "one line shown at the top of the book")
+    data: DataConfig = setting(factory=DataConfig, help="instruction data and test prompts")
+    lora: TrainConfig = setting(factory=TrainConfig, help="the lora method")
+    full: TrainConfig = setting(factory=_full_defaults, help="the full method")
+    grid: GridConfig = setting(factory=GridConfig, help="models, methods, recipes and seeds")
+    eval: EvalConfig = setting(factory=EvalConfig, help="answering and scoring")
+    translation: TranslationSettings = setting(factory=TranslationSettings, help="the translation chapter")
+    findings: FindingsConfig = setting(factory=FindingsConfig, help="the claims table's statistics")
+    book: BookConfig = setting(factory=BookConfig, help="book execution")
+    tokens_per_second_estimate: float = setting(0.0, "measured training throughput (CPU profiles), for plan")
+    estimate_device: str = setting("", "what the estimate is for, e.g. 1x A100 80GB")
+    estimate_tflops: float = setting(0.0, "peak dense bf16 TFLOP/s of that device (GPU profiles)")
+    estimate_mfu: float = setting(0.35, "assumed model FLOP utilisation")
 
     def train_config(self, method: str) -> TrainConfig:
         if method not in ("lora", "full"):
@@ -202,30 +260,163 @@ class Profile:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
 
 
-def _build(cls, values: dict, where: str):
-    """Build dataclass ``cls`` from a dict, checking every key so a typo is reported, not ignored."""
+# --- reading values against the declared types ------------------------------------------------
+
+_INVALID = object()  # what _convert returns for a value that does not fit the type
+
+
+def _dataclass_in(hint: Any) -> type | None:
+    """The dataclass a field holds (``DecodingConfig`` for ``DecodingConfig | None``), if any."""
+    candidates = [a for a in typing.get_args(hint) if a is not type(None)] or [hint]
+    return next((c for c in candidates if dataclasses.is_dataclass(c)), None)
+
+
+def _is_union(hint: Any) -> bool:
+    return typing.get_origin(hint) in (typing.Union, types.UnionType)
+
+
+def describe_type(hint: Any) -> str:
+    """How a type reads in a message: "a number", "a list of strings", "a whole number or none"."""
+    if _is_union(hint):
+        inner = [describe_type(a) for a in typing.get_args(hint) if a is not type(None)]
+        none = " or none" if type(None) in typing.get_args(hint) else ""
+        return " or ".join(inner) + none
+    if dataclasses.is_dataclass(hint):
+        return "a table of settings"
+    simple = {bool: "true or false", int: "a whole number", float: "a number", str: "a string"}
+    if hint in simple:
+        return simple[hint]
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    plural = {bool: "true/false values", int: "whole numbers", float: "numbers", str: "strings"}
+    if origin in (list, tuple):
+        return f"a list of {plural.get(args[0], 'values')}"
+    if origin is dict:
+        return f"a table of {plural.get(args[1], 'values')}"
+    return str(hint)
+
+
+def _number_text(text: str) -> int | float | object:
+    """"2" -> 2, "1e-3" -> 0.001; anything else (including nan and inf) is not a number here."""
+    text = text.strip()
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        value = float(text)
+    except ValueError:
+        return _INVALID
+    return value if math.isfinite(value) else _INVALID
+
+
+def _json_text(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return _INVALID
+
+
+def _convert(value: Any, hint: Any) -> Any:
+    """``value`` as type ``hint``, or ``_INVALID``. Text (from the command line) converts where
+    that is unambiguous; a number stays as given (a float field keeps the whole number 2 as 2, so
+    that ``-s lora.epochs 2`` and ``epochs = 2`` in the file are the same setting)."""
+    if _is_union(hint):
+        if type(None) in typing.get_args(hint) and (
+                value is None or (isinstance(value, str) and value.strip().lower() in ("none", "null"))):
+            return None
+        for option in typing.get_args(hint):
+            if option is not type(None):
+                converted = _convert(value, option)
+                if converted is not _INVALID:
+                    return converted
+        return _INVALID
+    if hint is Any:
+        return value
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.strip().lower() in ("true", "false"):
+            return value.strip().lower() == "true"
+        return _INVALID
+    if hint is int:
+        if isinstance(value, str):
+            value = _number_text(value)
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        return value if isinstance(value, int) and not isinstance(value, bool) else _INVALID
+    if hint is float:
+        if isinstance(value, str):
+            value = _number_text(value)
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        return value if ok else _INVALID
+    if hint is str:
+        return value if isinstance(value, str) else _INVALID
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (list, tuple):
+        if isinstance(value, str):
+            value = _json_text(value)
+        if not isinstance(value, (list, tuple)):
+            return _INVALID
+        items = [_convert(item, args[0]) for item in value]
+        if any(item is _INVALID for item in items):
+            return _INVALID
+        return tuple(items) if origin is tuple else items
+    if origin is dict:
+        if isinstance(value, str):
+            value = _json_text(value)
+        if not isinstance(value, dict):
+            return _INVALID
+        table = {_convert(k, args[0]): _convert(v, args[1]) for k, v in value.items()}
+        if any(k is _INVALID or v is _INVALID for k, v in table.items()):
+            return _INVALID
+        return table
+    if dataclasses.is_dataclass(hint):
+        return _INVALID  # a table of settings arrives as a dict and is built by _build
+    raise TypeError(f"polyalpaca.config: no conversion for the declared type {hint!r}")
+
+
+def _show(value: Any, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def _build(cls: type, values: dict, prefix: str, problems: list[str]) -> Any:
+    """Dataclass ``cls`` from a table, every value converted to its field's declared type.
+
+    Unknown keys and values of the wrong type are appended to ``problems``, each naming its
+    dotted key (``prefix`` is the table's key plus a dot); such a field keeps its default so
+    the rest of the profile is still read and every problem is found in one pass."""
     hints = typing.get_type_hints(cls)
     known = {f.name for f in dataclasses.fields(cls)}
     kwargs = {}
     for key, value in values.items():
+        dotted = prefix + key
         if key not in known:
-            raise ValueError(f"{where}: unknown setting {key!r} (known: {', '.join(sorted(known))})")
+            where = f"in [{prefix[:-1]}]" if prefix else "at the top level"
+            problems.append(f"{dotted}: unknown setting; known {where}: {', '.join(sorted(known))}")
+            continue
         hint = hints[key]
-        inner = [a for a in typing.get_args(hint) if a is not type(None)]
-        target = inner[0] if inner and dataclasses.is_dataclass(inner[0]) else hint
-        if dataclasses.is_dataclass(target) and isinstance(value, dict):
-            value = _build(target, value, f"{where}.{key}")
-        elif key == "stop_strings":
-            value = tuple(value)
-        kwargs[key] = value
+        table = _dataclass_in(hint)
+        if table is not None and isinstance(value, dict):
+            kwargs[key] = _build(table, value, dotted + ".", problems)
+            continue
+        converted = _convert(value, hint)
+        if converted is _INVALID:
+            problems.append(f"{dotted}: expected {describe_type(hint)}, got {_show(value)}")
+        else:
+            kwargs[key] = converted
     return cls(**kwargs)
 
 
-def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
+def _set_dotted(tree: dict, dotted: str, value: Any, problems: list[str]) -> None:
     parts = dotted.split(".")
     node = tree
-    for part in parts[:-1]:
-        node = node.setdefault(part, {})
+    for i, part in enumerate(parts[:-1]):
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            problems.append(f"{dotted}: {'.'.join(parts[:i + 1])} is a single value, not a table of settings")
+            return
+        node = child
     node[parts[-1]] = value
 
 
@@ -233,27 +424,59 @@ def available_profiles() -> list[str]:
     return sorted(p.stem for p in PROFILES_DIR.glob("*.toml"))
 
 
-def load_profile(name_or_path: str, overrides: dict[str, Any] | None = None) -> Profile:
-    """Read a profile by name (``tiny``, ``cpu``, ``paper``) or TOML path, then apply overrides."""
+def profile_path(name_or_path: str) -> Path:
+    """The TOML file of a profile name (``tiny``, ``cpu``, ``paper``) or path."""
     path = Path(name_or_path)
     if not path.suffix:
         path = PROFILES_DIR / f"{name_or_path}.toml"
     if not path.exists():
         raise FileNotFoundError(f"no profile {name_or_path!r}; available: {', '.join(available_profiles())}")
-    with path.open("rb") as fh:
-        tree = tomllib.load(fh)
+    return path
+
+
+def read_profile(name_or_path: str, overrides: dict[str, Any] | None = None) -> tuple[Profile, list[str]]:
+    """The profile with its overrides applied, and the problems found reading it (unknown keys,
+    values of the wrong type; fields with a problem keep their defaults). See ``load_profile``."""
+    path = profile_path(name_or_path)
+    try:
+        with path.open("rb") as fh:
+            tree = tomllib.load(fh)
+    except tomllib.TOMLDecodeError as exc:
+        raise SettingsError([f"{path}: not valid TOML: {exc}"]) from None
+    problems: list[str] = []
     for key, value in (overrides or {}).items():
-        _set_dotted(tree, key, value)
+        _set_dotted(tree, key, value, problems)
     tree.setdefault("name", path.stem)
-    profile = _build(Profile, tree, str(path))
+    profile = _build(Profile, tree, "", problems)
     # Every method inherits the profile's method name from its table.
     profile.lora.method, profile.full.method = "lora", "full"
+    return profile, problems
+
+
+def load_profile(name_or_path: str, overrides: dict[str, Any] | None = None) -> Profile:
+    """Read a profile by name (``tiny``, ``cpu``, ``paper``) or TOML path, then apply overrides
+    (dotted keys; values typed or as command-line text). Raises ``SettingsError`` listing every
+    unknown key and every value that does not fit its field's type."""
+    profile, problems = read_profile(name_or_path, overrides)
+    if problems:
+        raise SettingsError(problems)
     return profile
 
 
-def parse_value(text: str) -> Any:
-    """Read a command-line value as JSON when possible (numbers, lists, booleans), else as a string."""
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        return text
+def settings_help(profile: Profile | None = None) -> list[tuple[str, str, str, str]]:
+    """(dotted key, type, value as JSON, help) for every setting, with the values of ``profile``
+    (default: the dataclasses' own defaults)."""
+    rows = []
+
+    def walk(obj: Any, prefix: str) -> None:
+        hints = typing.get_type_hints(type(obj))
+        for f in dataclasses.fields(obj):
+            value = getattr(obj, f.name)
+            if dataclasses.is_dataclass(value):
+                walk(value, f"{prefix}{f.name}.")
+            else:
+                rows.append((prefix + f.name, describe_type(hints[f.name]), json.dumps(value, ensure_ascii=False),
+                             f.metadata.get("help", "")))
+
+    walk(profile if profile is not None else Profile(), "")
+    return rows

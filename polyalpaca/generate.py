@@ -5,31 +5,11 @@ authors' released loop (one prompt per ``generate`` call) and exists for the ben
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import torch
 
-
-@dataclass
-class DecodingConfig:
-    """How answers are decoded. The paper used 4 beams, 256 new tokens, no_repeat_ngram_size 6
-    (and repetition_penalty 1.1 for full fine-tuning); the CPU default decodes greedily."""
-
-    max_new_tokens: int = 64
-    num_beams: int = 1
-    no_repeat_ngram_size: int = 0
-    repetition_penalty: float = 1.0
-    batch_size: int = 16
-    stop_strings: tuple[str, ...] = ("\n### ",)
-
-    def generate_kwargs(self) -> dict:
-        kwargs = dict(max_new_tokens=self.max_new_tokens, do_sample=False, num_beams=self.num_beams)
-        if self.no_repeat_ngram_size:
-            kwargs["no_repeat_ngram_size"] = self.no_repeat_ngram_size
-        if self.repetition_penalty != 1.0:
-            kwargs["repetition_penalty"] = self.repetition_penalty
-        return kwargs
+from .config import DecodingConfig  # defined with the other settings; still importable from here
 
 
 def _generate_batch(model, tokenizer, prompts: Sequence[str], decoding: DecodingConfig) -> list[str]:

@@ -471,87 +471,22 @@ def read_records(path: str | Path, fields: Sequence[str] = ALPACA_FIELDS) -> lis
 read_jsonl = read_records  # the old name, which translate_main uses
 
 
-API_OPTION_DEFAULTS: dict[str, Any] = {
-    "base_url": "https://api.openai.com/v1", "api_key_env": "OPENAI_API_KEY", "concurrency": 8,
-    "max_retries": 6, "timeout": 60.0, "cache": None, "no_cache": False, "ledger": None, "max_invalid": 3,
-}
-LOCAL_OPTION_DEFAULTS: dict[str, Any] = {"max_new_tokens": 512, "batch_size": 8}
-
-
-def build_parser() -> argparse.ArgumentParser:
-    """The ``polyalpaca translate`` arguments. Backend-specific options default to None, so that
-    giving one to the other backend is an error rather than silently ignored."""
-    parser = argparse.ArgumentParser(
-        prog="polyalpaca translate",
-        description="Translate Alpaca records (instruction, input, output) into other languages. "
-                    "Writes one line per (language, record), languages in the given order, records in "
-                    "input order, with 'language' and 'source_index' added. Fields that could not be "
-                    "translated are listed in OUTPUT.failures.jsonl and their records left out; the exit "
-                    "status is then 1 (2 for bad arguments, input or endpoint).")
-    parser.add_argument("--input", required=True, type=Path, metavar="JSONL",
-                        help="records to translate, one JSON object a line")
-    parser.add_argument("--output", required=True, type=Path, metavar="JSONL",
-                        help="where to write the translations (replaced atomically)")
-    parser.add_argument("--languages", required=True, metavar="CODES",
-                        help="comma-separated target language codes, e.g. bg,cs,de,es,fi,fr,ru,zh")
-    parser.add_argument("--source-language", default="en", metavar="CODE",
-                        help="language of the input (default: %(default)s)")
-    parser.add_argument("--backend", choices=("api", "local"), default="api",
-                        help="api: an OpenAI-compatible endpoint; local: a causal LM in this process, greedy, "
-                             "one try per field (default: %(default)s)")
-    parser.add_argument("--model", required=True,
-                        help="api: the endpoint's model name; local: a model spec for polyalpaca.models "
-                             "(Hub id, folder, pypi:gemma-3-270m, tiny-random-gemma3)")
-    parser.add_argument("--prompt-version", default="translate_v1", metavar="NAME",
-                        help="prompt file polyalpaca/resources/prompts/NAME.txt (default: %(default)s)")
-    parser.add_argument("--examples", type=Path, metavar="JSON",
-                        help="worked examples for base-model prompts such as translate_base_v2: a JSON file "
-                             '{"es": [["source text", "its translation"], ...], ...}')
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    d = API_OPTION_DEFAULTS
-    api = parser.add_argument_group("api backend only")
-    api.add_argument("--base-url", default=None, metavar="URL",
-                     help=f"the endpoint's base URL (default: {d['base_url']})")
-    api.add_argument("--api-key-env", default=None, metavar="NAME",
-                     help=f"NAME of the environment variable holding the key, '' for none; the key itself is "
-                          f"never an argument (default: {d['api_key_env']})")
-    api.add_argument("--concurrency", type=int, default=None, metavar="N",
-                     help=f"requests in flight (default: {d['concurrency']})")
-    api.add_argument("--max-retries", type=int, default=None, metavar="N",
-                     help=f"retries per request on 429, 5xx, timeouts, connection errors and malformed "
-                          f"bodies (default: {d['max_retries']})")
-    api.add_argument("--timeout", type=float, default=None, metavar="SECONDS",
-                     help=f"per request (default: {d['timeout']:g})")
-    api.add_argument("--max-invalid", type=int, default=None, metavar="N",
-                     help=f"replies asked for before a field is reported failed (default: {d['max_invalid']})")
-    api.add_argument("--cache", type=Path, default=None, metavar="DIR",
-                     help="folder of the reply cache that makes reruns free and interrupted runs resumable "
-                          "(default: llm/ in the polyalpaca cache, $POLYALPACA_CACHE or ~/.cache/polyalpaca)")
-    api.add_argument("--no-cache", action="store_true", default=None, help="neither read nor write a cache")
-    api.add_argument("--ledger", type=Path, default=None, metavar="PATH",
-                     help="write the counts of requests, retries, cache hits, tokens and estimated cost "
-                          "to this JSON file (also when the run stops on an error)")
-    d = LOCAL_OPTION_DEFAULTS
-    local = parser.add_argument_group("local backend only")
-    local.add_argument("--max-new-tokens", type=int, default=None, metavar="N",
-                       help=f"generation limit per field (default: {d['max_new_tokens']})")
-    local.add_argument("--batch-size", type=int, default=None, metavar="N",
-                       help=f"prompts per generate call (default: {d['batch_size']})")
-    return parser
-
-
-def _backend_options(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-    """Refuse options of the other backend, then fill in the defaults."""
-    own, other = ((API_OPTION_DEFAULTS, LOCAL_OPTION_DEFAULTS) if args.backend == "api"
-                  else (LOCAL_OPTION_DEFAULTS, API_OPTION_DEFAULTS))
-    given = ["--" + name.replace("_", "-") for name in other if getattr(args, name) is not None]
-    if given:
-        parser.error(f"{', '.join(given)} only apply to --backend {'local' if args.backend == 'api' else 'api'}")
-    if args.backend == "api" and args.cache is not None and args.no_cache:
-        parser.error("--cache and --no-cache exclude each other")
-    for name, default in {**own, **other}.items():
-        if getattr(args, name) is None:
-            setattr(args, name, default)
+# --------------------------------------------------------------------------------------------
+# `polyalpaca translate` (its options are parsed in polyalpaca.cli, with every other command)
+# --------------------------------------------------------------------------------------------
+def option_defaults() -> dict[str, dict[str, Any]]:
+    """The command's defaults, read from ``TranslationConfig`` and ``EndpointConfig``: options for
+    both backends ("common") and those of the "api" and of the "local" backend only."""
+    config = {f.name: f.default for f in dataclasses.fields(TranslationConfig)}
+    endpoint = EndpointConfig()
+    return {
+        "common": {"source_language": config["source_language"], "prompt_version": config["prompt_version"]},
+        "api": {"base_url": endpoint.base_url, "api_key_env": endpoint.api_key_env,
+                "concurrency": endpoint.max_concurrency, "max_retries": endpoint.max_retries,
+                "timeout": endpoint.timeout_s, "max_invalid": config["max_invalid_replies"],
+                "cache": None, "no_cache": False, "ledger": None},
+        "local": {"max_new_tokens": config["local_max_new_tokens"], "batch_size": config["local_batch_size"]},
+    }
 
 
 def read_examples(path: Path) -> dict[str, list[list[str]]]:
@@ -571,23 +506,22 @@ def read_examples(path: Path) -> dict[str, list[list[str]]]:
     return data
 
 
-def translate_main(argv: Sequence[str] | None = None) -> int:
-    """``polyalpaca translate``: returns the exit status (0 all translated, 1 some fields failed,
-    2 bad input or an endpoint that refuses every request)."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    _backend_options(parser, args)
+def command_config(args: argparse.Namespace) -> TranslationConfig:
+    """The ``TranslationConfig`` of the command's options; ``ValueError`` or ``OSError`` for bad ones."""
     languages = [code.strip() for code in args.languages.split(",") if code.strip()]
+    return TranslationConfig(languages=languages, source_language=args.source_language,
+                             prompt_version=args.prompt_version,
+                             max_invalid_replies=args.max_invalid, local_max_new_tokens=args.max_new_tokens,
+                             local_batch_size=args.batch_size,
+                             examples=read_examples(args.examples) if args.examples else {})
+
+
+def translate_command(args: argparse.Namespace, config: TranslationConfig) -> int:
+    """Run ``polyalpaca translate`` with its parsed options (every default filled in by the
+    command line) and their ``command_config``. Returns the exit status: 0 all translated,
+    1 some fields failed, 2 bad input or an endpoint that refuses every request."""
     try:
-        config = TranslationConfig(languages=languages, source_language=args.source_language,
-                                   prompt_version=args.prompt_version,
-                                   max_invalid_replies=args.max_invalid, local_max_new_tokens=args.max_new_tokens,
-                                   local_batch_size=args.batch_size,
-                                   examples=read_examples(args.examples) if args.examples else {})
-    except (OSError, ValueError) as exc:
-        parser.error(str(exc))
-    try:
-        records = read_jsonl(args.input, config.fields)
+        records = read_records(args.input, config.fields)
     except (OSError, ValueError) as exc:
         print(f"polyalpaca translate: error: {exc}", file=sys.stderr)
         return 2
@@ -627,10 +561,17 @@ def translate_main(argv: Sequence[str] | None = None) -> int:
         _write_jsonl(failures_path, failures)
     elif failures_path.exists():
         failures_path.unlink()  # a stale list from an earlier run would mislead
-    print(f"translated {len(rows)} of {len(translated)} (record, language) pairs into {', '.join(languages)}; "
+    print(f"translated {len(rows)} of {len(translated)} (record, language) pairs into {', '.join(config.languages)}; "
           f"{len(failures)} field(s) failed" + (f" (see {failures_path})" if failures else "") +
           f"; wrote {args.output}", file=sys.stderr)
     return 1 if failures else 0
+
+
+def translate_main(argv: Sequence[str] | None = None) -> int:
+    """``polyalpaca translate ARGS``: the same command through the project's one parser."""
+    from .cli import main
+
+    return main(["translate", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":

@@ -16,8 +16,124 @@ def run_cli(*args, env=None):
 
 def test_help_lists_every_command():
     text = build_parser().format_help()
-    for command in ("book", "run", "plan", "data", "train", "evaluate", "translate", "prepare-model"):
+    for command in ("check", "book", "run", "plan", "data", "train", "evaluate", "translate", "prepare-model"):
         assert command in text
+
+
+HEAVY = ("torch", "transformers", "trl", "peft", "openai", "pandas")
+
+
+def test_help_imports_nothing_heavy():
+    code = ("import sys, contextlib, io\n"
+            "from polyalpaca import cli\n"
+            "cli.build_parser().format_help()\n"
+            "with contextlib.redirect_stdout(io.StringIO()):\n"
+            "    try:\n        cli.main(['--help'])\n    except SystemExit:\n        pass\n"
+            f"print(sorted(m for m in sys.modules if m.split('.')[0] in {HEAVY!r}))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == "[]\n"
+
+
+def test_a_bad_value_stops_plan(capsys):
+    assert main(["plan", "--profile", "tiny", "-s", "lora.epochs", "abc"]) == 2
+    assert capsys.readouterr().err == "polyalpaca: the profile has 1 problem:\n  - lora.epochs: expected a number, got 'abc'\n"
+    out = run_cli("plan", "--profile", "tiny", "-s", "lora.epochs", "abc")
+    assert out.returncode == 2 and "lora.epochs: expected a number, got 'abc'" in out.stderr and not out.stdout
+
+
+def test_long_commands_list_every_problem_before_importing_torch(tmp_path):
+    bad = ["-s", "lora.loss_on", "everything", "-s", "data.train_languages", '["en", "xx"]']
+    commands = [["train", "--profile", "tiny", "--run", "lora-multilingual", *bad],
+                ["evaluate", "--profile", "tiny", "--run", "lora-multilingual", *bad],
+                ["book", "--profile", "tiny", "--book-dir", str(tmp_path / "book"), *bad],
+                ["run", "data", "--profile", "tiny", "--output", str(tmp_path / "01.ipynb"), *bad],
+                ["run", "data", "-p", "profile", "tiny", "-p", "lora.loss_on", "everything",
+                 "-s", "data.train_languages", '["en", "xx"]'],
+                ["check", "--profile", "tiny", *bad],
+                ["data", "stats", "--profile", "tiny", *bad]]
+    code = ("import sys, json\n"
+            "from polyalpaca import cli\n"
+            f"codes = [cli.main(argv) for argv in {commands!r}]\n"
+            f"print(json.dumps([codes, sorted(m for m in sys.modules if m.split('.')[0] in {HEAVY!r})]))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "POLYALPACA_ARTEFACTS": str(tmp_path / "artefacts")})
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout) == [[2] * len(commands), []]
+    message = ("polyalpaca: the profile has 2 problems:\n"
+               "  - lora.loss_on: expected all or response, got 'everything'\n"
+               "  - data.train_languages: unknown language code 'xx'; known: "
+               "en, bg, cs, de, es, fi, fr, ru, zh, bn, no, hi, it, pt, nl, pl, uk, sv, da, ja, ko, ar, tr\n")
+    assert out.stderr == message * len(commands)
+    assert not (tmp_path / "book").exists() and not (tmp_path / "01.ipynb").exists()
+    assert not (tmp_path / "artefacts").exists()
+
+
+def test_check_reports_the_estimates(tiny_model_dir, tmp_path, capsys):
+    assert main(["check", "--profile", "tiny", "--artefacts", str(tmp_path)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "profile tiny: no problems found"
+    assert lines[1].startswith("plan: 12 runs, 10 models trained, ") and lines[1].endswith(" training tokens")
+    assert lines[2].startswith("time (estimate): ") and lines[2].endswith(
+        " CPU minutes of training on this machine's CPU (2 cores), tiny random model")
+    assert lines[3] == ("disk (estimate from model sizes): 0.0 GB of fully fine-tuned models kept, up to 0.0 GB more "
+                        "for a running full fine-tune's checkpoints; LoRA adapters are small")
+    assert lines[4] == "  not counted, size unknown (set grid.model_params_billions): tiny-random-gemma3"
+    assert len(lines) == 5
+
+
+def test_check_names_a_missing_judge_key(monkeypatch, capsys):
+    monkeypatch.delenv("POLYALPACA_CLI_TEST_KEY", raising=False)
+    assert main(["check", "--profile", "tiny", "-s", "eval.judge.base_url", "http://localhost:9/v1",
+                 "-s", "eval.judge.model", "judge", "-s", "eval.judge.api_key_env", "POLYALPACA_CLI_TEST_KEY"]) == 2
+    assert capsys.readouterr().err == (
+        "polyalpaca: the profile has 1 problem:\n  - eval.judge.api_key_env: the environment variable "
+        "POLYALPACA_CLI_TEST_KEY is not set; the judge (judge) needs its key (or set eval.judge.base_url and "
+        "eval.judge.model to '' for offline scores only)\n")
+
+
+def test_check_lists_every_setting(capsys):
+    assert main(["check", "--profile", "cpu", "--list-settings", "-s", "lora.epochs", "3"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert "lora.epochs = 3    # a number: passes over the training set" in lines
+    assert 'data.train_languages = ["en", "es", "ru", "zh"]    # a list of strings: languages of the training data' in lines
+
+
+def test_run_takes_the_same_options_and_the_p_aliases():
+    from polyalpaca.cli import run_parameters
+
+    args = build_parser().parse_args(["run", "training", "--profile", "tiny", "-s", "lora.epochs", "2",
+                                      "-p", "artefacts_dir", "/tmp/a", "-p", "data.train_limit", "6",
+                                      "-p", "overrides", '{"full.epochs": 3}'])
+    assert run_parameters(args) == {"profile": "tiny", "artefacts_dir": "/tmp/a",
+                                    "overrides": {"data.train_limit": "6", "full.epochs": 3, "lora.epochs": "2"}}
+    args = build_parser().parse_args(["run", "data"])
+    assert run_parameters(args) == {"profile": "cpu", "artefacts_dir": "", "overrides": {}}
+    args = build_parser().parse_args(["run", "data", "--profile", "tiny", "-p", "profile", "cpu"])
+    with pytest.raises(ValueError, match="--profile tiny and -p profile cpu disagree"):
+        run_parameters(args)
+    args = build_parser().parse_args(["run", "data", "-p", "overrides", "lora.epochs=2"])
+    with pytest.raises(ValueError, match="-p overrides: expected a JSON object"):
+        run_parameters(args)
+
+
+def test_a_chapter_with_a_bad_override_stops_in_its_first_cell(tmp_path):
+    """What papermill shows when a chapter is run with a mistyped override (bypassing the
+    command line's own check): the first code cell fails with the preflight's message."""
+    from papermill.exceptions import PapermillExecutionError
+
+    from polyalpaca.book import execute_chapter
+
+    out = tmp_path / "01_data.ipynb"
+    params = {"profile": "tiny", "artefacts_dir": str(tmp_path / "artefacts"), "overrides": {"lora.epochs": "abc"}}
+    with pytest.raises(PapermillExecutionError):
+        execute_chapter("01_data", params, out)
+    cells = [c for c in json.loads(out.read_text())["cells"] if c["cell_type"] == "code"]
+    first = next(c for c in cells if not {"parameters", "injected-parameters"} & set(c["metadata"].get("tags", [])))
+    errors = [o for o in first["outputs"] if o["output_type"] == "error"]
+    assert [(e["ename"], e["evalue"]) for e in errors] == [
+        ("SettingsError", "the profile has 1 problem:\n  - lora.epochs: expected a number, got 'abc'")]
+    assert not (tmp_path / "artefacts").exists()
 
 
 def test_data_stats_json(tiny_model_dir, capsys):
@@ -34,7 +150,8 @@ def test_plan_tiny_and_paper(tiny_model_dir, capsys):
     plan = json.loads(capsys.readouterr().out)
     assert plan["totals"]["runs"] == 12 and plan["totals"]["models_trained"] == 10 and plan["data_read"]
     assert {r["run"] for r in plan["runs"]} >= {"lora-multilingual", "full-downsampled", "lora-monolingual-ru"}
-    out = run_cli("plan", "--profile", "paper", env={"HF_HUB_OFFLINE": "1"})
+    # The paper's test prompts carry no reference answers to score by likelihood.
+    out = run_cli("plan", "--profile", "paper", "-s", "eval.likelihood", "false", env={"HF_HUB_OFFLINE": "1"})
     assert out.returncode == 0, out.stderr
     assert "gpu hours" in out.stdout and "bloom-7b1" in out.stdout and "estimates" in out.stdout
 
@@ -47,9 +164,15 @@ def test_run_rejects_unknown_parameters():
         split_parameters([("epochs", 2)])
 
 
-def test_translate_help_is_reachable():
+def test_translate_help_is_reachable_with_the_dataclasses_defaults():
+    from polyalpaca.llm_client import EndpointConfig
+
     out = run_cli("translate", "--help")
     assert out.returncode == 0 and "--backend" in out.stdout
+    text = " ".join(out.stdout.split())
+    assert f"the endpoint's base URL (default: {EndpointConfig().base_url})" in text
+    assert f"requests in flight (default: {EndpointConfig().max_concurrency})" in text
+    assert "generation limit per field (default: 512)" in text
 
 
 def test_timings_keep_the_last_and_the_slowest_build(tmp_path):

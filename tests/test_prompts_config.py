@@ -1,6 +1,10 @@
+import json
+import subprocess
+import sys
+
 import pytest
 
-from polyalpaca.config import available_profiles, load_profile
+from polyalpaca.config import DecodingConfig, SettingsError, available_profiles, load_profile, settings_help
 from polyalpaca.prompts import load_template
 
 
@@ -31,7 +35,104 @@ def test_profiles_load_and_differ():
 def test_overrides_and_typos():
     p = load_profile("tiny", {"lora.epochs": 3, "data.seed": 7})
     assert p.lora.epochs == 3 and p.data.seed == 7
-    with pytest.raises(ValueError, match="unknown setting 'epoch'"):
-        load_profile("tiny", {"lora.epoch": 3})
+    with pytest.raises(SettingsError) as err:
+        load_profile("tiny", {"lora.epoch": 3, "lorra.epochs": 2})
+    assert err.value.problems == [
+        "lora.epoch: unknown setting; known in [lora]: batch_size, best_by_validation, effective_batch, epochs, "
+        "eval_every_epoch, fast_path, gradient_accumulation, gradient_checkpointing, learning_rate, logging_steps, "
+        "lora, loss_on, max_length, method, precision, scheduler, seed, vocab_subset, warmup_ratio, warmup_steps, "
+        "weight_decay",
+        "lorra: unknown setting; known at the top level: book, data, description, estimate_device, estimate_mfu, "
+        "estimate_tflops, eval, findings, full, grid, lora, name, tokens_per_second_estimate, translation",
+    ]
     with pytest.raises(FileNotFoundError, match="available"):
         load_profile("nope")
+
+
+def problems(overrides: dict, profile: str = "tiny") -> list[str]:
+    """The problems ``load_profile`` reports (it must report some)."""
+    with pytest.raises(SettingsError) as err:
+        load_profile(profile, overrides)
+    return err.value.problems
+
+
+def test_values_are_checked_against_the_declared_types():
+    assert problems({"lora.epochs": "abc"}) == ["lora.epochs: expected a number, got 'abc'"]
+    assert problems({"lora.batch_size": 2.5}) == ["lora.batch_size: expected a whole number, got 2.5"]
+    assert problems({"lora.batch_size": True}) == ["lora.batch_size: expected a whole number, got True"]
+    assert problems({"data.train_limit": "all"}) == ["data.train_limit: expected a whole number or none, got 'all'"]
+    assert problems({"lora.vocab_subset": "yes"}) == ["lora.vocab_subset: expected true or false, got 'yes'"]
+    assert problems({"eval.judge.model": 3}) == ["eval.judge.model: expected a string, got 3"]
+    assert problems({"data.train_languages": "en,ru"}) == ["data.train_languages: expected a list of strings, got 'en,ru'"]
+    assert problems({"grid.seeds": '[1, "two"]'}) == ["grid.seeds: expected a list of whole numbers, got '[1, \"two\"]'"]
+    assert problems({"findings.margins": {"quality": "wide"}}) == [
+        "findings.margins: expected a table of numbers, got {'quality': 'wide'}"]
+    assert problems({"eval.decoding.stop_strings": "###"}) == [
+        "eval.decoding.stop_strings: expected a list of strings, got '###'"]
+    assert problems({"eval.decoding_full": "beams"}) == ["eval.decoding_full: expected a table of settings or none, got 'beams'"]
+    assert problems({"eval.decoding_full.num_beams": "four"}) == ["eval.decoding_full.num_beams: expected a whole number, got 'four'"]
+    assert problems({"lora.lora": 3}) == ["lora.lora: expected a table of settings, got 3"]
+    assert problems({"lora.epochs.x": 1}) == ["lora.epochs.x: lora.epochs is a single value, not a table of settings"]
+    assert problems({"lora.learning_rate": "nan"}) == ["lora.learning_rate: expected a number, got 'nan'"]
+
+
+def test_a_long_value_is_shown_shortened():
+    assert problems({"lora.epochs": "abc" * 300}) == [f"lora.epochs: expected a number, got {repr('abc' * 300)[:57]}..."]
+
+
+def test_every_problem_is_reported_at_once():
+    assert problems({"lora.epochs": "abc", "full.batch_size": "x", "grid.nope": 1}) == [
+        "lora.epochs: expected a number, got 'abc'",
+        "full.batch_size: expected a whole number, got 'x'",
+        "grid.nope: unknown setting; known in [grid]: compute_note, methods, model_params_billions, models, recipes, "
+        "records_per_language_estimate, seeds, tokens_per_example_estimate",
+    ]
+    with pytest.raises(SettingsError, match=r"^the profile has 3 problems:\n  - lora.epochs: "):
+        load_profile("tiny", {"lora.epochs": "abc", "full.batch_size": "x", "grid.nope": 1})
+
+
+def test_command_line_text_converts_where_unambiguous():
+    p = load_profile("tiny", {"lora.epochs": "2", "lora.learning_rate": "1e-3", "lora.batch_size": "8",
+                              "lora.vocab_subset": "TRUE", "data.train_limit": "none", "data.test_limit": "null",
+                              "data.train_languages": '["en", "ru"]', "grid.seeds": "[1, 2]",
+                              "findings.margins": '{"quality": 0.1}', "eval.decoding.stop_strings": '["###"]',
+                              "eval.judge.model": "123", "eval.decoding_full": "none"})
+    assert p.lora.epochs == 2 and isinstance(p.lora.epochs, int)  # as `epochs = 2` in the file
+    assert p.lora.learning_rate == 0.001 and p.lora.batch_size == 8 and p.lora.vocab_subset is True
+    assert p.data.train_limit is None and p.data.test_limit is None
+    assert p.data.train_languages == ["en", "ru"] and p.grid.seeds == [1, 2]
+    assert p.findings.margins == {"quality": 0.1} and p.eval.decoding.stop_strings == ("###",)
+    assert p.eval.judge.model == "123" and p.eval.decoding_full is None
+    full = load_profile("tiny", {"eval.decoding_full.num_beams": "4"}).eval.decoding_full
+    assert full == DecodingConfig(num_beams=4)
+
+
+def test_typed_overrides_equal_text_overrides():
+    typed = load_profile("tiny", {"lora.epochs": 2, "grid.methods": ["lora"], "data.train_limit": None})
+    text = load_profile("tiny", {"lora.epochs": "2", "grid.methods": '["lora"]', "data.train_limit": "none"})
+    assert json.dumps(typed.to_dict(), sort_keys=True) == json.dumps(text.to_dict(), sort_keys=True)
+
+
+def test_a_toml_mistake_names_the_file(tmp_path):
+    bad = tmp_path / "mine.toml"
+    bad.write_text('[lora]\nepochs = "many"\n[data\n')
+    with pytest.raises(SettingsError, match="mine.toml: not valid TOML"):
+        load_profile(str(bad))
+    bad.write_text('[lora]\nepochs = "many"\n')
+    assert problems({}, str(bad)) == ["lora.epochs: expected a number, got 'many'"]
+
+
+def test_every_setting_has_help():
+    rows = settings_help(load_profile("cpu"))
+    assert ("lora.epochs", "a number", "2", "passes over the training set") in rows
+    assert ("eval.decoding_full", "a table of settings or none", "null",
+            "decoding for full fine-tuning, when it differs") in rows
+    assert [key for key, _, _, text in rows if not text] == []
+
+
+def test_config_and_generate_share_decoding_without_torch():
+    from polyalpaca import config
+
+    assert config.DecodingConfig is __import__("polyalpaca.generate", fromlist=["x"]).DecodingConfig
+    code = "import sys; from polyalpaca.config import load_profile; load_profile('paper'); assert 'torch' not in sys.modules"
+    assert subprocess.run([sys.executable, "-c", code], timeout=60).returncode == 0

@@ -1,0 +1,466 @@
+"""The preflight: every setting of a profile checked in about a second, before anything long runs.
+
+``polyalpaca.config`` already checks each value against its field's type when a profile is
+read. The rules here check what a type cannot say: allowed values (methods, ``loss_on``,
+schedulers, sources), ranges (beams >= 1, lengths > 0), and how fields must agree (unseen
+languages absent from training, languages present in the chosen data, a likelihood score only
+on test prompts with references, a judge whose key is in the environment). Each rule is one
+function returning its problems as strings that name the dotted key.
+
+``preflight`` reads a profile and raises one ``SettingsError`` listing every problem: the
+command line (``polyalpaca check``, ``book``, ``run``, ``train``, ``evaluate``, ``plan``) and
+``chapter.setup`` call it before importing torch or loading a model.
+
+Nothing heavy is imported here: the rules read only the profile, the embedded data's language
+lists, the recipe names, the environment and the file system.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any, Callable
+
+from .config import Profile, SettingsError, read_profile
+from .data import EMBEDDED_TEST_LANGUAGES, EMBEDDED_TRAIN_LANGUAGES, LANGUAGES
+from .recipes import RECIPES
+
+METHODS = ("lora", "full")
+LOSS_ON = ("all", "response")
+# transformers' SchedulerType values (transformers 5.x); tests/test_preflight.py compares them with
+# the installed transformers, which is not imported here because it takes seconds.
+SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup",
+              "inverse_sqrt", "reduce_lr_on_plateau", "cosine_with_min_lr", "cosine_warmup_with_min_lr",
+              "warmup_stable_decay", "greedy")
+PRECISIONS = ("auto", "fp32", "bf16")
+CHECKPOINTING = ("auto", "on", "off")
+DATA_SOURCES = ("embedded", "hub", "files")
+EVAL_BACKENDS = ("local", "server")
+TRANSLATION_BACKENDS = ("local", "api")
+
+Rule = Callable[[Profile], list[str]]
+
+
+def _one_of(key: str, value: str, allowed: tuple[str, ...]) -> list[str]:
+    if value in allowed:
+        return []
+    names = ", ".join(allowed[:-1]) + " or " + allowed[-1] if len(allowed) > 1 else allowed[0]
+    return [f"{key}: expected {names}, got {value!r}"]
+
+
+def _at_least(key: str, value: float, low: float) -> list[str]:
+    return [] if value >= low else [f"{key}: must be >= {low}, got {value!r}"]
+
+
+def _above(key: str, value: float, low: float) -> list[str]:
+    return [] if value > low else [f"{key}: must be > {low}, got {value!r}"]
+
+
+def _twice(key: str, values: list) -> list[str]:
+    repeated = [v for v in dict.fromkeys(values) if values.count(v) > 1]
+    return [f"{key}: {v!r} is listed more than once" for v in repeated]
+
+
+def _key_missing(key: str, env_name: str, why: str) -> list[str]:
+    """The environment variable ``env_name`` (named by setting ``key``) must hold a key; its value is never shown."""
+    if not env_name or os.environ.get(env_name):
+        return []
+    return [f"{key}: the environment variable {env_name} is not set; {why}"]
+
+
+# --- training -----------------------------------------------------------------------------------
+
+def check_methods(p: Profile) -> list[str]:
+    """``grid.methods``: one or more of lora, full."""
+    if not p.grid.methods:
+        return ["grid.methods: empty; expected one or more of lora, full"]
+    return [f"grid.methods: unknown method {m!r}; expected lora or full"
+            for m in p.grid.methods if m not in METHODS] + _twice("grid.methods", p.grid.methods)
+
+
+def check_loss_on(p: Profile) -> list[str]:
+    """``loss_on``: all (prompt and response) or response (prompt masked)."""
+    return [msg for m in METHODS for msg in _one_of(f"{m}.loss_on", p.train_config(m).loss_on, LOSS_ON)]
+
+
+def check_scheduler(p: Profile) -> list[str]:
+    """``scheduler``: a learning-rate schedule transformers knows."""
+    return [f"{m}.scheduler: unknown schedule {p.train_config(m).scheduler!r}; expected one of {', '.join(SCHEDULERS)}"
+            for m in METHODS if p.train_config(m).scheduler not in SCHEDULERS]
+
+
+def check_precision(p: Profile) -> list[str]:
+    """``precision``: auto, fp32 or bf16."""
+    return [msg for m in METHODS for msg in _one_of(f"{m}.precision", p.train_config(m).precision, PRECISIONS)]
+
+
+def check_gradient_checkpointing(p: Profile) -> list[str]:
+    """``gradient_checkpointing``: auto, on or off."""
+    return [msg for m in METHODS
+            for msg in _one_of(f"{m}.gradient_checkpointing", p.train_config(m).gradient_checkpointing, CHECKPOINTING)]
+
+
+def check_training_numbers(p: Profile) -> list[str]:
+    """Epochs, learning rate, batch, lengths, warm-up and the LoRA adapter in their ranges."""
+    problems = []
+    for m in METHODS:
+        c = p.train_config(m)
+        problems += _above(f"{m}.epochs", c.epochs, 0)
+        problems += _above(f"{m}.learning_rate", c.learning_rate, 0)
+        problems += _at_least(f"{m}.batch_size", c.batch_size, 1)
+        problems += _at_least(f"{m}.gradient_accumulation", c.gradient_accumulation, 1)
+        problems += _at_least(f"{m}.max_length", c.max_length, 1)
+        problems += _at_least(f"{m}.warmup_steps", c.warmup_steps, 0)
+        if not 0 <= c.warmup_ratio < 1:
+            problems.append(f"{m}.warmup_ratio: must be >= 0 and < 1, got {c.warmup_ratio!r}")
+        problems += _at_least(f"{m}.weight_decay", c.weight_decay, 0)
+        problems += _at_least(f"{m}.logging_steps", c.logging_steps, 1)
+        problems += _at_least(f"{m}.lora.r", c.lora.r, 1)
+        if not 0 <= c.lora.dropout < 1:
+            problems.append(f"{m}.lora.dropout: must be >= 0 and < 1, got {c.lora.dropout!r}")
+        if not c.lora.target_modules:
+            problems.append(f"{m}.lora.target_modules: empty; name the modules that get an adapter")
+    return problems
+
+
+def check_effective_batch(p: Profile) -> list[str]:
+    """``effective_batch``: 0 (use gradient_accumulation) or a multiple of ``batch_size``."""
+    problems = []
+    for m in METHODS:
+        c = p.train_config(m)
+        if c.effective_batch < 0:
+            problems.append(f"{m}.effective_batch: must be >= 0 (0 = use gradient_accumulation), got {c.effective_batch}")
+        elif c.effective_batch and c.batch_size >= 1 and c.effective_batch % c.batch_size:
+            problems.append(f"{m}.effective_batch: {c.effective_batch} is not a multiple of {m}.batch_size "
+                            f"({c.batch_size})")
+    return problems
+
+
+# --- data ---------------------------------------------------------------------------------------
+
+def check_data_source(p: Profile) -> list[str]:
+    """``data.source``: embedded, hub or files; files needs a ``files_pattern`` whose files exist."""
+    d = p.data
+    if d.source != "files":
+        return _one_of("data.source", d.source, DATA_SOURCES)
+    if not d.files_pattern:
+        return ["data.files_pattern: empty; data.source = 'files' needs a pattern such as data/alpaca_{lang}.json"]
+    if "{lang}" not in d.files_pattern:
+        return [f"data.files_pattern: {d.files_pattern!r} has no {{lang}} placeholder"]
+    return [f"data.files_pattern: no file {d.files_pattern.format(lang=lang)} for training language {lang!r}"
+            for lang in d.train_languages if lang in LANGUAGES and not Path(d.files_pattern.format(lang=lang)).is_file()]
+
+
+def check_test_source(p: Profile) -> list[str]:
+    """``data.test_source``: embedded, paper-url, or a folder with test_{lang}.jsonl per test language."""
+    source = p.data.test_source
+    if source in ("embedded", "paper-url"):
+        return []
+    folder = Path(source)
+    if not folder.is_dir():
+        return [f"data.test_source: expected embedded, paper-url or a folder with test_{{lang}}.jsonl; "
+                f"no folder {source!r}"]
+    return [f"data.test_source: {folder / f'test_{lang}.jsonl'} is missing (test language {lang!r})"
+            for lang in p.data.test_languages if not (folder / f"test_{lang}.jsonl").is_file()]
+
+
+def check_languages(p: Profile) -> list[str]:
+    """Every language code known to the project; training and test lists non-empty, without repeats."""
+    problems = []
+    lists = {"data.train_languages": p.data.train_languages, "data.test_languages": p.data.test_languages,
+             "data.unseen_languages": p.data.unseen_languages, "translation.languages": p.translation.languages}
+    for key, codes in lists.items():
+        problems += [f"{key}: unknown language code {code!r}; known: {', '.join(LANGUAGES)}"
+                     for code in codes if code not in LANGUAGES]
+        problems += _twice(key, codes)
+    for key in ("data.train_languages", "data.test_languages", "translation.languages"):
+        if not lists[key]:
+            problems.append(f"{key}: empty")
+    return problems
+
+
+def check_embedded_languages(p: Profile) -> list[str]:
+    """With the embedded data, every language must be in it; the translation study compares with
+    the embedded translations of our English records."""
+    problems = []
+    if p.data.source == "embedded":
+        problems += [f"data.train_languages: {lang!r} is not in the embedded training data "
+                     f"({', '.join(EMBEDDED_TRAIN_LANGUAGES)}); use data.source = hub or files for it"
+                     for lang in p.data.train_languages if lang in LANGUAGES and lang not in EMBEDDED_TRAIN_LANGUAGES]
+    if p.data.test_source == "embedded":
+        problems += [f"data.test_languages: {lang!r} is not in the embedded test data "
+                     f"({', '.join(EMBEDDED_TEST_LANGUAGES)}); use data.test_source = paper-url or a folder for it"
+                     for lang in p.data.test_languages if lang in LANGUAGES and lang not in EMBEDDED_TEST_LANGUAGES]
+    for lang in p.translation.languages:
+        if lang == "en":
+            problems.append("translation.languages: 'en' is the language translated from")
+        elif lang in LANGUAGES and lang not in EMBEDDED_TRAIN_LANGUAGES:
+            problems.append(f"translation.languages: {lang!r} has no embedded reference translations "
+                            f"({', '.join(l for l in EMBEDDED_TRAIN_LANGUAGES if l != 'en')})")
+    return problems
+
+
+def check_unseen_languages(p: Profile) -> list[str]:
+    """``data.unseen_languages``: really absent from training, and tested."""
+    d = p.data
+    problems = [f"data.unseen_languages: {lang!r} is a training language (data.train_languages)"
+                for lang in d.unseen_languages if lang in d.train_languages]
+    problems += [f"data.unseen_languages: {lang!r} is not a test language (data.test_languages)"
+                 for lang in d.unseen_languages if lang not in d.test_languages]
+    return problems
+
+
+def check_limits(p: Profile) -> list[str]:
+    """``train_limit``/``test_limit`` positive or none; ``validation_size`` leaves records to train on."""
+    d = p.data
+    problems = []
+    for key, value in (("data.train_limit", d.train_limit), ("data.test_limit", d.test_limit)):
+        if value is not None and value < 1:
+            problems.append(f"{key}: must be >= 1 or none (all records), got {value}")
+    problems += _at_least("data.validation_size", d.validation_size, 0)
+    if d.train_limit is not None and d.train_limit >= 1 and d.validation_size >= d.train_limit:
+        problems.append(f"data.validation_size: {d.validation_size} leaves nothing to train on; it must be "
+                        f"smaller than data.train_limit ({d.train_limit})")
+    return problems
+
+
+# --- the grid -----------------------------------------------------------------------------------
+
+def check_recipes(p: Profile) -> list[str]:
+    """``grid.recipes``: known recipes; english-only needs English training data."""
+    if not p.grid.recipes:
+        return [f"grid.recipes: empty; expected one or more of {', '.join(RECIPES)}"]
+    problems = [f"grid.recipes: unknown recipe {r!r}; expected one of {', '.join(RECIPES)}"
+                for r in p.grid.recipes if r not in RECIPES]
+    problems += _twice("grid.recipes", p.grid.recipes)
+    if "english-only" in p.grid.recipes and "en" not in p.data.train_languages:
+        problems.append("grid.recipes: english-only needs 'en' in data.train_languages")
+    return problems
+
+
+def check_grid(p: Profile) -> list[str]:
+    """``grid.models`` and ``grid.seeds``: non-empty; seeds distinct."""
+    problems = [] if p.grid.models else ["grid.models: empty; name at least one base model"]
+    problems += _twice("grid.models", p.grid.models)
+    if not p.grid.seeds:
+        problems.append("grid.seeds: empty; give at least one training seed")
+    return problems + _twice("grid.seeds", p.grid.seeds)
+
+
+def check_findings(p: Profile) -> list[str]:
+    """``findings``: alpha in (0, 1), margins >= 0, at least one bootstrap resample and seed."""
+    f = p.findings
+    problems = [] if 0 < f.alpha < 1 else [f"findings.alpha: must be > 0 and < 1, got {f.alpha!r}"]
+    problems += [msg for name, margin in f.margins.items() for msg in _at_least(f"findings.margins.{name}", margin, 0)]
+    problems += _at_least("findings.n_boot", f.n_boot, 1)
+    return problems + _at_least("findings.min_seeds", f.min_seeds, 1)
+
+
+# --- evaluation ---------------------------------------------------------------------------------
+
+def check_decoding(p: Profile) -> list[str]:
+    """Decoding: beams >= 1, new tokens > 0, batch > 0, no_repeat_ngram_size >= 0, repetition_penalty > 0."""
+    problems = []
+    tables = {"eval.decoding": p.eval.decoding, "eval.decoding_full": p.eval.decoding_full}
+    for key, d in tables.items():
+        if d is None:
+            continue
+        problems += _at_least(f"{key}.num_beams", d.num_beams, 1)
+        problems += _above(f"{key}.max_new_tokens", d.max_new_tokens, 0)
+        problems += _above(f"{key}.batch_size", d.batch_size, 0)
+        problems += _at_least(f"{key}.no_repeat_ngram_size", d.no_repeat_ngram_size, 0)
+        problems += _above(f"{key}.repetition_penalty", d.repetition_penalty, 0)
+    return problems + _above("eval.likelihood_batch_size", p.eval.likelihood_batch_size, 0)
+
+
+def check_eval_backend(p: Profile) -> list[str]:
+    """``eval.backend``: local or server; server needs ``eval.server.base_url``."""
+    e = p.eval
+    if e.backend != "server":
+        return _one_of("eval.backend", e.backend, EVAL_BACKENDS)
+    problems = [] if e.server.base_url else [
+        "eval.server.base_url: empty; eval.backend = 'server' needs the server's URL, e.g. http://localhost:8000/v1"]
+    return problems + _at_least("eval.server.max_concurrency", e.server.max_concurrency, 1)
+
+
+def _has_references(path: Path) -> str:
+    """'' when every prompt in the JSONL file has a non-empty reference, else where the first does not."""
+    with path.open(encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                return f"{path}:{lineno} is not valid JSON"
+            if not (isinstance(row, dict) and isinstance(row.get("reference"), str) and row["reference"].strip()):
+                return f"{path}:{lineno} has no reference answer"
+    return ""
+
+
+def check_likelihood_references(p: Profile) -> list[str]:
+    """``eval.likelihood`` scores reference answers: only on test prompts that have them."""
+    source = p.data.test_source
+    if not p.eval.likelihood or source == "embedded":
+        return []
+    if source == "paper-url":
+        return ["eval.likelihood: the paper's test prompts (data.test_source = 'paper-url') have no reference "
+                "answers to score; set eval.likelihood false"]
+    for lang in p.data.test_languages:
+        path = Path(source) / f"test_{lang}.jsonl"
+        if path.is_file():
+            missing = _has_references(path)
+            if missing:
+                return [f"eval.likelihood: {missing}; set eval.likelihood false or add references"]
+    return []
+
+
+def check_judge(p: Profile) -> list[str]:
+    """A judge is configured with both ``base_url`` and ``model``, or with neither (offline scores)."""
+    j = p.eval.judge
+    if not (j.base_url or j.model):
+        return []
+    problems = []
+    if not j.base_url:
+        problems.append("eval.judge.base_url: empty, but eval.judge.model is set; give both, or neither for offline scores")
+    if not j.model:
+        problems.append("eval.judge.model: empty, but eval.judge.base_url is set; give both, or neither for offline scores")
+    return problems + _at_least("eval.judge.max_concurrency", j.max_concurrency, 1)
+
+
+def check_translation(p: Profile) -> list[str]:
+    """``translation``: backend local or api (api needs ``base_url``), a model, sizes in range."""
+    t = p.translation
+    problems = _one_of("translation.backend", t.backend, TRANSLATION_BACKENDS)
+    if t.backend == "api" and not t.base_url:
+        problems.append("translation.base_url: empty; translation.backend = 'api' needs the endpoint's URL")
+    if not t.model:
+        problems.append("translation.model: empty")
+    problems += _at_least("translation.records", t.records, 1)
+    problems += _at_least("translation.examples", t.examples, 0)
+    problems += _above("translation.max_new_tokens", t.max_new_tokens, 0)
+    problems += _above("translation.batch_size", t.batch_size, 0)
+    return problems + _at_least("translation.max_concurrency", t.max_concurrency, 1)
+
+
+def check_book(p: Profile) -> list[str]:
+    """``book.chapter_timeout_s`` > 0."""
+    return _above("book.chapter_timeout_s", p.book.chapter_timeout_s, 0)
+
+
+# --- the environment: API keys (never printed) -------------------------------------------------
+
+def check_judge_key(p: Profile) -> list[str]:
+    """A configured judge's key variable is set."""
+    j = p.eval.judge
+    if not (j.base_url and j.model):
+        return []
+    return _key_missing("eval.judge.api_key_env", j.api_key_env,
+                        f"the judge ({j.model}) needs its key (or set eval.judge.base_url and eval.judge.model "
+                        "to '' for offline scores only)")
+
+
+def check_translation_key(p: Profile) -> list[str]:
+    """The translation endpoint's key variable is set (backend = api)."""
+    t = p.translation
+    if t.backend != "api":
+        return []
+    return _key_missing("translation.api_key_env", t.api_key_env, "translation.backend = 'api' needs its key")
+
+
+def check_server_key(p: Profile) -> list[str]:
+    """The completions server's key variable is set (eval.backend = server)."""
+    if p.eval.backend != "server":
+        return []
+    return _key_missing("eval.server.api_key_env", p.eval.server.api_key_env,
+                        "eval.backend = 'server' needs its key (or set eval.server.api_key_env to '' for a server "
+                        "without one)")
+
+
+SETTINGS_RULES: tuple[Rule, ...] = (
+    check_methods, check_loss_on, check_scheduler, check_precision, check_gradient_checkpointing,
+    check_training_numbers, check_effective_batch, check_data_source, check_test_source, check_languages,
+    check_embedded_languages, check_unseen_languages, check_limits, check_recipes, check_grid, check_findings,
+    check_decoding, check_eval_backend, check_likelihood_references, check_judge, check_translation, check_book,
+)
+# The endpoints whose API key a command may need in its environment, and each one's rule.
+KEY_RULES: dict[str, Rule] = {"judge": check_judge_key, "translation": check_translation_key,
+                              "server": check_server_key}
+
+
+def find_problems(profile: Profile, endpoints: tuple[str, ...] | None = None) -> list[str]:
+    """Every rule's problems. ``endpoints`` names the endpoints whose key must be in the
+    environment (judge, translation, server): all by default (the book needs them all);
+    ``()`` for commands that call none, such as ``plan`` and ``train``."""
+    names = tuple(KEY_RULES) if endpoints is None else endpoints
+    rules = SETTINGS_RULES + tuple(KEY_RULES[name] for name in names)
+    return [problem for rule in rules for problem in rule(profile)]
+
+
+def preflight(name_or_path: str, overrides: dict[str, Any] | None = None,
+              endpoints: tuple[str, ...] | None = None) -> Profile:
+    """Read and check a profile: returns it, or raises one ``SettingsError`` listing every
+    problem (values of the wrong type and broken rules together). ``endpoints``: see ``find_problems``."""
+    profile, problems = read_profile(name_or_path, overrides)
+    problems += find_problems(profile, endpoints)
+    if problems:
+        raise SettingsError(problems)
+    return profile
+
+
+# --- what `polyalpaca check` reports when all is well -----------------------------------------
+
+_SIZE_IN_NAME = re.compile(r"(\d+)([mb])(\d*)$", re.I)
+
+
+def model_params_billions(profile: Profile, model: str) -> float | None:
+    """A model's size: ``grid.model_params_billions``, else read from its name (gemma-3-270m: 0.27,
+    bloom-7b1: 7.1); None when neither says."""
+    if model in profile.grid.model_params_billions:
+        return profile.grid.model_params_billions[model]
+    match = _SIZE_IN_NAME.search(model.split(":")[-1].rstrip("/").split("/")[-1])
+    if not match:
+        return None
+    whole, unit, fraction = match.groups()
+    value = float(f"{whole}.{fraction}" if fraction else whole)
+    return value / 1000 if unit.lower() == "m" else value
+
+
+def disk_estimate(profile: Profile, plan: dict) -> dict:
+    """A rough disk estimate from model sizes: every full fine-tune keeps an fp32 copy of its model
+    (4 bytes per parameter); LoRA adapters are small. While a full fine-tune runs, its two newest
+    resumable checkpoints (weights and AdamW moments, 12 bytes per parameter each) are kept too,
+    and removed when it finishes. Models of unknown size are listed, not counted."""
+    sizes = {model: model_params_billions(profile, model) for model in profile.grid.models}
+    by_short = {model.split(":")[-1].rstrip("/").split("/")[-1]: model for model in profile.grid.models}
+    kept_gb, peak_gb, unknown = 0.0, 0.0, sorted(m for m, s in sizes.items() if s is None)
+    for row in plan["runs"]:
+        billions = sizes.get(by_short.get(row["model"], row["model"]))
+        if row["method"] == "full" and row["trains_new_model"] and billions:
+            kept_gb += 4 * billions
+            peak_gb = max(peak_gb, 2 * 12 * billions)
+    return {"kept_gb": round(kept_gb, 1), "checkpoints_gb": round(peak_gb, 1), "unknown_sizes": unknown}
+
+
+def format_check(profile: Profile, plan: dict, disk: dict) -> str:
+    """The lines `polyalpaca check` prints for a profile without problems."""
+    t = plan["totals"]
+    lines = [f"profile {profile.name}: no problems found",
+             f"plan: {t['runs']} runs, {t['models_trained']} models trained, {t['tokens_processed']} training tokens"]
+    if "cpu_minutes" in t:
+        lines.append(f"time (estimate): {t['cpu_minutes']} CPU minutes of training"
+                     + (f" on {plan['device']}" if plan["device"] else ""))
+    if "gpu_hours" in t:
+        lines.append(f"time (estimate): {t['gpu_hours']} GPU hours of training"
+                     + (f" on {plan['device']}" if plan["device"] else ""))
+    if "cpu_minutes" not in t and "gpu_hours" not in t:
+        lines.append("time: no estimate (the profile sets neither tokens_per_second_estimate nor estimate_tflops)")
+    lines.append(f"disk (estimate from model sizes): {disk['kept_gb']} GB of fully fine-tuned models kept, "
+                 f"up to {disk['checkpoints_gb']} GB more for a running full fine-tune's checkpoints; "
+                 "LoRA adapters are small")
+    if disk["unknown_sizes"]:
+        lines.append("  not counted, size unknown (set grid.model_params_billions): " + ", ".join(disk["unknown_sizes"]))
+    if plan["note"]:
+        lines.append(plan["note"])
+    return "\n".join(lines)

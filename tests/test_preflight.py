@@ -1,0 +1,303 @@
+"""The preflight's rules, one test each with the exact messages, on the tiny profile plus overrides
+(given as command-line text, as `-s KEY VALUE` would give them)."""
+from __future__ import annotations
+
+import inspect
+import json
+import subprocess
+import sys
+
+import pytest
+
+from polyalpaca import preflight as pf
+from polyalpaca.config import SettingsError, load_profile
+from polyalpaca.data import LANGUAGES
+
+KEY_ENV = "POLYALPACA_PREFLIGHT_TEST_KEY"
+
+
+def tiny(**dotted) -> object:
+    """The tiny profile with overrides; keys use '__' for '.' (lora__epochs -> lora.epochs)."""
+    return load_profile("tiny", {key.replace("__", "."): value for key, value in dotted.items()})
+
+
+def test_every_rule_is_registered():
+    rules = {name for name, f in inspect.getmembers(pf, inspect.isfunction) if name.startswith("check_")}
+    assert rules == {f.__name__ for f in pf.SETTINGS_RULES} | {f.__name__ for f in pf.KEY_RULES.values()}
+
+
+def test_shipped_profiles_pass(monkeypatch):
+    assert pf.find_problems(load_profile("tiny")) == []
+    assert pf.find_problems(load_profile("cpu")) == []
+    # The paper profile calls the judge (its key must be set); its test prompts carry no references.
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    assert pf.find_problems(load_profile("paper", {"eval.likelihood": "false"})) == []
+
+
+def test_methods():
+    assert pf.check_methods(tiny(grid__methods='["lora", "lorra"]')) == [
+        "grid.methods: unknown method 'lorra'; expected lora or full"]
+    assert pf.check_methods(tiny(grid__methods="[]")) == ["grid.methods: empty; expected one or more of lora, full"]
+    assert pf.check_methods(tiny(grid__methods='["full", "full"]')) == ["grid.methods: 'full' is listed more than once"]
+
+
+def test_loss_on():
+    assert pf.check_loss_on(tiny(lora__loss_on="everything")) == [
+        "lora.loss_on: expected all or response, got 'everything'"]
+
+
+def test_scheduler_names_are_transformers_own():
+    assert pf.check_scheduler(tiny(full__scheduler="cosin")) == [
+        f"full.scheduler: unknown schedule 'cosin'; expected one of {', '.join(pf.SCHEDULERS)}"]
+    from transformers.trainer_utils import SchedulerType
+
+    assert set(pf.SCHEDULERS) == {s.value for s in SchedulerType}
+
+
+def test_precision():
+    assert pf.check_precision(tiny(lora__precision="fp16")) == ["lora.precision: expected auto, fp32 or bf16, got 'fp16'"]
+
+
+def test_gradient_checkpointing():
+    assert pf.check_gradient_checkpointing(tiny(full__gradient_checkpointing="yes")) == [
+        "full.gradient_checkpointing: expected auto, on or off, got 'yes'"]
+
+
+def test_training_numbers():
+    p = tiny(lora__epochs="0", lora__batch_size="0", lora__warmup_ratio="1.0", lora__lora__dropout="1.5",
+             full__learning_rate="-1", full__lora__target_modules="[]")
+    assert pf.check_training_numbers(p) == [
+        "lora.epochs: must be > 0, got 0",
+        "lora.batch_size: must be >= 1, got 0",
+        "lora.warmup_ratio: must be >= 0 and < 1, got 1.0",
+        "lora.lora.dropout: must be >= 0 and < 1, got 1.5",
+        "full.learning_rate: must be > 0, got -1",
+        "full.lora.target_modules: empty; name the modules that get an adapter",
+    ]
+
+
+def test_effective_batch():
+    assert pf.check_effective_batch(tiny(lora__effective_batch="30", full__effective_batch="-1")) == [
+        "lora.effective_batch: 30 is not a multiple of lora.batch_size (4)",
+        "full.effective_batch: must be >= 0 (0 = use gradient_accumulation), got -1",
+    ]
+    assert pf.check_effective_batch(tiny(lora__effective_batch="32")) == []
+
+
+def test_data_source(tmp_path):
+    assert pf.check_data_source(tiny(data__source="disk")) == ["data.source: expected embedded, hub or files, got 'disk'"]
+    assert pf.check_data_source(tiny(data__source="files")) == [
+        "data.files_pattern: empty; data.source = 'files' needs a pattern such as data/alpaca_{lang}.json"]
+    assert pf.check_data_source(tiny(data__source="files", data__files_pattern="alpaca.json")) == [
+        "data.files_pattern: 'alpaca.json' has no {lang} placeholder"]
+    (tmp_path / "alpaca_en.json").write_text("[]")
+    pattern = str(tmp_path / "alpaca_{lang}.json")
+    assert pf.check_data_source(tiny(data__source="files", data__files_pattern=pattern)) == [
+        f"data.files_pattern: no file {tmp_path}/alpaca_ru.json for training language 'ru'",
+        f"data.files_pattern: no file {tmp_path}/alpaca_zh.json for training language 'zh'",
+    ]
+
+
+def test_test_source(tmp_path):
+    assert pf.check_test_source(tiny(data__test_source=str(tmp_path / "nope"))) == [
+        f"data.test_source: expected embedded, paper-url or a folder with test_{{lang}}.jsonl; no folder '{tmp_path}/nope'"]
+    for lang in ("en", "ru"):
+        (tmp_path / f"test_{lang}.jsonl").write_text("")
+    assert pf.check_test_source(tiny(data__test_source=str(tmp_path))) == [
+        f"data.test_source: {tmp_path}/test_zh.jsonl is missing (test language 'zh')",
+        f"data.test_source: {tmp_path}/test_bg.jsonl is missing (test language 'bg')",
+    ]
+    assert pf.check_test_source(tiny(data__test_source="paper-url")) == []
+
+
+def test_languages_known_to_the_project():
+    p = tiny(data__train_languages='["en", "xx"]', data__test_languages='["en", "en"]', translation__languages="[]")
+    assert pf.check_languages(p) == [
+        f"data.train_languages: unknown language code 'xx'; known: {', '.join(LANGUAGES)}",
+        "data.test_languages: 'en' is listed more than once",
+        "translation.languages: empty",
+    ]
+
+
+def test_languages_present_in_the_embedded_data():
+    p = tiny(data__train_languages='["en", "hi"]', data__test_languages='["en", "ja"]',
+             data__unseen_languages='["ja"]', translation__languages='["en", "bn"]')
+    assert pf.check_embedded_languages(p) == [
+        "data.train_languages: 'hi' is not in the embedded training data (en, bg, cs, de, es, fi, fr, ru, zh); "
+        "use data.source = hub or files for it",
+        "data.test_languages: 'ja' is not in the embedded test data (en, bg, cs, de, es, fi, fr, ru, zh, bn, no); "
+        "use data.test_source = paper-url or a folder for it",
+        "translation.languages: 'en' is the language translated from",
+        "translation.languages: 'bn' has no embedded reference translations (bg, cs, de, es, fi, fr, ru, zh)",
+    ]
+    assert pf.check_embedded_languages(tiny(data__source="hub", data__train_languages='["en", "hi"]')) == []
+
+
+def test_unseen_languages():
+    assert pf.check_unseen_languages(tiny(data__unseen_languages='["ru", "bn"]')) == [
+        "data.unseen_languages: 'ru' is a training language (data.train_languages)",
+        "data.unseen_languages: 'bn' is not a test language (data.test_languages)",
+    ]
+
+
+def test_limits():
+    assert pf.check_limits(tiny(data__train_limit="0", data__test_limit="-2", data__validation_size="-1")) == [
+        "data.train_limit: must be >= 1 or none (all records), got 0",
+        "data.test_limit: must be >= 1 or none (all records), got -2",
+        "data.validation_size: must be >= 0, got -1",
+    ]
+    assert pf.check_limits(tiny(data__validation_size="10")) == [
+        "data.validation_size: 10 leaves nothing to train on; it must be smaller than data.train_limit (10)"]
+    assert pf.check_limits(tiny(data__train_limit="none", data__validation_size="500")) == []
+
+
+def test_recipes():
+    assert pf.check_recipes(tiny(grid__recipes='["bilingual"]')) == [
+        "grid.recipes: unknown recipe 'bilingual'; expected one of monolingual, multilingual, english-only, downsampled"]
+    assert pf.check_recipes(tiny(data__train_languages='["ru", "zh"]')) == [
+        "grid.recipes: english-only needs 'en' in data.train_languages"]
+
+
+def test_grid_models_and_seeds():
+    assert pf.check_grid(tiny(grid__seeds="[]", grid__models="[]")) == [
+        "grid.models: empty; name at least one base model", "grid.seeds: empty; give at least one training seed"]
+    assert pf.check_grid(tiny(grid__seeds="[1, 2, 1]")) == ["grid.seeds: 1 is listed more than once"]
+
+
+def test_findings():
+    p = tiny(findings__alpha="1", findings__margins='{"quality": -0.1, "gate": 0.05}', findings__n_boot="0")
+    assert pf.check_findings(p) == [
+        "findings.alpha: must be > 0 and < 1, got 1",
+        "findings.margins.quality: must be >= 0, got -0.1",
+        "findings.n_boot: must be >= 1, got 0",
+    ]
+
+
+def test_decoding():
+    p = tiny(eval__decoding__num_beams="0", eval__decoding__max_new_tokens="0", eval__decoding__batch_size="0",
+             eval__decoding__no_repeat_ngram_size="-1", eval__decoding__repetition_penalty="0",
+             eval__decoding_full__num_beams="0")
+    assert pf.check_decoding(p) == [
+        "eval.decoding.num_beams: must be >= 1, got 0",
+        "eval.decoding.max_new_tokens: must be > 0, got 0",
+        "eval.decoding.batch_size: must be > 0, got 0",
+        "eval.decoding.no_repeat_ngram_size: must be >= 0, got -1",
+        "eval.decoding.repetition_penalty: must be > 0, got 0",
+        "eval.decoding_full.num_beams: must be >= 1, got 0",
+    ]
+
+
+def test_eval_backend():
+    assert pf.check_eval_backend(tiny(eval__backend="vllm")) == ["eval.backend: expected local or server, got 'vllm'"]
+    assert pf.check_eval_backend(tiny(eval__backend="server")) == [
+        "eval.server.base_url: empty; eval.backend = 'server' needs the server's URL, e.g. http://localhost:8000/v1"]
+
+
+def test_likelihood_needs_test_prompts_with_references(tmp_path):
+    assert pf.check_likelihood_references(tiny(data__test_source="paper-url")) == [
+        "eval.likelihood: the paper's test prompts (data.test_source = 'paper-url') have no reference answers "
+        "to score; set eval.likelihood false"]
+    assert pf.check_likelihood_references(tiny(data__test_source="paper-url", eval__likelihood="false")) == []
+    for lang in ("en", "ru", "zh", "bg"):
+        (tmp_path / f"test_{lang}.jsonl").write_text(json.dumps({"id": "1", "prompt": "Hi?", "reference": "Hi."}) + "\n")
+    assert pf.check_likelihood_references(tiny(data__test_source=str(tmp_path))) == []
+    (tmp_path / "test_ru.jsonl").write_text(json.dumps({"id": "1", "prompt": "Привет?"}) + "\n")
+    assert pf.check_likelihood_references(tiny(data__test_source=str(tmp_path))) == [
+        f"eval.likelihood: {tmp_path}/test_ru.jsonl:1 has no reference answer; set eval.likelihood false or add references"]
+
+
+def test_judge_needs_url_and_model():
+    assert pf.check_judge(tiny(eval__judge__base_url="http://localhost:9/v1")) == [
+        "eval.judge.model: empty, but eval.judge.base_url is set; give both, or neither for offline scores"]
+    assert pf.check_judge(tiny(eval__judge__model="gpt-x")) == [
+        "eval.judge.base_url: empty, but eval.judge.model is set; give both, or neither for offline scores"]
+
+
+def test_judge_key_is_in_the_environment_and_never_shown(monkeypatch):
+    p = tiny(eval__judge__base_url="http://localhost:9/v1", eval__judge__model="gpt-x", eval__judge__api_key_env=KEY_ENV)
+    monkeypatch.delenv(KEY_ENV, raising=False)
+    assert pf.check_judge_key(p) == [
+        f"eval.judge.api_key_env: the environment variable {KEY_ENV} is not set; the judge (gpt-x) needs its key "
+        "(or set eval.judge.base_url and eval.judge.model to '' for offline scores only)"]
+    monkeypatch.setenv(KEY_ENV, "sk-secret-value")
+    assert pf.check_judge_key(p) == []
+    monkeypatch.setenv(KEY_ENV, "")
+    assert "sk-secret-value" not in " ".join(pf.check_judge_key(p)) and pf.check_judge_key(p)
+
+
+def test_translation():
+    assert pf.check_translation(tiny(translation__backend="cloud")) == [
+        "translation.backend: expected local or api, got 'cloud'"]
+    assert pf.check_translation(tiny(translation__backend="api", translation__records="0")) == [
+        "translation.base_url: empty; translation.backend = 'api' needs the endpoint's URL",
+        "translation.records: must be >= 1, got 0",
+    ]
+
+
+def test_translation_key(monkeypatch):
+    monkeypatch.delenv(KEY_ENV, raising=False)
+    p = tiny(translation__backend="api", translation__base_url="http://localhost:9/v1", translation__api_key_env=KEY_ENV)
+    assert pf.check_translation_key(p) == [
+        f"translation.api_key_env: the environment variable {KEY_ENV} is not set; translation.backend = 'api' needs its key"]
+    assert pf.check_translation_key(tiny()) == []
+
+
+def test_server_key(monkeypatch):
+    monkeypatch.delenv(KEY_ENV, raising=False)
+    p = tiny(eval__backend="server", eval__server__base_url="http://localhost:8000/v1", eval__server__api_key_env=KEY_ENV)
+    assert pf.check_server_key(p) == [
+        f"eval.server.api_key_env: the environment variable {KEY_ENV} is not set; eval.backend = 'server' needs its "
+        "key (or set eval.server.api_key_env to '' for a server without one)"]
+    assert pf.check_server_key(tiny(eval__backend="server", eval__server__api_key_env="")) == []
+
+
+def test_book():
+    assert pf.check_book(tiny(book__chapter_timeout_s="0")) == ["book.chapter_timeout_s: must be > 0, got 0"]
+
+
+def test_preflight_lists_type_and_rule_problems_together():
+    with pytest.raises(SettingsError) as err:
+        pf.preflight("tiny", {"lora.epochs": "abc", "lora.loss_on": "everything", "data.train_languages": '["en", "xx"]'})
+    assert str(err.value) == (
+        "the profile has 3 problems:\n"
+        "  - lora.epochs: expected a number, got 'abc'\n"
+        "  - lora.loss_on: expected all or response, got 'everything'\n"
+        f"  - data.train_languages: unknown language code 'xx'; known: {', '.join(LANGUAGES)}")
+    assert len(err.value.problems) == 3
+
+
+def test_endpoints_choose_which_keys_are_needed(monkeypatch):
+    monkeypatch.delenv(KEY_ENV, raising=False)
+    overrides = {"eval.judge.base_url": "http://localhost:9/v1", "eval.judge.model": "gpt-x",
+                 "eval.judge.api_key_env": KEY_ENV}
+    assert pf.preflight("tiny", overrides, endpoints=()).eval.judge.model == "gpt-x"
+    with pytest.raises(SettingsError, match=f"the environment variable {KEY_ENV} is not set"):
+        pf.preflight("tiny", overrides)
+
+
+def test_model_sizes_for_the_disk_estimate():
+    cpu, paper = load_profile("cpu"), load_profile("paper")
+    assert pf.model_params_billions(cpu, "pypi:gemma-3-270m") == pytest.approx(0.27)
+    assert pf.model_params_billions(paper, "bigscience/bloom-7b1") == 7.07  # the profile's own figure
+    assert pf.model_params_billions(cpu, "bigscience/bloom-1b7") == pytest.approx(1.7)
+    assert pf.model_params_billions(cpu, "tiny-random-gemma3") is None
+    plan = {"runs": [{"model": "gemma-3-270m", "method": "full", "trains_new_model": True},
+                     {"model": "gemma-3-270m", "method": "full", "trains_new_model": False},
+                     {"model": "gemma-3-270m", "method": "lora", "trains_new_model": True}]}
+    assert pf.disk_estimate(cpu, plan) == {"kept_gb": 1.1, "checkpoints_gb": 6.5, "unknown_sizes": []}
+
+
+def test_chapter_setup_stops_before_loading_anything(tmp_path):
+    """A chapter's first cell with a bad override: one exception with every problem, nothing
+    written, torch not imported."""
+    code = (
+        "import sys\n"
+        "from polyalpaca import chapter\n"
+        "from polyalpaca.config import SettingsError\n"
+        f"try:\n    chapter.setup('tiny', {str(tmp_path)!r}, {{'lora.epochs': 'abc'}})\n"
+        "except SettingsError as exc:\n    print(exc)\n"
+        "assert 'torch' not in sys.modules, 'torch was imported'\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == "the profile has 1 problem:\n  - lora.epochs: expected a number, got 'abc'\n"
+    assert list(tmp_path.iterdir()) == []
