@@ -8,7 +8,9 @@ of the book's own pages and configuration, so a test build never touches the rea
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -54,18 +56,85 @@ def hide_injected_parameters(path: Path) -> None:
     path.write_text(json.dumps(nb, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
+class ChapterError(RuntimeError):
+    """A chapter failed or ran past its timeout; the message names it."""
+
+
+def _relay(progress_file: Path, offset: int, name: str) -> int:
+    """Print the chapter's new progress lines in the terminal; returns the new offset."""
+    try:
+        with progress_file.open(encoding="utf-8") as fh:
+            fh.seek(offset)
+            for line in fh:
+                print(f"  {name} {line.rstrip()}", flush=True)
+            return fh.tell()
+    except FileNotFoundError:
+        return offset
+
+
 def execute_chapter(name: str, parameters: dict, output: Path, kernel: str = "python3",
                     timeout_s: int | None = None) -> Path:
-    import papermill as pm
+    """Execute one chapter with papermill in a child process. Its progress lines (``polyalpaca.
+    progress``) are printed here as they come; a chapter running past ``timeout_s`` is stopped
+    and reported by name (``ChapterError``), as is a chapter whose cell fails."""
+    from .progress import PROGRESS_FILE_ENV
 
+    output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
+    progress_file = output.with_name(output.stem + ".progress")
+    progress_file.write_text("", encoding="utf-8")
+    env = {**os.environ, PROGRESS_FILE_ENV: str(progress_file)}
+    cmd = [sys.executable, "-m", "polyalpaca.book", "execute", name, str(output), json.dumps(parameters), kernel,
+           str(timeout_s or 0)]
     start = time.time()
-    pm.execute_notebook(str(chapter_path(name)), str(output), parameters=parameters, kernel_name=kernel,
-                        cwd=str(output.parent), progress_bar=False, execution_timeout=timeout_s,
-                        log_output=False)
+    child = subprocess.Popen(cmd, env=env, start_new_session=True)
+    offset = 0
+    while True:
+        try:
+            code = child.wait(timeout=2)
+        except subprocess.TimeoutExpired:
+            code = None
+        offset = _relay(progress_file, offset, name)
+        if code is not None:
+            break
+        if timeout_s and time.time() - start > timeout_s:
+            child.terminate()  # the child shuts its kernel down
+            try:
+                child.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(child.pid, signal.SIGKILL)
+                child.wait()
+            raise ChapterError(f"chapter {name} timed out after {timeout_s} s and was stopped (the profile's "
+                               f"book.chapter_timeout_s; what it executed so far is in {output}). Finished runs and "
+                               "answers are stored: run the book again to resume, or raise the timeout.")
+    progress_file.unlink(missing_ok=True)
+    if code != 0:
+        raise ChapterError(f"chapter {name} failed (exit {code}): the failing cell and its error are in {output} "
+                           "and printed above")
     hide_injected_parameters(output)
     print(f"[polyalpaca] executed {name} in {time.time() - start:.0f} s -> {output}", flush=True)
     return output
+
+
+def _execute_here(name: str, output: str, parameters: str, kernel: str, timeout_s: str) -> int:
+    """The child process of ``execute_chapter``: papermill, with the chapter's timeout per cell."""
+    import papermill as pm
+
+    def stop(signum, frame):
+        raise KeyboardInterrupt(f"chapter {name} stopped")
+
+    signal.signal(signal.SIGTERM, stop)
+    try:
+        pm.execute_notebook(str(chapter_path(name)), output, parameters=json.loads(parameters), kernel_name=kernel,
+                            cwd=str(Path(output).parent), progress_bar=False,
+                            execution_timeout=int(timeout_s) or None, log_output=False)
+    except pm.PapermillExecutionError as exc:
+        print(f"[polyalpaca] chapter {name}: cell {exc.exec_count} raised {exc.ename}: {exc.evalue}",
+              file=sys.stderr, flush=True)
+        return 1
+    except KeyboardInterrupt:  # stopped by the parent at the chapter's timeout
+        return 130
+    return 0
 
 
 def stage_book(book_dir: Path) -> None:
@@ -100,9 +169,15 @@ def build_book(profile: str = "cpu", book_dir: str | Path | None = None, artefac
     params = {"profile": profile, "artefacts_dir": str(artefacts_dir or ""), "overrides": overrides or {}}
     timings = {}
     if execute:
-        for name in chapters or CHAPTERS:
+        from .config import load_profile
+
+        timeout = load_profile(profile, overrides or {}).book.chapter_timeout_s
+        names = chapters or CHAPTERS
+        for number, name in enumerate(names, start=1):
+            print(f"[polyalpaca] chapter {number}/{len(names)}: {chapter_path(name).stem} "
+                  f"(profile {profile}, timeout {timeout} s)", flush=True)
             start = time.time()
-            execute_chapter(name, params, book_dir / "book" / "chapters" / chapter_path(name).name)
+            execute_chapter(name, params, book_dir / "book" / "chapters" / chapter_path(name).name, timeout_s=timeout)
             timings[chapter_path(name).stem] = round(time.time() - start, 1)
     write_generated_pages(book_dir, timings)
     return build_html(book_dir, strict)
@@ -190,3 +265,9 @@ def data_stats_page() -> str:
     return (table + "\nMedian words are whitespace-separated tokens (not meaningful for Chinese). "
             "langdetect columns give the share of texts whose detected language equals the label "
             "(outputs with code blocks removed).\n\nCategories of the training records:\n\n" + cats)
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 7 and sys.argv[1] == "execute":
+        raise SystemExit(_execute_here(*sys.argv[2:]))
+    raise SystemExit("internal entry point of polyalpaca.book; use `polyalpaca book` or `polyalpaca run`")

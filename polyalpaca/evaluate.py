@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass
 
 from .data import TestPrompt
 from .langid import language_gate
+from .metrics import gated_score, sentence_chrf
 from .prompts import PromptTemplate
 
 # The version of the offline scorer (gate rules, echo and loop detection, chrF, accuracy): bump it
@@ -49,15 +50,6 @@ def verifiable_correct(prompt: TestPrompt, response: str) -> bool | None:
     return any(_normalise(n) in text for n in names)
 
 
-def chrf(hypothesis: str, reference: str) -> float:
-    """Sentence-level chrF (sacrebleu), 0..100; 0 without a reference."""
-    if not reference:
-        return 0.0
-    from sacrebleu.metrics import CHRF
-
-    return float(CHRF().sentence_score(hypothesis, [reference]).score)
-
-
 @dataclass
 class ScoredAnswer:
     run: str
@@ -84,11 +76,11 @@ def score_answers(prompts: list[TestPrompt], responses: list[str], seed: int = 0
 
 def score_answer(run: str, prompt: TestPrompt, response: str, seed: int = 0) -> ScoredAnswer:
     gate = language_gate(prompt.prompt, response, prompt.lang, seed)
-    similarity = chrf(response, prompt.reference)
+    similarity = sentence_chrf(response, prompt.reference)
     correct = verifiable_correct(prompt, response)
     return ScoredAnswer(
         run=run, prompt_id=prompt.id, lang=prompt.lang, prompt=prompt.prompt, response=response,
         detected=gate.detected, gate=gate.passed, gate_reason=gate.reason, line_pass=gate.line_pass,
         correct=None if correct is None else bool(correct and gate.passed),
-        chrf=round(similarity, 3), gated_chrf=round(similarity if gate.passed else 0.0, 3),
+        chrf=round(similarity, 3), gated_chrf=round(gated_score(similarity, gate.passed), 3),
     )

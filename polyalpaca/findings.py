@@ -402,3 +402,20 @@ def detector_agreement(answers: pd.DataFrame) -> pd.DataFrame:
                      "langdetect says target": float((group["detected"] == lang).mean()),
                      "fastText says target": float((second == lang).mean())})
     return pd.DataFrame(rows)
+
+
+def judge_robustness_gaps(answers: pd.DataFrame, seen: list[str]) -> pd.DataFrame:
+    """The paper's robustness measure, when a judge ran: per (method, recipe), the judge score
+    before the language gate minus after it, averaged over the seen languages
+    (``polyalpaca.judge.robustness_gap``)."""
+    from .judge import robustness_gap
+
+    rows = []
+    judged = answers.dropna(subset=["judge"])
+    for (method, recipe), group in judged.groupby(["method", "recipe"]):
+        per_lang = group.groupby("lang")[["judge", "gated_judge"]].mean()
+        langs = [l for l in seen if l in per_lang.index]
+        if langs:
+            rows.append({"method": method, "recipe": recipe,
+                         "gap": robustness_gap(per_lang["judge"].to_dict(), per_lang["gated_judge"].to_dict(), langs)})
+    return pd.DataFrame(rows)

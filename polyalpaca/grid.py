@@ -29,7 +29,8 @@ from .data import DataError, Record, TestPrompt, load_test_prompts, load_trainin
 from .paths import PROJECT_ROOT, artefacts_root
 from .prompts import load_template
 from .recipes import SplitData, TrainingSet, build_all, select_records, split_validation
-from .store import Cached, atomic_write_json, key, text_digest
+from .files import atomic_write_json
+from .store import Cached, key, text_digest
 
 log = logging.getLogger(__name__)
 BASE_RECIPE = "base"  # the untuned model, answering zero-shot
@@ -539,7 +540,7 @@ class Experiment:
         for column in ("judge", "judge_status"):
             if column not in out:
                 out[column] = None
-        from .judge import gated_score
+        from .metrics import gated_score
 
         out["gated_judge"] = [None if pd.isna(j) else gated_score(int(j), bool(g)) for j, g in zip(out["judge"], out["gate"])]
         return out

@@ -11,7 +11,7 @@ stored under a name that contains the key. So:
 - next to each result, ``<name>.inputs.json`` records the description in full, so a reader can
   see what made it.
 
-Results are written atomically (a temporary file, then a rename), and a result counts only
+Results are written atomically (``polyalpaca.files``: a temporary file, then a rename), and a result counts only
 when its file exists: a job killed half-way leaves at most a ``.tmp`` file, never a result.
 Training runs are folders marked finished by a ``DONE`` file (``polyalpaca.train.train_run``).
 """
@@ -19,9 +19,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 from typing import Any, Iterable
+
+from .files import atomic_write_json, read_jsonl, write_jsonl
 
 KEY_LENGTH = 12
 
@@ -56,34 +57,6 @@ def text_digest(texts: Iterable[str]) -> str:
         h.update(len(data).to_bytes(8, "little"))
         h.update(data)
     return h.hexdigest()[:KEY_LENGTH]
-
-
-# --- atomic files -----------------------------------------------------------------------------
-
-def atomic_write_text(path: str | Path, text: str) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-    return path
-
-
-def atomic_write_json(path: str | Path, obj: Any) -> Path:
-    return atomic_write_text(path, json.dumps(obj, indent=2, ensure_ascii=False, default=str) + "\n")
-
-
-def write_jsonl(path: str | Path, rows: Iterable[Any]) -> Path:
-    """Dataclasses or dicts as JSON lines, atomically."""
-    from dataclasses import asdict, is_dataclass
-
-    lines = [json.dumps(asdict(r) if is_dataclass(r) else r, ensure_ascii=False) for r in rows]
-    return atomic_write_text(path, "".join(line + "\n" for line in lines))
-
-
-def read_jsonl(path: str | Path) -> list[dict]:
-    with Path(path).open(encoding="utf-8") as fh:
-        return [json.loads(line) for line in fh if line.strip()]
 
 
 # --- keyed results ------------------------------------------------------------------------------
