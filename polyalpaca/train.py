@@ -14,6 +14,13 @@ the same loss as TRL's ``SFTTrainer`` with less work:
 - no per-step entropy / token-accuracy metrics over the full vocabulary.
 
 ``benchmarks/bench_train.py`` measures it against plain TRL on the same batches.
+
+Data parallelism comes from the launcher: ``accelerate launch`` (or ``torchrun``) starts one
+process per device and ``transformers`` shards the batches. ``TrainConfig.effective_batch`` fixes
+the examples per optimizer step across all processes, so gradient accumulation follows from the
+number of processes. Every process trains; only the main one writes a run's records
+(``run.json``, ``train_ids.jsonl``, ``train_result.json``, ``DONE``), and the model is saved the
+way the trainer saves it (the main process writes, sharded setups gather first).
 """
 from __future__ import annotations
 
@@ -33,6 +40,7 @@ from trl import SFTConfig, SFTTrainer
 
 from .config import TrainConfig
 from .data import Record
+from .files import atomic_write_json, atomic_write_text, write_jsonl
 from . import packed_attention
 from .fused_loss import add_fast_lm_loss
 from .models import load_model, load_tokenizer
@@ -125,6 +133,40 @@ class _WallClock(TrainerCallback):
 
 # --- configuration ----------------------------------------------------------------------
 
+# The variables launchers set: torchrun and accelerate launch (WORLD_SIZE, RANK, LOCAL_RANK),
+# Intel MPI / MPICH (PMI_*), Open MPI (OMPI_COMM_WORLD_*), MVAPICH (MV2_COMM_WORLD_*).
+_WORLD_SIZE_VARS = ("WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE")
+_RANK_VARS = ("RANK", "PMI_RANK", "OMPI_COMM_WORLD_RANK", "MV2_COMM_WORLD_RANK")
+_LOCAL_RANK_VARS = ("LOCAL_RANK", "MPI_LOCALRANKID", "OMPI_COMM_WORLD_LOCAL_RANK", "MV2_COMM_WORLD_LOCAL_RANK")
+
+
+def _env_int(names: tuple[str, ...], default: int) -> int:
+    for name in names:
+        value = os.environ.get(name, "")
+        if value.strip():
+            return int(value)
+    return default
+
+
+@dataclass(frozen=True)
+class Processes:
+    """The processes this training is launched as (read from the launcher's environment, before
+    any process group exists). A plain ``python -m polyalpaca train`` is one process, rank 0."""
+
+    count: int = 1
+    rank: int = 0
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def launched_processes() -> Processes:
+    return Processes(count=_env_int(_WORLD_SIZE_VARS, 1), rank=_env_int(_RANK_VARS, 0),
+                     local_rank=_env_int(_LOCAL_RANK_VARS, 0))
+
+
 def hardware() -> dict:
     """What the training will run on, for automatic precision and checkpointing choices."""
     cuda = torch.cuda.is_available()
@@ -132,8 +174,22 @@ def hardware() -> dict:
         "cuda": cuda,
         "bf16": bool(cuda and torch.cuda.is_bf16_supported()),
         "device": torch.cuda.get_device_name(0) if cuda else "cpu",
-        "world_size": int(os.environ.get("WORLD_SIZE", "1")),
+        "world_size": launched_processes().count,
     }
+
+
+def gradient_accumulation_steps(cfg: TrainConfig, processes: int) -> int:
+    """Steps accumulated per optimizer step: ``effective_batch / (batch_size x processes)`` when
+    the profile declares an effective batch, else ``cfg.gradient_accumulation`` as given."""
+    if cfg.effective_batch <= 0:
+        return cfg.gradient_accumulation
+    per_step = cfg.batch_size * processes
+    if cfg.effective_batch % per_step:
+        raise ValueError(
+            f"{cfg.method}.effective_batch = {cfg.effective_batch} is not a multiple of {cfg.method}.batch_size "
+            f"({cfg.batch_size}) x {processes} process{'es' if processes != 1 else ''} = {per_step}: change "
+            f"{cfg.method}.batch_size or the number of processes so that the effective batch divides evenly")
+    return cfg.effective_batch // per_step
 
 
 def resolve_precision(cfg: TrainConfig, hw: dict) -> str:
@@ -152,8 +208,9 @@ def resolve_checkpointing(cfg: TrainConfig, hw: dict, n_params: int) -> bool:
 
 
 def build_sft_config(cfg: TrainConfig, output_dir: Path, *, has_validation: bool, precision: str,
-                     checkpointing: bool, padding_free: bool) -> SFTConfig:
-    """The one place that maps our ``TrainConfig`` onto TRL's ``SFTConfig``."""
+                     checkpointing: bool, padding_free: bool, processes: int = 1) -> SFTConfig:
+    """The one place that maps our ``TrainConfig`` onto TRL's ``SFTConfig``; ``processes`` is the
+    number of data-parallel processes (for the gradient accumulation of ``effective_batch``)."""
     warmup = cfg.warmup_ratio if cfg.warmup_ratio > 0 else cfg.warmup_steps
     evaluate = has_validation and cfg.eval_every_epoch
     return SFTConfig(
@@ -162,7 +219,7 @@ def build_sft_config(cfg: TrainConfig, output_dir: Path, *, has_validation: bool
         learning_rate=cfg.learning_rate,
         per_device_train_batch_size=cfg.batch_size,
         per_device_eval_batch_size=cfg.batch_size,
-        gradient_accumulation_steps=cfg.gradient_accumulation,
+        gradient_accumulation_steps=gradient_accumulation_steps(cfg, processes),
         warmup_steps=warmup,
         lr_scheduler_type=cfg.scheduler,
         weight_decay=cfg.weight_decay,
@@ -171,7 +228,8 @@ def build_sft_config(cfg: TrainConfig, output_dir: Path, *, has_validation: bool
         completion_only_loss=False,  # the labels already carry the prompt mask
         dataset_kwargs={"skip_prepare_dataset": True},
         bf16=precision == "bf16",
-        use_cpu=not torch.cuda.is_available(),
+        use_cpu=not torch.cuda.is_available(),  # several CPU processes then use gloo
+        ddp_find_unused_parameters=False,  # every trainable weight gets a gradient (LoRA and full)
         gradient_checkpointing=checkpointing,
         eval_strategy="epoch" if evaluate else "no",
         save_strategy="epoch",
@@ -212,6 +270,8 @@ class TrainResult:
     seconds: float
     best_eval_loss: float | None
     log_history: list
+    processes: int = 1
+    gradient_accumulation: int = 1
 
 
 def last_checkpoint(output_dir: Path) -> str | None:
@@ -225,11 +285,14 @@ def train(model_spec: str, train_records: list[Record], validation_records: list
           callbacks: list | None = None, vocab_ids=None) -> TrainResult:
     """Fine-tune ``model_spec`` and save the result in ``run_dir/model``.
 
-    A run interrupted after an epoch resumes from its last checkpoint in ``run_dir/checkpoints``."""
+    Run it in every process of a data-parallel launch: all train, the main process writes
+    ``train_result.json`` and the tokenizer. A run interrupted after an epoch resumes from its
+    last checkpoint in ``run_dir/checkpoints``."""
     run_dir = Path(run_dir)
     ckpt_dir = run_dir / "checkpoints"
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     fast = cfg.fast_path if fast is None else fast
+    processes = launched_processes()
     torch.manual_seed(cfg.seed)
     tokenizer = load_tokenizer(model_spec)
     model = load_model(model_spec)
@@ -240,7 +303,10 @@ def train(model_spec: str, train_records: list[Record], validation_records: list
     val_ds = (tokenize_records(validation_records, tokenizer, template, cfg.max_length, cfg.loss_on)
               if validation_records else None)
     args = build_sft_config(cfg, ckpt_dir, has_validation=val_ds is not None, precision=precision,
-                            checkpointing=checkpointing, padding_free=fast)
+                            checkpointing=checkpointing, padding_free=fast, processes=processes.count)
+    if args.world_size != processes.count:  # the launcher's environment and the process group disagree
+        raise RuntimeError(f"the launcher announced {processes.count} processes but training runs in "
+                           f"{args.world_size}; launch with accelerate launch or torchrun (see book/rerun.md)")
     extra = {}
     if fast:
         trainer_cls = FastSFTTrainer
@@ -260,18 +326,41 @@ def train(model_spec: str, train_records: list[Record], validation_records: list
     trainer.train(resume_from_checkpoint=last_checkpoint(ckpt_dir))
     seconds = time.time() - start
     model_dir = run_dir / "model"
-    trainer.save_model(str(model_dir))
-    tokenizer.save_pretrained(str(model_dir))
+    trainer.save_model(str(model_dir))  # every process calls it: sharded models are gathered first
     best = trainer.state.best_metric
     result = TrainResult(
         run_dir=str(run_dir), model_dir=str(model_dir), method=cfg.method,
         train_examples=len(train_records), train_tokens=int(sum(len(x) for x in train_ds["input_ids"])),
         steps=trainer.state.global_step, seconds=round(seconds, 1),
         best_eval_loss=None if best is None or math.isnan(best) else float(best),
-        log_history=trainer.state.log_history,
+        log_history=trainer.state.log_history, processes=args.world_size,
+        gradient_accumulation=args.gradient_accumulation_steps,
     )
-    (run_dir / "train_result.json").write_text(json.dumps(asdict(result), indent=2))
+    if trainer.is_world_process_zero():
+        tokenizer.save_pretrained(str(model_dir))
+        atomic_write_json(run_dir / "train_result.json", asdict(result))
+    trainer.accelerator.wait_for_everyone()  # the model is complete on disk before any process returns
     return result
+
+
+def _launch_record(cfg: TrainConfig, processes: Processes, run_dir: Path) -> dict:
+    """What ``run.json`` says about how the run is launched, with the launches so far: a run
+    resumed from a checkpoint lists each launch and the checkpoint it resumed from."""
+    accumulation = gradient_accumulation_steps(cfg, processes.count)
+    per_step = cfg.batch_size * accumulation * processes.count
+    previous = json.loads((run_dir / "run.json").read_text()) if (run_dir / "run.json").exists() else {}
+    resumed_from = last_checkpoint(run_dir / "checkpoints")
+    if resumed_from and previous.get("examples_per_optimizer_step", per_step) != per_step:
+        raise ValueError(
+            f"{run_dir} was started with {previous['examples_per_optimizer_step']} examples per optimizer step "
+            f"({previous.get('processes')} processes); resuming with {processes.count} processes makes "
+            f"{per_step}. Launch it as before, or set {cfg.method}.effective_batch so that the number of "
+            "processes does not change the batch.")
+    launches = previous.get("launches", []) if resumed_from else []
+    launches.append({"processes": processes.count, "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                     "resumed_from": Path(resumed_from).name if resumed_from else None})
+    return {"processes": processes.count, "gradient_accumulation": accumulation,
+            "examples_per_optimizer_step": per_step, "launches": launches}
 
 
 def train_run(run_dir: str | Path, model_spec: str, train_records: list[Record],
@@ -279,23 +368,26 @@ def train_run(run_dir: str | Path, model_spec: str, train_records: list[Record],
               vocab_ids=None) -> dict:
     """Train one grid run into ``run_dir`` unless it is marked done; returns its recorded result.
 
-    Writes ``run.json`` (``record``), ``train_ids.jsonl``, the model and ``train_result.json``,
-    then the ``DONE`` marker; resumable checkpoints are removed once the run is done."""
+    Call it in every process of a launch. The main process writes ``run.json`` (``record`` and
+    the launch: number of processes, gradient accumulation, examples per optimizer step, and
+    every launch of a resumed run), ``train_ids.jsonl``, ``train_result.json`` and, once the
+    model is saved, the ``DONE`` marker; resumable checkpoints are removed once the run is done."""
     import shutil
-
-    from .data import write_jsonl
 
     run_dir = Path(run_dir)
     if (run_dir / "DONE").exists():
         return json.loads((run_dir / "train_result.json").read_text())
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "run.json").write_text(json.dumps(record, indent=2))
-    write_jsonl(run_dir / "train_ids.jsonl", [{"lang": r.lang, "id": r.id} for r in train_records])
+    processes = launched_processes()
+    if processes.is_main:
+        launch = _launch_record(cfg, processes, run_dir)  # checks a resumed run keeps its batch
+        atomic_write_json(run_dir / "run.json", {**record, **launch})
+        write_jsonl(run_dir / "train_ids.jsonl", [{"lang": r.lang, "id": r.id} for r in train_records])
     result = train(model_spec, train_records, validation_records, cfg, template, run_dir, vocab_ids=vocab_ids)
-    (run_dir / "DONE").write_text(time.strftime("%Y-%m-%dT%H:%M:%S\n"))
-    # The finished model is in run_dir/model; resumable checkpoints (optimizer states included)
-    # are only needed while the run is unfinished.
-    shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
+    if processes.is_main:
+        atomic_write_text(run_dir / "DONE", time.strftime("%Y-%m-%dT%H:%M:%S\n"))
+        # The finished model is in run_dir/model; resumable checkpoints (optimizer states included)
+        # are only needed while the run is unfinished.
+        shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
     return asdict(result)
 
 
