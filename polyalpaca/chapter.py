@@ -57,12 +57,20 @@ def say(text: str, width: int = 88) -> None:
     print(textwrap.fill(text, width))
 
 
-class Progress:
-    """A progress line that stays readable in an executed notebook: one printed line per step."""
+def show(frame, caption: str = "", collapsed: bool = False, precision: int = 3) -> None:
+    """Display a table without the index column, numbers rounded; with ``collapsed`` inside a
+    closed ``<details>`` block (opened by a click) so a long table does not take over the page."""
+    from IPython.display import HTML, display
 
-    def __init__(self, total: int, label: str):
-        self.total, self.done, self.label, self.start = total, 0, label, time.time()
+    from .teaching import table
 
-    def step(self, what: str, n: int = 1) -> None:
-        self.done += n
-        print(f"[{self.done}/{self.total}] {self.label}: {what} ({time.time() - self.start:.0f} s)", flush=True)
+    html = table(frame, precision=precision).to_html()
+    if collapsed:
+        display(HTML(f"<details><summary>{caption or 'the full table'} (click to open)</summary>{html}</details>"))
+    else:
+        if caption:
+            display(HTML(f"<p><em>{caption}</em></p>"))
+        display(HTML(html))
+
+
+from .progress import Progress  # noqa: E402,F401  (the chapters' progress lines)

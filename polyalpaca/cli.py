@@ -25,6 +25,7 @@ import logging
 import sys
 from pathlib import Path
 
+from .book import ChapterError
 from .config import SettingsError, available_profiles, load_profile, settings_help
 
 
@@ -56,15 +57,6 @@ def _experiment(args, endpoints: tuple[str, ...] = ()):
     from .grid import Experiment  # after the check: this imports torch
 
     return Experiment(profile, args.artefacts or None)
-
-
-def _find_run(exp, name: str):
-    runs = exp.runs()
-    for run in runs:
-        if name in (run.run_id, f"{run.method}-{run.name}", run.name) and (run.method != "base" or name.endswith("base")):
-            return run
-    raise SystemExit(f"no run {name!r} in profile {exp.profile.name}; runs: "
-                     + ", ".join(f"{r.method}-{r.name}" for r in runs))
 
 
 def cmd_check(args) -> int:
@@ -128,9 +120,9 @@ def cmd_run(args) -> int:
 
     params = run_parameters(args)
     chapter = chapter_path(args.chapter)  # an unknown chapter is reported before the profile
-    _checked_profile(params["profile"], params["overrides"])
+    profile = _checked_profile(params["profile"], params["overrides"])
     out = Path(args.output) if args.output else PROJECT_ROOT / "book" / "chapters" / chapter.name
-    execute_chapter(args.chapter, params, out)
+    execute_chapter(args.chapter, params, out, timeout_s=profile.book.chapter_timeout_s)
     return 0
 
 
@@ -154,15 +146,20 @@ def cmd_data(args) -> int:
 
 def cmd_train(args) -> int:
     exp = _experiment(args)
-    result = exp.train(_find_run(exp, args.run))
-    print(json.dumps({k: result[k] for k in ("run_dir", "steps", "seconds", "best_eval_loss") if k in result}))
+    for run in exp.find_runs(args.run):  # a name without -s<seed> means every seed
+        result = exp.train(run)
+        print(json.dumps({"run": run.label, **{k: result[k] for k in ("run_dir", "steps", "seconds", "best_eval_loss")
+                                                if k in result}}))
     return 0
 
 
 def cmd_evaluate(args) -> int:
     exp = _experiment(args, endpoints=("server",))
-    scored = exp.evaluate(_find_run(exp, args.run))
-    print(json.dumps({"answers": len(scored), "gate_pass_rate": sum(s.gate for s in scored) / max(len(scored), 1)}))
+    for run in exp.find_runs(args.run):
+        done = exp.evaluate(run)
+        answers = exp.run_answers(run)
+        print(json.dumps({"run": run.label, "answers": len(answers), "generated": done["generated"],
+                          "gate_pass_rate": round(float(answers["gate"].mean()), 3) if len(answers) else None}))
     return 0
 
 
@@ -314,7 +311,8 @@ def build_parser() -> argparse.ArgumentParser:
                              ("evaluate", cmd_evaluate, "answer and score the test prompts of one grid cell")):
         p = sub.add_parser(name, help=text)
         _profile_args(p)
-        p.add_argument("--run", required=True, help="run id or METHOD-NAME, e.g. lora-multilingual, lora-monolingual-ru")
+        p.add_argument("--run", required=True, help="METHOD-NAME for every seed (lora-multilingual, lora-monolingual-ru), METHOD-NAME-sSEED for one "
+                            "(lora-multilingual-s42), base, or a run id")
         p.set_defaults(func=func)
 
     _add_translate(sub)
@@ -334,7 +332,9 @@ def main(argv: list[str] | None = None) -> int:
     except SettingsError as exc:  # every problem of the profile, one line each
         print(f"polyalpaca: {exc}", file=sys.stderr)
         return 2
-    except (FileNotFoundError, ValueError) as exc:  # DataError is a ValueError: file, line and field
+    except (FileNotFoundError, ValueError, ChapterError) as exc:
+        # DataError is a ValueError (file, line and field), as are unknown and untrained runs;
+        # a failed or timed-out chapter is a book.ChapterError (a RuntimeError) naming the chapter.
         if args.verbose:
             raise
         print(f"polyalpaca: error: {exc}", file=sys.stderr)

@@ -202,6 +202,19 @@ class FindingsConfig:
 
 
 @dataclass
+class EstimateConfig:
+    """Rates for the time ``polyalpaca plan`` predicts, measured on the machine a profile is sized
+    for (the cpu profile: benchmarks and the book's own timing record on the 2-core machine)."""
+
+    run_overhead_s: float = setting(0.0, "seconds per trained model besides its steps: load, set-up, validation, saving")
+    generation_tokens_per_second: float = setting(0.0, "new tokens per second when answering test prompts")
+    likelihood_tokens_per_second: float = setting(0.0, "tokens per second when scoring reference answers")
+    model_load_s: float = setting(0.0, "seconds to load one trained model for evaluation")
+    fixed_minutes: float = setting(0.0, "minutes of the chapters that do not grow with the grid (data, translation, "
+                                        "findings) and of the HTML build")
+
+
+@dataclass
 class BookConfig:
     """How the book is executed."""
 
@@ -244,6 +257,7 @@ class Profile:
     findings: FindingsConfig = setting(factory=FindingsConfig, help="the claims table's statistics")
     book: BookConfig = setting(factory=BookConfig, help="book execution")
     tokens_per_second_estimate: float = setting(0.0, "measured training throughput (CPU profiles), for plan")
+    estimate: EstimateConfig = setting(factory=EstimateConfig, help="rates for plan's prediction of the book's time")
     estimate_device: str = setting("", "what the estimate is for, e.g. 1x A100 80GB")
     estimate_tflops: float = setting(0.0, "peak dense bf16 TFLOP/s of that device (GPU profiles)")
     estimate_mfu: float = setting(0.35, "assumed model FLOP utilisation")

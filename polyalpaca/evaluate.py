@@ -84,3 +84,25 @@ def score_answer(run: str, prompt: TestPrompt, response: str, seed: int = 0) -> 
         correct=None if correct is None else bool(correct and gate.passed),
         chrf=round(similarity, 3), gated_chrf=round(gated_score(similarity, gate.passed), 3),
     )
+
+
+def worked_scores(prompt: TestPrompt, english: TestPrompt, seed: int = 0) -> list[dict]:
+    """Each offline score on a few answers to one prompt, for the evaluation chapter: a short
+    correct answer (the reference's first sentence), a long answer made of the reference's words in
+    another order, the same correct answer in English, and the question repeated. chrF rewards
+    length and copied words; the gate catches the English answer and the echo; the likelihood
+    score does not look at generated answers at all."""
+    import re as _re
+
+    first = _re.split(r"(?<=[.!?。！？])\s*", prompt.reference.strip())[0]
+    words = prompt.reference.split()
+    shuffled = " ".join(words[len(words) // 2:] + words[:len(words) // 2])
+    candidates = [("short correct answer", first), ("the reference's words, halves swapped (no sense)", shuffled),
+                  ("the correct answer, in English", _re.split(r"(?<=[.!?])\s*", english.reference.strip())[0]),
+                  ("the question, repeated", f"{prompt.prompt} {prompt.prompt}")]
+    rows = []
+    for label, text in candidates:
+        s = score_answer("example", prompt, text, seed)
+        rows.append({"answer": label, "text": text, "characters": len(text), "chrF": round(s.chrf, 1),
+                     "gate": s.gate_reason, "gated chrF": round(s.gated_chrf, 1)})
+    return rows

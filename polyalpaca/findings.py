@@ -284,6 +284,12 @@ def claims_table(answers: pd.DataFrame, seen: list[str], unseen: list[str], alph
     return pd.DataFrame(rows)
 
 
+def design(profile) -> dict:
+    """The claims table's settings declared in a profile (``findings.*``), as keyword arguments."""
+    f = profile.findings
+    return {"alpha": f.alpha, "margins": dict(f.margins), "min_seeds": f.min_seeds, "n_boot": f.n_boot, "seed": f.seed}
+
+
 def verdict_counts(claims: pd.DataFrame) -> dict[str, int]:
     """Counts of agree / disagree / inconclusive / exploratory / not tested."""
     out = {"agrees": 0, "disagrees": 0, "inconclusive": 0, "exploratory": 0, "not tested": 0}

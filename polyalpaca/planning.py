@@ -5,12 +5,11 @@ import statistics
 from functools import lru_cache
 
 from .grid import Experiment, model_short_name
-from .recipes import recipe_costs
+from .recipes import recipe_cells
 
 
 def _token_lengths(exp: Experiment, model: str, records) -> list[int]:
-    from .models import load_tokenizer
-    from .train import tokenize_example
+    from .prompts import tokenize_example
 
     tok = _tokenizer(model)
     cfg = exp.profile.lora
@@ -100,37 +99,60 @@ def format_stats(stats: dict) -> str:
 
 
 def _cells(exp: Experiment, readable: bool):
-    """(model, method, recipe, name, languages, examples, tokens per epoch, budget units) per grid run."""
+    """(model, method, recipe, name, languages, examples, tokens per epoch, budget units, trained
+    model key, seed) per grid run and seed. Readable data: the real training sets. Otherwise (the
+    Hub is unreachable) the recipes' own cell rules (``recipes.recipe_cells``) sized by the
+    profile's estimates, so a recipe cannot be planned by rules other than its own."""
     p = exp.profile
     if readable:
         for run in exp.runs(include_base=False):
             yield (run.model, run.method, run.recipe, run.name, run.languages, run.train_examples,
-                   sum(_token_lengths(exp, run.model, run.training_set.train)), run.budget_units, run.train_key)
+                   sum(_token_lengths(exp, run.model, run.training_set.train)), run.budget_units, run.model_key,
+                   run.seed)
         return
-    # The data cannot be read here (the Hub is unreachable): sizes from the profile's estimates.
     langs = p.data.train_languages
     per_lang = p.grid.records_per_language_estimate - p.data.validation_size
     for model in p.grid.models:
         for method in p.grid.methods:
-            for recipe in p.grid.recipes:
-                if recipe == "monolingual":
-                    cells = [(f"monolingual-{l}", [l], per_lang, 1.0) for l in langs]
-                elif recipe == "multilingual":
-                    cells = [("multilingual", langs, per_lang * len(langs), float(len(langs)))]
-                elif recipe == "english-only":
-                    cells = [("english-only", ["en"], per_lang, 1.0)]
-                else:
-                    cells = [("downsampled", langs, per_lang, 1.0)]
-                for name, run_langs, examples, units in cells:
-                    # English-only trains exactly what monolingual-en trains: one model for both.
-                    shared = name == "english-only" and "monolingual" in p.grid.recipes and "en" in langs
-                    key = f"{model}/{method}/{'monolingual-en' if shared else name}"
-                    yield (model, method, recipe, name, run_langs, examples,
-                           examples * p.grid.tokens_per_example_estimate, units, key)
+            for seed in p.grid.seeds:
+                for recipe in p.grid.recipes:
+                    for cell in recipe_cells(recipe, langs, p.grid.recipes):
+                        examples = round(cell.sets_of_one_language * per_lang)
+                        key = f"{model}/{method}/{seed}/{cell.same_model_as or cell.name}"
+                        yield (model, method, recipe, cell.name, list(cell.languages), examples,
+                               examples * p.grid.tokens_per_example_estimate, cell.budget_units, key, seed)
+
+
+def evaluation_estimate(exp: Experiment, readable: bool) -> dict:
+    """Seconds to evaluate every model of the grid once: loading, answering (prompts x new
+    tokens) and scoring the references' likelihood, at the profile's measured rates."""
+    p, e = exp.profile, exp.profile.estimate
+    if not (e.generation_tokens_per_second and readable):
+        return {}
+    per_model: dict[str, set] = {}
+    for run in exp.runs():
+        per_model.setdefault(run.model_key, set()).update(run.eval_languages)
+    prompts = {lang: len(exp.test_prompts(lang)) for lang in p.data.test_languages}
+    lik_tokens = {}
+    if p.eval.likelihood and e.likelihood_tokens_per_second:
+        tok = _tokenizer(p.grid.models[0])
+        for lang in p.data.test_languages:
+            pairs = exp.likelihood_pairs(lang)
+            lik_tokens[lang] = sum(len(tok(exp.template.build(q))["input_ids"]) + min(
+                p.eval.likelihood_max_tokens, len(tok(r)["input_ids"])) for _, q, r in pairs)
+    seconds = {"load": 0.0, "generation": 0.0, "likelihood": 0.0}
+    for langs in per_model.values():
+        seconds["load"] += e.model_load_s
+        new_tokens = sum(prompts[l] for l in langs) * p.eval.decoding.max_new_tokens
+        seconds["generation"] += new_tokens / e.generation_tokens_per_second
+        if lik_tokens:
+            seconds["likelihood"] += sum(lik_tokens[l] for l in langs) / e.likelihood_tokens_per_second
+    return {"models": len(per_model), **{k: round(v) for k, v in seconds.items()}}
 
 
 def plan_table(exp: Experiment) -> dict:
-    """Every grid run with the examples and tokens it processes and an estimated cost."""
+    """Every grid run (per seed) with the examples and tokens it processes, an estimated cost, and
+    for CPU profiles a prediction of the whole book's time."""
     p = exp.profile
     reason = ""
     try:
@@ -140,16 +162,17 @@ def plan_table(exp: Experiment) -> dict:
         readable, reason = False, f"{type(exc).__name__}: {exc}"
     rows = []
     seen_keys: set[str] = set()
-    for model, method, recipe, name, langs, examples, tokens, units, key in _cells(exp, readable):
+    for model, method, recipe, name, langs, examples, tokens, units, key, seed in _cells(exp, readable):
         cfg = p.train_config(method)
         processed = tokens * cfg.epochs
-        row = {"run": f"{method}-{name}", "model": model_short_name(model), "method": method,
-               "recipe": recipe, "languages": langs, "examples_per_epoch": examples,
+        row = {"run": f"{method}-{name}-s{seed}", "model": model_short_name(model), "method": method,
+               "recipe": recipe, "seed": seed, "languages": langs, "examples_per_epoch": examples,
                "epochs": cfg.epochs, "tokens_processed": int(processed), "budget_units": units,
                "trains_new_model": key not in seen_keys}
         seen_keys.add(key)
         if p.tokens_per_second_estimate:
-            row["cpu_minutes"] = round(processed / p.tokens_per_second_estimate / 60, 1)
+            seconds = processed / p.tokens_per_second_estimate + p.estimate.run_overhead_s
+            row["cpu_minutes"] = round(seconds / 60, 2)
         if p.estimate_tflops:
             params = p.grid.model_params_billions.get(model, 0.0) * 1e9
             # 6 N FLOPs per token for full tuning; LoRA skips the frozen weights' gradients (~4 N).
@@ -157,18 +180,23 @@ def plan_table(exp: Experiment) -> dict:
             row["gpu_hours"] = round(flops / (p.estimate_tflops * 1e12 * p.estimate_mfu) / 3600, 2)
         rows.append(row)
     new = [r for r in rows if r["trains_new_model"]]
-    totals = {"runs": len(rows), "models_trained": len(new),
+    totals = {"runs": len(rows), "models_trained": len(new), "seeds": len(p.grid.seeds),
               "tokens_processed": sum(r["tokens_processed"] for r in new)}
     for key in ("cpu_minutes", "gpu_hours"):
         if rows and key in rows[0]:
             totals[key] = round(sum(r[key] for r in new), 1)
+    evaluation = evaluation_estimate(exp, readable)
+    if evaluation and "cpu_minutes" in totals:
+        totals["evaluation_minutes"] = round(sum(evaluation[k] for k in ("load", "generation", "likelihood")) / 60, 1)
+        totals["book_minutes"] = round(totals["cpu_minutes"] + totals["evaluation_minutes"] + p.estimate.fixed_minutes, 1)
     units: dict[str, float] = {}
     for r in rows:
-        k = f"{r['model']}/{r['method']}/{r['recipe']}"
-        units[k] = units.get(k, 0) + r["budget_units"]
+        if r["seed"] == p.grid.seeds[0]:
+            k = f"{r['model']}/{r['method']}/{r['recipe']}"
+            units[k] = units.get(k, 0) + r["budget_units"]
     return {"profile": p.name, "device": p.estimate_device, "data_read": readable,
             "note": "" if readable else f"data not readable here ({reason}); sizes from the profile's estimates",
-            "runs": rows, "budget_units": units, "totals": totals}
+            "runs": rows, "budget_units": units, "evaluation": evaluation, "totals": totals}
 
 
 def format_plan(table: dict) -> str:
@@ -184,8 +212,14 @@ def format_plan(table: dict) -> str:
         lines.append(f"{r['run']:<34}{r['model']:<14}{r['examples_per_epoch']:>9}{r['epochs']:>7}"
                      f"{r['tokens_processed']:>13}{r['budget_units']:>6.0f}" + "".join(f"{r[k]:>13}" for k in extra))
     t = table["totals"]
-    lines.append(f"total: {t['runs']} runs, {t['models_trained']} models trained, {t['tokens_processed']} tokens" +
-                 "".join(f", {k.replace('_', ' ')} {t[k]}" for k in extra))
+    lines.append(f"total: {t['runs']} runs ({t['seeds']} seeds), {t['models_trained']} models trained, "
+                 f"{t['tokens_processed']} tokens" + "".join(f", {k.replace('_', ' ')} {t[k]}" for k in extra))
+    if "book_minutes" in t:
+        ev = table["evaluation"]
+        lines.append(f"evaluation: {ev['models']} models, {t['evaluation_minutes']} minutes (load {ev['load']} s, "
+                     f"answers {ev['generation']} s, likelihood {ev['likelihood']} s)")
+        lines.append(f"predicted book time from empty artefacts: {t['book_minutes']} minutes "
+                     "(training + evaluation + the other chapters and the HTML build)")
     if table["note"]:
         lines.append(table["note"])
     return "\n".join(lines)

@@ -57,3 +57,20 @@ def load_template(name: str = "alpaca") -> PromptTemplate:
         response_marker=spec["response_marker"],
         section_marker=spec["section_marker"],
     )
+
+
+def tokenize_example(record, tokenizer, template: PromptTemplate, max_length: int, loss_on: str) -> dict:
+    """Token ids and labels of one training example: [bos] prompt response eos, cut at ``max_length``.
+
+    ``loss_on="all"`` trains on prompt and response (the paper's LoRA recipe); ``"response"``
+    masks the prompt with -100 (the paper's full fine-tuning recipe). Lives here, not in
+    ``polyalpaca.train``, so that counting tokens (``polyalpaca plan``) needs no TRL."""
+    if loss_on not in ("all", "response"):
+        raise ValueError(f"loss_on must be 'all' or 'response', got {loss_on!r}")
+    prompt_ids = tokenizer(template.build(record.instruction, record.input), add_special_tokens=False)["input_ids"]
+    response_ids = tokenizer(record.output, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    if tokenizer.bos_token_id is not None:
+        prompt_ids = [tokenizer.bos_token_id] + prompt_ids
+    input_ids = (prompt_ids + response_ids)[:max_length]
+    labels = list(input_ids) if loss_on == "all" else ([-100] * len(prompt_ids) + response_ids)[:max_length]
+    return {"input_ids": input_ids, "labels": labels}

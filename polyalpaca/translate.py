@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import hashlib
 import json
 import re
 import sys
@@ -33,8 +32,8 @@ from pathlib import Path
 from typing import Any, Mapping, Protocol, Sequence
 
 from .data import LANGUAGES, check_language, load_training_records
-from .files import JsonlError, atomic_write_json, iter_jsonl
-from .files import write_jsonl as _write_jsonl  # the name translate_main uses
+from .files import JsonlError, iter_jsonl
+from .files import write_jsonl as _write_jsonl  # the name translate_command uses
 from .langid import _LETTER, detect_language
 from .llm_client import (ChatClient, ChatPrompt, ChatRequest, EndpointConfig, EndpointError, InvalidReply,
                          load_prompt)
@@ -367,14 +366,19 @@ def chrf_for_translations(translated: Sequence[TranslatedRecord],
 def translation_study(t, root) -> dict:
     """Translate the first ``translation.records`` English records into ``translation.languages``
     and score them with chrF against our reference translations; stored and reused."""
+    from .store import Cached, text_digest
+
     root = Path(root)
-    digest = hashlib.sha256(json.dumps(dataclasses.asdict(t), sort_keys=True).encode()).hexdigest()[:10]
-    path = root / "translation" / f"{digest}.json"
-    if path.exists():
-        return json.loads(path.read_text())
     fields = ALPACA_FIELDS
     english = load_training_records("en", "embedded").items
     targets = {lang: load_training_records(lang, "embedded").items for lang in t.languages}
+    prompt = load_prompt(t.prompt_version)
+    # Keyed by the settings, the exact records (source, references, worked examples) and the prompt text.
+    texts = [getattr(r, k) for recs in [english, *targets.values()] for r in recs for k in ("id", *fields)]
+    cached = Cached(root / "translation", "study", {"settings": dataclasses.asdict(t), "records": text_digest(texts),
+                                                    "prompt": text_digest([prompt.system, prompt.user])}, suffix="json")
+    if cached.exists():
+        return cached.read_json()
     source = [{k: getattr(r, k) for k in ("id", *fields)} for r in english[:t.records]]
     references = {lang: [{k: getattr(r, k) for k in ("id", *fields)} for r in recs[:t.records]]
                   for lang, recs in targets.items()}
@@ -430,7 +434,7 @@ def translation_study(t, root) -> dict:
     result = {"settings": dataclasses.asdict(t), "chrf": chrf, "raw_chrf": raw, "copy_chrf": copy, "rows": rows, "ledger": ledger,
               "records_ok": {lang: sum(x.ok for x in translated if x.language == lang) for lang in t.languages},
               "records": t.records}
-    atomic_write_json(path, result)
+    cached.write_json(result)
     return result
 
 
@@ -466,9 +470,6 @@ def read_records(path: str | Path, fields: Sequence[str] = ALPACA_FIELDS) -> lis
             raise ValueError(f"{path}:{lineno}: {problem}")
         records.append(record)
     return records
-
-
-read_jsonl = read_records  # the old name, which translate_main uses
 
 
 # --------------------------------------------------------------------------------------------
