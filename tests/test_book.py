@@ -93,13 +93,76 @@ def _serve(directory: Path):
     return server
 
 
-def check_pages(html_dir: Path, shots: Path) -> tuple[list[str], list[str]]:
-    """Open every page of a built book in headless Chromium; returns (pages, problems) and saves
-    a full-page screenshot of each page in ``shots``."""
+# Widths the browser test reads every page at: a laptop and a phone. The phone is emulated as one
+# (mobile layout, touch, and scrollbars that overlay the content and take no room, as on phones
+# and on macOS), so a box that scrolls sideways without drawing a scrollbar is found.
+WIDTHS = {"desktop": 1280, "phone": 390}
+MOBILE = {"phone"}
+
+# In the browser, on one page: what a reader cannot see. Every element of the article whose
+# content is wider than its box must scroll sideways (overflow-x auto or scroll) with a scrollbar
+# drawn (it takes room: offsetHeight > clientHeight + borders, which needs Chromium run without
+# Playwright's --hide-scrollbars) and in sight (the box no taller than the window); content cut
+# by overflow hidden is clipped. Tables, figures, images and outputs must lie within the window's
+# width, and the page itself must not scroll sideways. Returns one line per problem.
+CLIPPED_JS = """() => {
+  const article = document.querySelector('article.bd-article') || document.querySelector('main');
+  if (!article) return ['no article element'];
+  const vw = document.documentElement.clientWidth, vh = window.innerHeight;
+  const describe = el => {
+    const cls = (typeof el.className === 'string' && el.className.trim()) ? '.' + el.className.trim().split(/\\s+/).join('.') : '';
+    const text = (el.innerText || el.getAttribute('src') || '').trim().slice(0, 50).replace(/\\s+/g, ' ');
+    return `${el.tagName.toLowerCase()}${cls} "${text}"`;
+  };
+  const shown = el => { const r = el.getBoundingClientRect(); return r.width > 0 || r.height > 0; };
+  const problems = [];
+  for (const el of article.querySelectorAll('*')) {
+    if (!shown(el) || el.scrollWidth <= el.clientWidth + 1) continue;
+    const s = getComputedStyle(el);
+    if (['svg', 'path', 'g', 'text'].includes(el.tagName.toLowerCase()) || s.display === 'inline') continue;
+    if (s.overflowX === 'hidden' || s.overflowX === 'clip') {
+      if (s.textOverflow === 'ellipsis') continue;  // a deliberately shortened label
+      problems.push(`cut off (overflow ${s.overflowX}, ${el.scrollWidth} px of content in ${el.clientWidth}): ${describe(el)}`);
+    } else if (s.overflowX === 'auto' || s.overflowX === 'scroll') {
+      const bar = el.offsetHeight - el.clientHeight - parseFloat(s.borderTopWidth) - parseFloat(s.borderBottomWidth);
+      if (bar < 4) problems.push(`scrolls sideways without a visible scrollbar: ${describe(el)}`);
+      if (el.getBoundingClientRect().height > vh) problems.push(`scrolls sideways but is taller than the window (scrollbar out of sight): ${describe(el)}`);
+    }
+  }
+  for (const el of article.querySelectorAll('table, img, figure, pre, div.cell_output, div.output, .pst-scrollable-table-container')) {
+    if (!shown(el)) continue;
+    let holder = el.parentElement;
+    while (holder && holder !== article && !['auto', 'scroll'].includes(getComputedStyle(holder).overflowX)) holder = holder.parentElement;
+    const r = (holder && holder !== article ? holder : el).getBoundingClientRect();
+    if (r.right > vw + 1 || r.left < -1) {
+      problems.push(`runs past the window's edge (${Math.round(r.left)}..${Math.round(r.right)} px of ${vw}): ${describe(el)}`);
+    }
+  }
+  if (document.documentElement.scrollWidth > vw + 1) {
+    problems.push(`the page scrolls sideways (${document.documentElement.scrollWidth} px in a ${vw} px window)`);
+  }
+  return problems;
+}"""
+
+
+READ_THROUGH_JS = """async () => {
+  const frame = () => new Promise(r => requestAnimationFrame(() => requestAnimationFrame(r)));
+  await document.fonts.ready;
+  for (let y = 0; y < document.documentElement.scrollHeight; y += window.innerHeight) { window.scrollTo(0, y); await frame(); }
+  window.scrollTo(0, 0); await frame();
+}"""
+
+
+def check_pages(html_dir: Path, shots: Path, widths: dict[str, int] | None = None) -> tuple[list[str], list[str]]:
+    """Open every page of a built book in headless Chromium at each width of ``widths`` (default
+    ``WIDTHS``); returns (pages, problems) and saves a full-page screenshot of each page and width
+    in ``shots``. Problems: HTTP errors, images that do not load, broken links, and tables,
+    figures or outputs clipped at that width (see ``CLIPPED_JS``)."""
     from urllib.parse import urljoin, urlparse
 
     from playwright.sync_api import sync_playwright
 
+    widths = widths or WIDTHS
     shots.mkdir(parents=True, exist_ok=True)
     pages = sorted(p.relative_to(html_dir).as_posix() for p in html_dir.rglob("*.html")
                    if not p.name.startswith(("genindex", "search")) and "_static" not in p.parts)
@@ -108,30 +171,44 @@ def check_pages(html_dir: Path, shots: Path) -> tuple[list[str], list[str]]:
     problems = []
     try:
         with sync_playwright() as pw:
-            browser = pw.chromium.launch(executable_path=CHROMIUM, args=[
+            # Scrollbars drawn as a reader's browser draws them (Playwright hides them by default).
+            browser = pw.chromium.launch(executable_path=CHROMIUM, ignore_default_args=["--hide-scrollbars"], args=[
                 "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
                 "--disable-component-update", "--disable-sync"])
-            page = browser.new_page(viewport={"width": 1280, "height": 900})
-            for rel in pages:
-                response = page.goto(base + rel, wait_until="load")
-                if response is None or not response.ok:
-                    problems.append(f"{rel}: HTTP {response and response.status}")
-                    continue
-                page.wait_for_load_state("networkidle")  # index.html redirects to the intro page
-                here = page.url
-                for img in page.query_selector_all("main img, article img"):
-                    ok = page.evaluate("i => i.complete && i.naturalWidth > 0", img)
-                    img.scroll_into_view_if_needed()
-                    box = img.bounding_box()
-                    if not ok or not box or box["width"] < 10 or box["height"] < 10:
-                        problems.append(f"{rel}: image {img.get_attribute('src')} not visible")
-                for href in page.eval_on_selector_all("a[href]", "els => els.map(e => e.getAttribute('href'))"):
-                    target = urlparse(urljoin(here, href))
-                    if target.netloc != urlparse(base).netloc or not target.path.endswith(".html"):
+            for label, width in widths.items():
+                for rel in pages:
+                    # A fresh tab per page: a full-page screenshot leaves Chromium's layout state
+                    # (its scrollbars) changed for the next page loaded in the same tab.
+                    page = browser.new_page(viewport={"width": width, "height": 900}, is_mobile=label in MOBILE,
+                                            has_touch=label in MOBILE)
+                    response = page.goto(base + rel, wait_until="load")
+                    if response is None or not response.ok:
+                        problems.append(f"{rel}: HTTP {response and response.status}")
+                        page.close()
                         continue
-                    if not (html_dir / target.path.lstrip("/")).exists():
-                        problems.append(f"{rel}: broken link {href}")
-                page.screenshot(path=str(shots / (rel.replace("/", "__") + ".png")), full_page=True)
+                    page.wait_for_load_state("networkidle")  # index.html redirects to the intro page
+                    here = page.url
+                    # Measure as a reader sees the page: fonts loaded, every part scrolled past once.
+                    page.evaluate(READ_THROUGH_JS)
+                    for img in page.query_selector_all("main img, article img"):
+                        if not page.evaluate("i => i.getBoundingClientRect().width > 0 || !i.closest('details')", img):
+                            continue  # inside a closed dropdown
+                        ok = page.evaluate("i => i.complete && i.naturalWidth > 0", img)
+                        img.scroll_into_view_if_needed()
+                        box = img.bounding_box()
+                        if not ok or not box or box["width"] < 10 or box["height"] < 10:
+                            problems.append(f"{rel} at {width} px: image {img.get_attribute('src')} not visible")
+                    for problem in page.evaluate(CLIPPED_JS):
+                        problems.append(f"{rel} at {width} px ({label}): {problem}")
+                    if label == next(iter(widths)):
+                        for href in page.eval_on_selector_all("a[href]", "els => els.map(e => e.getAttribute('href'))"):
+                            target = urlparse(urljoin(here, href))
+                            if target.netloc != urlparse(base).netloc or not target.path.endswith(".html"):
+                                continue
+                            if not (html_dir / target.path.lstrip("/")).exists():
+                                problems.append(f"{rel}: broken link {href}")
+                    page.screenshot(path=str(shots / f"{rel.replace('/', '__')}.{width}.png"), full_page=True)
+                    page.close()
             browser.close()
     finally:
         server.shutdown()
@@ -140,12 +217,38 @@ def check_pages(html_dir: Path, shots: Path) -> tuple[list[str], list[str]]:
 
 @pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (make test installs it as root)")
 def test_every_page_in_headless_chromium(built_book, tmp_path):
+    """Every page loads with its images and links, at a laptop's and a phone's width, and no
+    table, figure or output is cut off: what is wider than the column scrolls inside its box."""
     html_dir = built_book["root"] / "_build" / "html"
     shots = Path(os.environ.get("POLYALPACA_SCREENSHOTS", tmp_path / "screenshots"))
     pages, problems = check_pages(html_dir, shots)
     assert len(pages) >= 10
     assert not problems, "\n".join(problems)
-    assert len(list(shots.glob("*.png"))) >= len(pages)
+    assert len(list(shots.glob("*.png"))) >= len(pages) * len(WIDTHS)
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (make test installs it as root)")
+def test_the_clipping_check_sees_a_clipped_table(tmp_path):
+    """The check itself, on an emulated phone: a table wider than the window is reported when it
+    is cut off, or when its box scrolls with the phone's overlay scrollbar (nothing drawn); it
+    passes in a box that scrolls with the book's drawn scrollbar. An oversized image is reported."""
+    wide = "<table>" + "<tr>" + "".join(f"<td>column-{i}-with-long-text</td>" for i in range(20)) + "</tr></table>"
+    page = """<html><head><meta name="viewport" content="width=device-width, initial-scale=1">
+    <style>body{{margin:0}} .box{{overflow-x:{ox};max-width:100%}}
+    .drawn::-webkit-scrollbar{{height:10px}} .drawn::-webkit-scrollbar-thumb{{background:#888}}</style></head>
+    <body><article class="bd-article"><div class="box {cls}">{body}</div></article></body></html>"""
+    cases = {"clipped": ("hidden", "", wide), "scrolls": ("auto", "drawn", wide), "overlay": ("auto", "", wide),
+             "image": ("visible", "", '<img src="x.png" style="width:900px;height:20px">')}
+    for name, (ox, cls, body) in cases.items():
+        (tmp_path / f"{name}.html").write_text(page.format(ox=ox, cls=cls, body=body))
+    from PIL import Image
+
+    Image.new("RGB", (900, 20), "white").save(tmp_path / "x.png")
+    _, problems = check_pages(tmp_path, tmp_path / "shots", {"phone": 390})
+    assert any(p.startswith("clipped.html") and "cut off" in p for p in problems), problems
+    assert not [p for p in problems if p.startswith("scrolls.html")], problems
+    assert any(p.startswith("overlay.html") and "without a visible scrollbar" in p for p in problems), problems
+    assert any(p.startswith("image.html") and "past the window" in p for p in problems), problems
 
 
 def test_every_chapter_follows_the_template():
