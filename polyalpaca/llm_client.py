@@ -477,17 +477,22 @@ class ChatClient:
         result.error = f"{max_invalid} invalid replies; last: {result.rejections[-1]}"
         return result
 
+    def _request(self, messages: list[dict[str, str]]) -> tuple[str, int, int]:
+        """One HTTP request, no retries: (reply, prompt tokens, completion tokens). The one method a
+        client of another OpenAI endpoint overrides (``polyalpaca.serving``: completions)."""
+        response = self._openai.chat.completions.create(model=self.config.model, messages=messages,
+                                                        **self.config.request_params())
+        return _reply_content(response)
+
     def _send(self, messages: list[dict[str, str]]) -> tuple[str, int, int]:
-        """POST one chat completion with retries; returns (reply, prompt tokens, completion tokens)."""
+        """POST one request with retries; returns (reply, prompt tokens, completion tokens)."""
         cfg = self.config
         last_error = ""
         for retry in range(cfg.max_retries + 1):
             self.ledger.add(requests=1)
             retry_after = 0.0
             try:
-                response = self._openai.chat.completions.create(model=cfg.model, messages=messages,
-                                                                **cfg.request_params())
-                text, prompt_tokens, completion_tokens = _reply_content(response)
+                text, prompt_tokens, completion_tokens = self._request(messages)
                 self.ledger.add(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens)
                 return text, prompt_tokens, completion_tokens
             except openai.APIStatusError as exc:

@@ -11,6 +11,14 @@ answers ``POST /v1/chat/completions``:
   ``N = judge_rating(response_text)`` (2 by default);
 - anything else gets ``echo: <last user message>``.
 
+It also answers ``POST /v1/completions`` (the legacy completions API that vLLM, llama.cpp's
+server and TGI serve) with ``completion_text(prompt)``, a deterministic function of the prompt
+(``default_completion`` by default), cut at the request's ``stop`` strings as vLLM cuts (the stop
+string is not included). ``n`` > 1 returns ``n`` choices, the first being the reply, as vLLM's
+beam search does with ``use_beam_search``; ``beam_search=False`` makes it a server that ignores
+both (one choice), like one without vLLM's extensions. A request for a model not in
+``served_models`` (when that is set) gets 404, as vLLM answers for an unknown LoRA adapter.
+
 Faults are injected by rules (``Fault``): the first rule whose ``match`` occurs in the request's
 message texts (or that has no ``match``) and still has ``times`` left is applied. Every request is
 recorded (path, headers, raw body, parsed JSON, fault applied) for assertions.
@@ -95,6 +103,15 @@ class RecordedRequest:
         return users[-1] if users else ""
 
 
+def default_completion(prompt: str) -> str:
+    """A continuation chosen by a hash of the prompt: a short answer, then (like a model that does
+    not stop) a new section of the template and more text, which the stop strings cut off."""
+    words = VOCABULARY["es"] + VOCABULARY["fr"]
+    h = zlib.crc32(prompt.encode("utf-8"))
+    answer = " ".join(words[(h >> (3 * i)) % len(words)] for i in range(2 + h % 5))
+    return f"{answer.capitalize()}.\n\n### Instruction:\nWrite another answer.\n\n### Response:\nMore text."
+
+
 def fake_translation(source: str, language: str) -> str:
     """Replace each word of ``source`` by a word of ``language``; markers and digits are kept."""
     words = VOCABULARY.get(language)
@@ -110,6 +127,9 @@ class OpenAIDouble:
     latency_s: float = 0.0
     hang_s: float = 2.0
     judge_rating: Callable[[str], int] = lambda response: 2
+    completion_text: Callable[[str], str] = default_completion
+    beam_search: bool = True  # honour n > 1 (vLLM's use_beam_search); False: one choice, like other servers
+    served_models: tuple[str, ...] = ()  # completions for other models get 404; empty = any model
     faults: list[Fault] = field(default_factory=list)
     requests: list[RecordedRequest] = field(default_factory=list)
 
@@ -202,8 +222,13 @@ class OpenAIDouble:
     def _respond(self, handler: BaseHTTPRequestHandler, payload: dict | None, fault: Fault | None) -> None:
         if self.latency_s:
             time.sleep(self.latency_s)
-        if not handler.path.rstrip("/").endswith("/chat/completions") or payload is None:
+        route = handler.path.rstrip("/")
+        chat = route.endswith("/chat/completions")
+        if not (chat or route.endswith("/v1/completions")) or payload is None:
             return self._send(handler, 404, {"error": {"message": f"no route {handler.path}", "type": "not_found"}})
+        if not chat and self.served_models and payload.get("model") not in self.served_models:
+            return self._send(handler, 404, {"error": {"message": f"The model `{payload.get('model')}` does not exist.",
+                                                       "type": "NotFoundError"}})
         kind = fault.kind if fault else None
         if kind in ("401", "429", "500", "503"):
             headers = {"Retry-After": "0"} if kind == "429" else {}
@@ -215,6 +240,9 @@ class OpenAIDouble:
             return self._send(handler, 200, {"unexpected": True})
         if kind == "hang":
             time.sleep(self.hang_s)
+        if not chat:
+            text = fault.text if kind == "reply" else self.completion_text(str(payload.get("prompt", "")))
+            return self._send(handler, 200, self._text_completion(payload, text))
         content = fault.text if kind == "reply" else self._answer(payload, kind)
         self._send(handler, 200, self._completion(payload, content))
 
@@ -252,6 +280,19 @@ class OpenAIDouble:
             "usage": {"prompt_tokens": prompt_words, "completion_tokens": completion_words,
                       "total_tokens": prompt_words + completion_words},
         }
+
+    def _text_completion(self, payload: dict, text: str) -> dict:
+        stops = payload.get("stop") or []
+        for stop in [stops] if isinstance(stops, str) else stops:
+            text = text.split(stop, 1)[0]
+        n = int(payload.get("n") or 1) if self.beam_search else 1
+        choices = [{"index": i, "text": text if i == 0 else f"{text} (beam {i})", "finish_reason": "stop",
+                    "logprobs": None} for i in range(n)]
+        prompt_words, completion_words = len(str(payload.get("prompt", "")).split()), len(text.split())
+        return {"id": f"cmpl-{zlib.crc32(text.encode()):08x}", "object": "text_completion",
+                "created": int(time.time()), "model": payload.get("model", "double"), "choices": choices,
+                "usage": {"prompt_tokens": prompt_words, "completion_tokens": completion_words,
+                          "total_tokens": prompt_words + completion_words}}
 
     def _send(self, handler: BaseHTTPRequestHandler, status: int, obj: dict,
               headers: dict[str, str] | None = None) -> None:
