@@ -179,7 +179,7 @@ def build_book(profile: str = "cpu", book_dir: str | Path | None = None, artefac
             start = time.time()
             execute_chapter(name, params, book_dir / "book" / "chapters" / chapter_path(name).name, timeout_s=timeout)
             timings[chapter_path(name).stem] = round(time.time() - start, 1)
-    write_generated_pages(book_dir, timings)
+    write_generated_pages(book_dir, timings, profile, overrides or {}, artefacts_dir)
     return build_html(book_dir, strict)
 
 
@@ -215,13 +215,85 @@ def settings_table() -> str:
     return _md_table(["setting", *profiles], rows)
 
 
-def write_generated_pages(book_dir: Path, timings: dict[str, float] | None = None) -> None:
+def write_generated_pages(book_dir: Path, timings: dict[str, float] | None = None, profile: str = "cpu",
+                          overrides: dict | None = None, artefacts_dir: str = "") -> None:
     """Pages made from code and artefacts, included by the hand-written pages."""
+    from .files import atomic_write_text
+
     out = book_dir / "book" / "chapters" / "generated"
     out.mkdir(parents=True, exist_ok=True)
-    (out / "settings.md").write_text(settings_table(), encoding="utf-8")
-    (out / "timings.md").write_text(record_timings(out / "timings.json", timings or {}), encoding="utf-8")
-    (out / "data_stats.md").write_text(data_stats_page(), encoding="utf-8")
+    atomic_write_text(out / "settings.md", settings_table())
+    atomic_write_text(out / "timings.md", record_timings(out / "timings.json", timings or {}))
+    atomic_write_text(out / "data_stats.md", data_stats_page())
+    atomic_write_text(out / "design.md", design_page(profile, overrides or {}, artefacts_dir))
+
+
+def design_page(profile_name: str, overrides: dict, artefacts_dir: str = "") -> str:
+    """The scope page's facts about this build's grid, from the profile, the plan and the
+    artefacts: seeds, steps per run, sample sizes, task categories, the training loss, and what
+    the claims table could detect."""
+    import dataclasses
+
+    from .config import load_profile
+    from .grid import Experiment
+    from .planning import plan_table
+    from .recipes import category_mix
+
+    p = load_profile(profile_name, overrides)
+    exp = Experiment(p, artefacts_dir or None)
+    d = p.data
+    split = exp.split()
+    per_lang = {lang: len(recs) for lang, recs in split.train.items()}
+    sets = exp.training_sets()
+    mix = category_mix([ts for ts in sets if ts.recipe == "monolingual"][:1] or sets[:1])
+    categories = next(iter(mix.values()), {})
+    lines = ["| | this build |", "|---|---|",
+             f"| base model | {', '.join(p.grid.models)} |",
+             f"| training seeds | {len(p.grid.seeds)} ({', '.join(str(s) for s in p.grid.seeds)}): each seed changes the "
+             "LoRA initialisation, the data order, dropout and the downsampled draw |",
+             f"| training languages | {', '.join(d.train_languages)} |",
+             f"| test languages | seen: {', '.join(exp.seen_languages())}; unseen: {', '.join(exp.unseen_languages()) or 'none'} |",
+             f"| training examples per language | {', '.join(f'{k} {v}' for k, v in per_lang.items())} "
+             f"(plus {d.validation_size} held out for validation), the same ids in every language |",
+             f"| task categories in each language's sample | {len(categories)}: "
+             + ", ".join(f"{c} {n}" for c, n in sorted(categories.items())) + " |",
+             f"| test prompts per language | {', '.join(f'{l} {len(exp.test_prompts(l))}' for l in d.test_languages)} |"]
+    for method in p.grid.methods:
+        cfg = p.train_config(method)
+        steps = {ts.name: -(-len(ts.train) // (cfg.batch_size * max(cfg.gradient_accumulation, 1))) * cfg.epochs
+                 for ts in sets}
+        loss = "prompt and response (as the paper's LoRA recipe)" if cfg.loss_on == "all" else \
+            "the response only, prompt masked (as the paper's full fine-tuning)"
+        lines.append(f"| {method}: steps per run | " + ", ".join(f"{k} {v:g}" for k, v in steps.items()) +
+                     f" (batch {cfg.batch_size}, {cfg.epochs:g} epochs, learning rate {cfg.learning_rate:g}) |")
+        vocab = ("; the softmax of the loss runs over the training data's tokens only (`vocab_subset`, a "
+                 "documented deviation)" if cfg.vocab_subset else "")
+        lines.append(f"| {method}: loss on | {loss}{vocab} |")
+    decoding = dataclasses.asdict(p.eval.decoding)
+    lines.append(f"| decoding | greedy, {decoding['max_new_tokens']} new tokens, no_repeat_ngram_size "
+                 f"{decoding['no_repeat_ngram_size']}; reference likelihood on the first {p.eval.likelihood_max_tokens} "
+                 "tokens of each reference |")
+    plan = plan_table(exp)["totals"]
+    if "book_minutes" in plan:
+        more = plan_table(Experiment(load_profile(profile_name, {**overrides, "grid.seeds": list(p.grid.seeds) + [
+            max(p.grid.seeds) + 1 + i for i in range(len(p.grid.seeds))]}), artefacts_dir or None))["totals"]
+        lines.append(f"| predicted time from empty artefacts | {plan['book_minutes']} minutes (`polyalpaca plan`); "
+                     f"twice the seeds: about {more['book_minutes']} minutes |")
+    out = "\n".join(lines) + "\n"
+    claims_path = exp.root / "claims.csv"
+    if claims_path.exists():
+        import pandas as pd
+
+        claims = pd.read_csv(claims_path)
+        claims = claims[claims["prompts"] > 0]
+        rows = [[r["finding"], r["contrast"], r["test"], f"{r['effect']:.3f}", f"{r['se']:.3f}",
+                 f"{r['detectable effect']:.3f}", r["verdict"]] for _, r in claims.iterrows()]
+        out += ("\nWhat this build could detect: for each row of the claims table, the standard error of the "
+                "effect (from the hierarchical bootstrap) and the smallest true effect it detects with 80% power "
+                "at the family's strictest Holm level (effects beyond a non-inferiority margin):\n\n"
+                + _md_table(["finding", "contrast", "test", "effect", "standard error", "detectable effect",
+                             "verdict"], rows))
+    return out
 
 
 def record_timings(path: Path, timings: dict[str, float]) -> str:

@@ -154,7 +154,7 @@ def add_fast_lm_loss(model, chunk: int | None = None, vocab_ids: torch.Tensor | 
             chosen = remap.to(chosen.device)[chosen]
             if (chosen < 0).any():
                 raise ValueError("a label is outside the reduced vocabulary; rebuild it from this data "
-                                 "or set train.vocab_subset = false")
+                                 "or set lora.vocab_subset / full.vocab_subset = false")
             weight = weight.index_select(0, vocab_ids.to(weight.device))
         loss_sum = linear_cross_entropy_sum(hidden[keep], weight, chosen, softcap, chunk, workspace)
         count = keep.sum()

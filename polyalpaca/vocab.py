@@ -1,9 +1,11 @@
-"""The reduced vocabulary of the CPU profile's documented deviation (``train.vocab_subset``).
+"""The reduced vocabulary of the CPU profile's documented deviation (``lora.vocab_subset`` /
+``full.vocab_subset``).
 
 Gemma's tokenizer has 262,144 tokens; our data uses a few tens of thousands of them. With the
-subset switched on, the training loss normalises over the tokens that occur anywhere in the
-experiment's data (every training language, every test language, the template and the special
-tokens), the same subset for every run. Off by default in every profile except ``cpu``.
+subset switched on, the training loss normalises over the tokens that occur in the training data
+(training and validation records of every training language), the template and the special
+tokens: the same subset for every run. Test prompts and reference answers never enter it, so
+test data cannot shape the training loss. Off by default in every profile except ``cpu``.
 """
 from __future__ import annotations
 

@@ -42,7 +42,7 @@ def test_overrides_and_typos():
         "eval_every_epoch, fast_path, gradient_accumulation, gradient_checkpointing, learning_rate, logging_steps, "
         "lora, loss_on, max_length, method, precision, scheduler, seed, vocab_subset, warmup_ratio, warmup_steps, "
         "weight_decay",
-        "lorra: unknown setting; known at the top level: book, data, description, estimate_device, estimate_mfu, "
+        "lorra: unknown setting; known at the top level: book, data, description, estimate, estimate_device, estimate_mfu, "
         "estimate_tflops, eval, findings, full, grid, lora, name, tokens_per_second_estimate, translation",
     ]
     with pytest.raises(FileNotFoundError, match="available"):
