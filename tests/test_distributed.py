@@ -36,7 +36,7 @@ MULTI_CPU = Path(__file__).resolve().parents[1] / "polyalpaca" / "accelerate" / 
 # Strings, as the command line passes them: the in-process run reads them the same way, so both
 # runs get the same run id.
 OVERRIDES = {"data.train_limit": "16", "data.validation_size": "8", "lora.effective_batch": "8",
-             "full.effective_batch": "8", "lora.lora.dropout": "0.0"}
+             "full.effective_batch": "8", "lora.lora.dropout": "0.0", "lora.max_length": "64", "full.max_length": "64"}
 LAUNCH_TIMEOUT_S = 300
 
 
@@ -126,6 +126,8 @@ def test_two_processes_full_tuning_equals_one(tmp_path, tiny_model_dir):
     assert (two / "train_ids.jsonl").read_text() == (one / "train_ids.jsonl").read_text()
     assert_written_once(two, output, epochs=1)
     assert_same_training(one, two, "model.safetensors")
+    base, trained = load_file(tiny_model_dir / "model.safetensors"), load_file(two / "model" / "model.safetensors")
+    assert max((trained[k] - base[k]).abs().max().item() for k in base) > 1e-4  # the weights did move
 
 
 def test_killed_two_process_lora_run_resumes_from_its_checkpoint(tmp_path, tiny_model_dir):
@@ -153,6 +155,8 @@ def test_killed_two_process_lora_run_resumes_from_its_checkpoint(tmp_path, tiny_
     assert one.name == run_dir.name
     assert [s for s, _ in history(run_dir)[0]] == [1, 2, 3, 4, 5, 6]
     assert_same_training(one, run_dir, "adapter_model.safetensors")
+    adapter = load_file(run_dir / "model" / "adapter_model.safetensors")
+    assert all(adapter[k].abs().max() > 0 for k in adapter if "lora_B" in k)  # trained away from B = 0
 
 
 def test_only_the_main_process_writes_the_run_records(tmp_path, monkeypatch, template):
