@@ -207,6 +207,8 @@ class EstimateConfig:
     for (the cpu profile: benchmarks and the book's own timing record on the 2-core machine)."""
 
     run_overhead_s: float = setting(0.0, "seconds per trained model besides its steps: load, set-up, validation, saving")
+    full_tokens_per_second: float = setting(0.0, "training throughput of full fine-tuning, when it differs from "
+                                                 "tokens_per_second_estimate (every weight and its optimizer state updated)")
     generation_tokens_per_second: float = setting(0.0, "new tokens per second when answering test prompts")
     likelihood_tokens_per_second: float = setting(0.0, "tokens per second when scoring reference answers")
     model_load_s: float = setting(0.0, "seconds to load one trained model for evaluation")

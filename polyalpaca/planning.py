@@ -171,7 +171,9 @@ def plan_table(exp: Experiment) -> dict:
                "trains_new_model": key not in seen_keys}
         seen_keys.add(key)
         if p.tokens_per_second_estimate:
-            seconds = processed / p.tokens_per_second_estimate + p.estimate.run_overhead_s
+            rate = p.estimate.full_tokens_per_second if method == "full" and p.estimate.full_tokens_per_second \
+                else p.tokens_per_second_estimate
+            seconds = processed / rate + p.estimate.run_overhead_s
             row["cpu_minutes"] = round(seconds / 60, 2)
         if p.estimate_tflops:
             params = p.grid.model_params_billions.get(model, 0.0) * 1e9
