@@ -110,3 +110,81 @@ def test_batch_script_starts_one_launcher_per_node_for_its_job(tmp_path, tiny_mo
     missing = subprocess.run(["bash", str(SBATCH)], env={**env, "POLYALPACA_ARTEFACTS": ""}, cwd=ROOT,
                              capture_output=True, text=True, timeout=60)
     assert missing.returncode != 0 and "POLYALPACA_ARTEFACTS" in missing.stderr
+
+
+# --- the paper profile's structure, in miniature --------------------------------------------------
+
+LANGS = ["en", "ru", "zh"]
+
+
+def _paper_in_miniature(tmp_path: Path, double, key_env: str) -> list[str]:
+    """-s settings that turn the paper profile into a miniature of itself: its data as Hub-layout
+    folders (one Alpaca JSON array each, rows aligned by index) and its test prompts in the paper's
+    format (id and prompt only, one malformed line), the paper's beam search with
+    no_repeat_ngram_size, the judge through the test double; the tiny model and a few records."""
+    from polyalpaca.data import embedded_test, embedded_train
+
+    for lang in LANGS:
+        folder = tmp_path / "hub" / ("alpaca-cleaned" if lang == "en" else f"alpaca-cleaned-{lang}")
+        folder.mkdir(parents=True)
+        rows = [{"instruction": r.instruction, "input": r.input, "output": r.output}
+                for r in embedded_train(lang).items[:10]]
+        (folder / "alpaca_data_cleaned.json").write_text(json.dumps(rows, ensure_ascii=False))
+    tests = tmp_path / "paper-tests"
+    tests.mkdir()
+    for lang in [*LANGS, "no"]:
+        lines = [json.dumps({"id": p.id, "prompt": p.prompt}, ensure_ascii=False) for p in embedded_test(lang).items[:2]]
+        if lang == "ru":
+            lines.insert(1, '{"id": "broken", "prompt": ')  # one malformed line, as real files have
+        (tests / f"test_{lang}.jsonl").write_text("\n".join(lines) + "\n")
+    settings = {
+        "data.source": "hub", "data.hub_english": str(tmp_path / "hub" / "alpaca-cleaned"),
+        "data.hub_pattern": str(tmp_path / "hub" / "alpaca-cleaned-{lang}"), "data.train_languages": json.dumps(LANGS),
+        "data.test_languages": json.dumps([*LANGS, "no"]), "data.unseen_languages": '["no"]',
+        "data.validation_size": "2", "data.test_source": str(tests), "data.skip_bad_records": "true",
+        "grid.models": '["tiny-random-gemma3"]', "grid.model_params_billions": '{"tiny-random-gemma3": 0.01}',
+        "lora.lora.target_modules": '["q_proj", "v_proj"]', "lora.epochs": "1", "lora.max_length": "64",
+        "lora.effective_batch": "8", "full.epochs": "1", "full.max_length": "64", "full.effective_batch": "8",
+        "eval.decoding.max_new_tokens": "6", "eval.decoding_full.max_new_tokens": "6",
+        "eval.judge.base_url": double.base_url, "eval.judge.model": "judge-double", "eval.judge.api_key_env": key_env,
+    }
+    return [a for key, value in settings.items() for a in ("-s", key, value)]
+
+
+def test_paper_profile_in_miniature(tmp_path, tiny_model_dir, double, monkeypatch, capsys):
+    """The paper profile's own settings on miniature data: check and plan, the array's job list
+    from the data, one job trained as a task trains it, evaluated with the paper's beam search and
+    judged through the test double."""
+    from polyalpaca.cli import main as cli
+
+    monkeypatch.setenv("POLYALPACA_JUDGE_KEY", "sk-judge-test")
+    paper = str(ROOT / "polyalpaca" / "profiles" / "paper.toml")
+    settings = _paper_in_miniature(tmp_path, double, "POLYALPACA_JUDGE_KEY")
+    artefacts = tmp_path / "artefacts"
+    common = ["--profile", paper, "--artefacts", str(artefacts), *settings]
+    assert cli(["check", *common]) == 0
+    assert cli(["plan", *common]) == 0
+    out = capsys.readouterr().out
+    assert "lora-multilingual" in out and "data not readable" not in out
+
+    profile = load_profile(paper, dict(zip(settings[1::3], settings[2::3])))
+    assert (profile.eval.decoding.num_beams, profile.eval.decoding.no_repeat_ngram_size) == (4, 6)
+    exp = Experiment(profile, artefacts)
+    listing = grid_jobs(exp)
+    assert listing.from_data and len(listing.jobs) == 10  # 2 methods x (3 monolingual + multilingual + downsampled)
+    job = next(j for j in listing.jobs if j.label == "lora-multilingual-s42")
+    assert cli(["train", *common, "--run", job.run_id]) == 0
+    assert [j.index for j in grid_jobs(Experiment(profile, artefacts)).jobs if j.done] == [job.index]
+    record = json.loads((exp.run_dir(next(r for r in exp.runs(include_base=False) if r.run_id == job.run_id))
+                         / "run.json").read_text())
+    assert (record["processes"], record["gradient_accumulation"], record["examples_per_optimizer_step"]) == (1, 2, 8)
+
+    run = next(r for r in exp.runs(include_base=False) if r.run_id == job.run_id)
+    exp.evaluate(run)
+    answers = exp.run_answers(run)
+    assert len(answers) == 2 * 4  # two prompts per test language
+    assert exp.skipped == {"test prompts ru": 1}  # the malformed line, skipped and counted
+    judged = exp.judge_all()
+    assert judged["scored"] == len(answers) and judged["failed"] == 0
+    judge_requests = [r for r in double.requests if r.path.endswith("/chat/completions")]
+    assert len(judge_requests) == len(answers) and all(r.json["model"] == "judge-double" for r in judge_requests)
