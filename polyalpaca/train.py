@@ -111,7 +111,7 @@ class EpochLines(TrainerCallback):
     kept in the run's ``log_history``, which the chapters plot."""
 
     def on_log(self, args, state, control, logs=None, **kwargs):
-        if not state.is_local_process_zero or not logs:
+        if not state.is_world_process_zero or not logs:  # one line per launch, not one per node
             return
         if "eval_loss" in logs:
             print(f"  epoch {logs.get('epoch', 0):g}: validation loss {logs['eval_loss']:.4f}", flush=True)

@@ -105,12 +105,12 @@ def assert_same_training(one: Path, two: Path, weights_file: str) -> None:
 
 
 def assert_written_once(run_dir: Path, output: str, epochs: int) -> None:
-    """One process reported and wrote; both trained."""
+    """One process reported and wrote the records (both trained: DDP needs both at every step)."""
     assert (run_dir / "DONE").read_text().count("\n") == 1
     assert not (run_dir / "checkpoints").exists()
     assert not list(run_dir.rglob(".*.tmp"))  # no write left half done
     assert output.count("validation loss") == epochs  # the progress lines come from the main process only
-    assert output.count('"run_dir"') == 2  # ... while both processes ran the command to its end
+    assert output.count("mean training loss") == 1
 
 
 def test_two_processes_full_tuning_equals_one(tmp_path, tiny_model_dir):
