@@ -146,10 +146,14 @@ def cmd_data(args) -> int:
 
 def cmd_train(args) -> int:
     exp = _experiment(args)
+    from .train import launched_processes
+
+    main_process = launched_processes().is_main
     for run in exp.find_runs(args.run):  # a name without -s<seed> means every seed
         result = exp.train(run)
-        print(json.dumps({"run": run.label, **{k: result[k] for k in ("run_dir", "steps", "seconds", "best_eval_loss")
-                                                if k in result}}))
+        if main_process:
+            print(json.dumps({"run": run.label, **{k: result[k] for k in ("run_dir", "steps", "seconds",
+                                                                          "best_eval_loss") if k in result}}))
     return 0
 
 

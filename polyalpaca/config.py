@@ -334,8 +334,9 @@ def _json_text(text: str) -> Any:
 
 def _convert(value: Any, hint: Any) -> Any:
     """``value`` as type ``hint``, or ``_INVALID``. Text (from the command line) converts where
-    that is unambiguous; a number stays as given (a float field keeps the whole number 2 as 2, so
-    that ``-s lora.epochs 2`` and ``epochs = 2`` in the file are the same setting)."""
+    that is unambiguous; a float field holds a float (the whole number 2 becomes 2.0), so that
+    ``-s lora.epochs 2``, ``-s lora.epochs 2.0`` and ``epochs = 2`` in the file are one setting,
+    with one run id."""
     if _is_union(hint):
         if type(None) in typing.get_args(hint) and (
                 value is None or (isinstance(value, str) and value.strip().lower() in ("none", "null"))):
@@ -364,7 +365,7 @@ def _convert(value: Any, hint: Any) -> Any:
         if isinstance(value, str):
             value = _number_text(value)
         ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-        return value if ok else _INVALID
+        return float(value) if ok else _INVALID
     if hint is str:
         return value if isinstance(value, str) else _INVALID
     origin, args = typing.get_origin(hint), typing.get_args(hint)

@@ -369,9 +369,10 @@ class Experiment:
         if e.backend == "server":
             from .serving import answer_prompts_via_server
 
-            adapter = run.model_key if (e.server.lora_adapters and run.method == "lora") else None
+            # Every trained run is served under its model key (a LoRA adapter or a full model).
+            adapter = None if run.method == "base" else run.model_key
             return answer_prompts_via_server(prompts, self.template, self.decoding(run.method), e.server,
-                                             adapter, self.root / "llm-cache")
+                                             adapter, self.root / "llm-cache", base_model=run.model)
         return answer_prompts(model, tokenizer, self.template, prompts, self.decoding(run.method))
 
     def evaluate(self, run: GridRun) -> dict:

@@ -49,12 +49,17 @@ def _one_of(key: str, value: str, allowed: tuple[str, ...]) -> list[str]:
     return [f"{key}: expected {names}, got {value!r}"]
 
 
+def _number(value) -> str:
+    """A number as a user would write it: 0, 1, 0.5, 1e-05 (a float field's 0.0 shows as 0)."""
+    return f"{value:g}" if isinstance(value, float) else repr(value)
+
+
 def _at_least(key: str, value: float, low: float) -> list[str]:
-    return [] if value >= low else [f"{key}: must be >= {low}, got {value!r}"]
+    return [] if value >= low else [f"{key}: must be >= {low}, got {_number(value)}"]
 
 
 def _above(key: str, value: float, low: float) -> list[str]:
-    return [] if value > low else [f"{key}: must be > {low}, got {value!r}"]
+    return [] if value > low else [f"{key}: must be > {low}, got {_number(value)}"]
 
 
 def _twice(key: str, values: list) -> list[str]:
@@ -113,12 +118,12 @@ def check_training_numbers(p: Profile) -> list[str]:
         problems += _at_least(f"{m}.max_length", c.max_length, 1)
         problems += _at_least(f"{m}.warmup_steps", c.warmup_steps, 0)
         if not 0 <= c.warmup_ratio < 1:
-            problems.append(f"{m}.warmup_ratio: must be >= 0 and < 1, got {c.warmup_ratio!r}")
+            problems.append(f"{m}.warmup_ratio: must be >= 0 and < 1, got {_number(c.warmup_ratio)}")
         problems += _at_least(f"{m}.weight_decay", c.weight_decay, 0)
         problems += _at_least(f"{m}.logging_steps", c.logging_steps, 1)
         problems += _at_least(f"{m}.lora.r", c.lora.r, 1)
         if not 0 <= c.lora.dropout < 1:
-            problems.append(f"{m}.lora.dropout: must be >= 0 and < 1, got {c.lora.dropout!r}")
+            problems.append(f"{m}.lora.dropout: must be >= 0 and < 1, got {_number(c.lora.dropout)}")
         if not c.lora.target_modules:
             problems.append(f"{m}.lora.target_modules: empty; name the modules that get an adapter")
     return problems
@@ -251,7 +256,7 @@ def check_grid(p: Profile) -> list[str]:
 def check_findings(p: Profile) -> list[str]:
     """``findings``: alpha in (0, 1), margins >= 0, at least one bootstrap resample and seed."""
     f = p.findings
-    problems = [] if 0 < f.alpha < 1 else [f"findings.alpha: must be > 0 and < 1, got {f.alpha!r}"]
+    problems = [] if 0 < f.alpha < 1 else [f"findings.alpha: must be > 0 and < 1, got {_number(f.alpha)}"]
     problems += [msg for name, margin in f.margins.items() for msg in _at_least(f"findings.margins.{name}", margin, 0)]
     problems += _at_least("findings.n_boot", f.n_boot, 1)
     return problems + _at_least("findings.min_seeds", f.min_seeds, 1)
@@ -281,6 +286,11 @@ def check_eval_backend(p: Profile) -> list[str]:
         return _one_of("eval.backend", e.backend, EVAL_BACKENDS)
     problems = [] if e.server.base_url else [
         "eval.server.base_url: empty; eval.backend = 'server' needs the server's URL, e.g. http://localhost:8000/v1"]
+    from .serving import server_decoding_problems  # only for the server backend (it imports openai)
+
+    for key, decoding in (("eval.decoding", e.decoding), ("eval.decoding_full", e.decoding_full)):
+        if decoding is not None:
+            problems += [f"{key}.{problem}" for problem in server_decoding_problems(decoding)]
     return problems + _at_least("eval.server.max_concurrency", e.server.max_concurrency, 1)
 
 

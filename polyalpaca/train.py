@@ -44,29 +44,12 @@ from .files import atomic_write_json, atomic_write_text, write_jsonl
 from . import packed_attention
 from .fused_loss import add_fast_lm_loss
 from .models import load_model, load_tokenizer
-from .prompts import PromptTemplate
+from .prompts import PromptTemplate, tokenize_example  # noqa: F401  (tokenize_example: re-exported)
 
 log = logging.getLogger(__name__)
 
 
 # --- data -------------------------------------------------------------------------------
-
-def tokenize_example(record: Record, tokenizer, template: PromptTemplate, max_length: int,
-                     loss_on: str) -> dict:
-    """Token ids and labels of one example: [bos] prompt response eos, cut at ``max_length``.
-
-    ``loss_on="all"`` trains on prompt and response (the paper's LoRA recipe); ``"response"``
-    masks the prompt with -100 (the paper's full fine-tuning recipe)."""
-    if loss_on not in ("all", "response"):
-        raise ValueError(f"loss_on must be 'all' or 'response', got {loss_on!r}")
-    prompt_ids = tokenizer(template.build(record.instruction, record.input), add_special_tokens=False)["input_ids"]
-    response_ids = tokenizer(record.output, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
-    if tokenizer.bos_token_id is not None:
-        prompt_ids = [tokenizer.bos_token_id] + prompt_ids
-    input_ids = (prompt_ids + response_ids)[:max_length]
-    labels = list(input_ids) if loss_on == "all" else ([-100] * len(prompt_ids) + response_ids)[:max_length]
-    return {"input_ids": input_ids, "labels": labels}
-
 
 def tokenize_records(records: list[Record], tokenizer, template: PromptTemplate, max_length: int,
                      loss_on: str) -> Dataset:
@@ -232,9 +215,12 @@ def build_sft_config(cfg: TrainConfig, output_dir: Path, *, has_validation: bool
         ddp_find_unused_parameters=False,  # every trainable weight gets a gradient (LoRA and full)
         gradient_checkpointing=checkpointing,
         eval_strategy="epoch" if evaluate else "no",
-        save_strategy="epoch",
+        # A run of one epoch or less has nothing to choose between and nothing to resume from
+        # within it: no epoch checkpoint (for full tuning, weights plus AdamW moments: 12 bytes
+        # per parameter written for nothing). Interrupted, such a run restarts cleanly.
+        save_strategy="epoch" if cfg.epochs > 1 else "no",
         save_total_limit=2,
-        load_best_model_at_end=evaluate and cfg.best_by_validation,
+        load_best_model_at_end=evaluate and cfg.best_by_validation and cfg.epochs > 1,
         metric_for_best_model="eval_loss",
         greater_is_better=False,
         logging_steps=cfg.logging_steps,
@@ -312,10 +298,10 @@ def train(model_spec: str, train_records: list[Record], validation_records: list
         trainer_cls = FastSFTTrainer
         if cfg.vocab_subset:
             if vocab_ids is None:
-                raise ValueError("train.vocab_subset needs the vocabulary (polyalpaca.vocab.data_vocabulary)")
+                raise ValueError(f"{cfg.method}.vocab_subset needs the vocabulary (polyalpaca.vocab.data_vocabulary)")
             extra["vocab_ids"] = vocab_ids
     elif cfg.vocab_subset:
-        raise ValueError("train.vocab_subset works only with the fast path (fast_path = true)")
+        raise ValueError(f"{cfg.method}.vocab_subset works only with the fast path ({cfg.method}.fast_path = true)")
     else:
         trainer_cls = SFTTrainer
     trainer = trainer_cls(**extra, model=model, args=args, train_dataset=train_ds, eval_dataset=val_ds,

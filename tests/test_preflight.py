@@ -69,7 +69,7 @@ def test_training_numbers():
     assert pf.check_training_numbers(p) == [
         "lora.epochs: must be > 0, got 0",
         "lora.batch_size: must be >= 1, got 0",
-        "lora.warmup_ratio: must be >= 0 and < 1, got 1.0",
+        "lora.warmup_ratio: must be >= 0 and < 1, got 1",
         "lora.lora.dropout: must be >= 0 and < 1, got 1.5",
         "full.learning_rate: must be > 0, got -1",
         "full.lora.target_modules: empty; name the modules that get an adapter",
@@ -191,6 +191,12 @@ def test_eval_backend():
     assert pf.check_eval_backend(tiny(eval__backend="vllm")) == ["eval.backend: expected local or server, got 'vllm'"]
     assert pf.check_eval_backend(tiny(eval__backend="server")) == [
         "eval.server.base_url: empty; eval.backend = 'server' needs the server's URL, e.g. http://localhost:8000/v1"]
+    # Decoding a completions server cannot do is reported before any run.
+    served = tiny(eval__backend="server", eval__server__base_url="http://localhost:8000/v1",
+                  eval__decoding__no_repeat_ngram_size="6")
+    assert pf.check_eval_backend(served) == [
+        "eval.decoding.no_repeat_ngram_size = 6: no completions server (vLLM, llama.cpp, TGI) implements it; set it "
+        "to 0 for eval.backend = 'server', or answer in-process (eval.backend = 'local')"]
 
 
 def test_likelihood_needs_test_prompts_with_references(tmp_path):

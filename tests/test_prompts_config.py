@@ -97,7 +97,10 @@ def test_command_line_text_converts_where_unambiguous():
                               "data.train_languages": '["en", "ru"]', "grid.seeds": "[1, 2]",
                               "findings.margins": '{"quality": 0.1}', "eval.decoding.stop_strings": '["###"]',
                               "eval.judge.model": "123", "eval.decoding_full": "none"})
-    assert p.lora.epochs == 2 and isinstance(p.lora.epochs, int)  # as `epochs = 2` in the file
+    assert p.lora.epochs == 2 and isinstance(p.lora.epochs, float)  # a float field holds a float
+    # One setting, one run id: 0, 0.0 and "0" for a float field are the same value.
+    same = [load_profile("tiny", {"lora.lora.dropout": v}).lora.lora.dropout for v in (0, 0.0, "0")]
+    assert all(d == 0.0 and isinstance(d, float) for d in same)
     assert p.lora.learning_rate == 0.001 and p.lora.batch_size == 8 and p.lora.vocab_subset is True
     assert p.data.train_limit is None and p.data.test_limit is None
     assert p.data.train_languages == ["en", "ru"] and p.grid.seeds == [1, 2]
@@ -124,7 +127,7 @@ def test_a_toml_mistake_names_the_file(tmp_path):
 
 def test_every_setting_has_help():
     rows = settings_help(load_profile("cpu"))
-    assert ("lora.epochs", "a number", "2", "passes over the training set") in rows
+    assert ("lora.epochs", "a number", "2.0", "passes over the training set") in rows
     assert ("eval.decoding_full", "a table of settings or none", "null",
             "decoding for full fine-tuning, when it differs") in rows
     assert [key for key, _, _, text in rows if not text] == []

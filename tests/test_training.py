@@ -139,14 +139,23 @@ def test_grid_caches_finished_runs(tmp_path, tiny_model_dir):
     changed = Experiment(load_profile("tiny", {"grid.methods": ["lora"], "grid.recipes": ["english-only"],
                                                "data.train_limit": 6, "lora.learning_rate": 5e-4}), tmp_path)
     assert changed.runs(include_base=False)[0].run_id != run.run_id
-    # Answers are stored per language next to their decoding settings, and reused.
-    scored = exp.evaluate(run)
-    assert {s.lang for s in scored} == set(profile.data.test_languages)
-    path = exp.generations_path(run, "ru")
-    stamp = path.stat().st_mtime
+    # Another seed is another run, with its own model.
+    reseeded = Experiment(load_profile("tiny", {"grid.methods": ["lora"], "grid.recipes": ["english-only"],
+                                                "data.train_limit": 6, "grid.seeds": [7]}), tmp_path)
+    (other,) = reseeded.runs(include_base=False)
+    assert other.run_id != run.run_id and other.label == "lora-english-only-s7" and not reseeded.is_trained(other)
+    # Answers are stored per language under a key of what made them, and reused.
+    done = exp.evaluate(run)
+    assert set(done["generated"]) == set(profile.data.test_languages) and done["loaded"]
+    answers = exp.run_answers(run)
+    assert set(answers["lang"]) == set(profile.data.test_languages)
+    stored = exp._answers(run, "ru")
+    stamp = stored.path.stat().st_mtime
     again = exp.evaluate(run)
-    assert [s.response for s in again] == [s.response for s in scored] and path.stat().st_mtime == stamp
-    assert json.loads(path.with_suffix(".json").read_text())["decoding"]["max_new_tokens"] == 6
+    assert again == {"generated": [], "likelihood_scored": [], "loaded": False}
+    assert exp.run_answers(run)["response"].tolist() == answers["response"].tolist()
+    assert stored.path.stat().st_mtime == stamp
+    assert json.loads(stored.inputs_path.read_text())["decoding"]["max_new_tokens"] == 6
 
 
 def test_packed_attention_equals_padded_batch(tiny_model_dir, tokenizer, template):
