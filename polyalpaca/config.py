@@ -24,10 +24,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from .data import EMBEDDED_TRAIN_LANGUAGES  # the paper's nine training languages
 from .paths import PACKAGE_DIR
 
 PROFILES_DIR = PACKAGE_DIR / "profiles"
-PAPER_TRAIN_LANGUAGES = ["en", "bg", "cs", "de", "es", "fi", "fr", "ru", "zh"]
 
 
 def setting(default: Any = dataclasses.MISSING, help: str = "", *, factory: Callable[[], Any] | None = None) -> Any:
@@ -76,7 +76,7 @@ class DataConfig:
     """Which instruction data and test prompts to use."""
 
     source: str = setting("embedded", "training data: embedded, hub or files")
-    train_languages: list[str] = setting(PAPER_TRAIN_LANGUAGES, "languages of the training data")
+    train_languages: list[str] = setting(list(EMBEDDED_TRAIN_LANGUAGES), "languages of the training data")
     test_languages: list[str] = setting(["en", "es", "ru", "zh", "bg", "bn", "no"], "languages of the test prompts")
     unseen_languages: list[str] = setting(["bn", "no"], "test languages no recipe trains on")
     train_limit: int | None = setting(None, "records per language (the first N ids); none = all")

@@ -358,7 +358,7 @@ class Experiment:
         tokenizer = load_tokenizer(run.model)
         if run.method == "base":
             return load_model(run.model), tokenizer
-        from .train import load_trained
+        from .models import load_trained
 
         return load_trained(self.run_dir(run) / "model", run.model), tokenizer
 

@@ -114,3 +114,14 @@ def load_model(spec: str, dtype: torch.dtype = torch.float32, device: str | None
     if device:
         model.to(device)
     return model
+
+
+def load_trained(model_dir: str | Path, base_spec: str):
+    """A fine-tuned model for generation and scoring: LoRA adapters are merged into their base;
+    a fully fine-tuned model is loaded as it was saved."""
+    model_dir = Path(model_dir)
+    if (model_dir / "adapter_config.json").exists():
+        from peft import PeftModel
+
+        return PeftModel.from_pretrained(load_model(base_spec), str(model_dir)).merge_and_unload()
+    return AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32)

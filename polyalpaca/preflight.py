@@ -296,16 +296,13 @@ def check_eval_backend(p: Profile) -> list[str]:
 
 def _has_references(path: Path) -> str:
     """'' when every prompt in the JSONL file has a non-empty reference, else where the first does not."""
-    with path.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                return f"{path}:{lineno} is not valid JSON"
-            if not (isinstance(row, dict) and isinstance(row.get("reference"), str) and row["reference"].strip()):
-                return f"{path}:{lineno} has no reference answer"
+    from .files import JsonlError, iter_jsonl
+
+    for lineno, row in iter_jsonl(path):
+        if isinstance(row, JsonlError):
+            return f"{path}:{lineno} is not valid JSON"
+        if not (isinstance(row, dict) and isinstance(row.get("reference"), str) and row["reference"].strip()):
+            return f"{path}:{lineno} has no reference answer"
     return ""
 
 

@@ -43,7 +43,7 @@ from .data import Record
 from .files import atomic_write_json, atomic_write_text, write_jsonl
 from . import packed_attention
 from .fused_loss import add_fast_lm_loss
-from .models import load_model, load_tokenizer
+from .models import load_model, load_tokenizer, load_trained  # noqa: F401  (load_trained: re-exported)
 from .prompts import PromptTemplate, tokenize_example  # noqa: F401  (tokenize_example: re-exported)
 
 log = logging.getLogger(__name__)
@@ -375,16 +375,3 @@ def train_run(run_dir: str | Path, model_spec: str, train_records: list[Record],
         # are only needed while the run is unfinished.
         shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
     return asdict(result)
-
-
-def load_trained(model_dir: str | Path, base_spec: str):
-    """A fine-tuned model for generation: LoRA adapters are merged into their base."""
-    model_dir = Path(model_dir)
-    if (model_dir / "adapter_config.json").exists():
-        from peft import PeftModel
-
-        base = load_model(base_spec)
-        return PeftModel.from_pretrained(base, str(model_dir)).merge_and_unload()
-    from transformers import AutoModelForCausalLM
-
-    return AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32)
