@@ -4,7 +4,6 @@ from __future__ import annotations
 import logging
 import random
 import textwrap
-import time
 import warnings
 from typing import TYPE_CHECKING
 

@@ -23,6 +23,7 @@ seeds is exploratory and kept out of the counts.
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from statistics import NormalDist
 
@@ -308,6 +309,39 @@ def worked_bootstrap(a: list[float], b: list[float], n_boot: int = 5, seed: int 
         idx = rng.integers(0, len(diff), len(diff))
         rows.append({"resample": k + 1, "prompts drawn": " ".join(str(i + 1) for i in idx),
                      "mean difference": float(diff[idx].mean())})
+    return pd.DataFrame(rows)
+
+
+# --- report tables of the training ------------------------------------------------------------
+
+def loss_history_frame(exp) -> pd.DataFrame:
+    """Training and validation losses of every trained run (one row per logged value)."""
+    rows = []
+    for run in exp.runs(include_base=False):
+        path = exp.run_dir(run) / "train_result.json"
+        if not path.exists():
+            continue
+        for h in json.loads(path.read_text())["log_history"]:
+            base = {"run": run.name, "seed": run.seed, "method": run.method, "recipe": run.recipe,
+                    "epoch": h.get("epoch"), "step": h.get("step")}
+            if "loss" in h:
+                rows.append({**base, "loss": h["loss"], "split": "train"})
+            if "eval_loss" in h:
+                rows.append({**base, "loss": h["eval_loss"], "split": "validation"})
+    return pd.DataFrame(rows)
+
+
+def runs_frame(exp) -> pd.DataFrame:
+    """One row per trained run: size, budget, seed, steps, time and best validation loss."""
+    rows = []
+    for run in exp.runs(include_base=False):
+        path = exp.run_dir(run) / "train_result.json"
+        result = json.loads(path.read_text()) if path.exists() else {}
+        rows.append({"run": run.name, "method": run.method, "recipe": run.recipe, "seed": run.seed,
+                     "languages": " ".join(run.languages), "examples": run.train_examples,
+                     "budget units": run.budget_units, "epochs": run.epochs, "tokens": result.get("train_tokens"),
+                     "steps": result.get("steps"), "seconds": result.get("seconds"),
+                     "best validation loss": result.get("best_eval_loss"), "trained model": run.train_key})
     return pd.DataFrame(rows)
 
 

@@ -15,7 +15,6 @@ resumes from its last checkpoint. Answers, scores, likelihoods and judge verdict
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import platform
 import subprocess
@@ -568,38 +567,4 @@ def likelihood_columns(rows):
     out["nll_per_byte"] = -own["logprob"] / own["bytes"]
     out["lang_logodds"] = own["logprob"] - english["logprob"].reindex(own.index)
     return out.reset_index()
-
-
-def loss_history_frame(exp: Experiment):
-    """Training and validation losses of every trained run (one row per logged value)."""
-    import pandas as pd
-
-    rows = []
-    for run in exp.runs(include_base=False):
-        path = exp.run_dir(run) / "train_result.json"
-        if not path.exists():
-            continue
-        for h in json.loads(path.read_text())["log_history"]:
-            base = {"run": run.name, "seed": run.seed, "method": run.method, "recipe": run.recipe,
-                    "epoch": h.get("epoch"), "step": h.get("step")}
-            if "loss" in h:
-                rows.append({**base, "loss": h["loss"], "split": "train"})
-            if "eval_loss" in h:
-                rows.append({**base, "loss": h["eval_loss"], "split": "validation"})
-    return pd.DataFrame(rows)
-
-
-def runs_frame(exp: Experiment):
-    """One row per trained run: size, budget, seed, steps, time and best validation loss."""
-    import pandas as pd
-
-    rows = []
-    for run in exp.runs(include_base=False):
-        path = exp.run_dir(run) / "train_result.json"
-        result = json.loads(path.read_text()) if path.exists() else {}
-        rows.append({"run": run.name, "method": run.method, "recipe": run.recipe, "seed": run.seed,
-                     "languages": " ".join(run.languages), "examples": run.train_examples,
-                     "budget units": run.budget_units, "epochs": run.epochs, "tokens": result.get("train_tokens"),
-                     "steps": result.get("steps"), "seconds": result.get("seconds"),
-                     "best validation loss": result.get("best_eval_loss"), "trained model": run.train_key})
-    return pd.DataFrame(rows)
+from .findings import loss_history_frame, runs_frame  # noqa: E402,F401  (moved to findings; the training chapter imports them from here until it is updated)

@@ -16,7 +16,6 @@ lists, the recipe names, the environment and the file system.
 """
 from __future__ import annotations
 
-import json
 import os
 import re
 from pathlib import Path

@@ -234,4 +234,30 @@ def test_killed_training_resumes_from_its_checkpoint(tmp_path, tiny_model_dir):
     (done,) = root.rglob("DONE")
     result = json.loads((done.parent / "train_result.json").read_text())
     epochs = sorted({h["epoch"] for h in result["log_history"] if "eval_loss" in h})
-    assert result["steps"] == 3 * 4 and epochs == [1.0, 2.0, 3.0] and "lora-english-only-s1" in out
+    assert result["steps"] == 3 * 2 and epochs == [1.0, 2.0, 3.0] and "lora-english-only-s1" in out
+
+
+def test_a_chapter_past_its_timeout_is_stopped_and_named(tmp_path):
+    from polyalpaca.book import ChapterError, execute_chapter
+
+    params = {"profile": "tiny", "artefacts_dir": str(tmp_path / "artefacts"), "overrides": {}}
+    start = time.time()
+    with pytest.raises(ChapterError, match=r"chapter 03_training timed out after 4 s and was stopped"):
+        execute_chapter("03_training", params, tmp_path / "03_training.ipynb", timeout_s=4)
+    assert time.time() - start < 60
+    leftover = subprocess.run(["pgrep", "-f", str(tmp_path)], capture_output=True, text=True).stdout.split()
+    assert not leftover  # the chapter's kernel went with it
+
+
+def test_translation_study_is_keyed_by_its_settings(tmp_path, tiny_model_dir, monkeypatch):
+    from polyalpaca import translate
+
+    calls = []
+    original = translate.translate_records
+    monkeypatch.setattr(translate, "translate_records", lambda *a, **k: calls.append(1) or original(*a, **k))
+    settings = load_profile("tiny").translation
+    first = translate.translation_study(settings, tmp_path)
+    again = translate.translation_study(settings, tmp_path)
+    assert len(calls) == 1 and again == first
+    fewer = load_profile("tiny", {"translation.records": 1}).translation
+    assert translate.translation_study(fewer, tmp_path)["records"] == 1 and len(calls) == 2
