@@ -43,12 +43,12 @@ def setup(profile: str, artefacts_dir: str = "", overrides: dict | None = None) 
     return exp
 
 
-def glue(name: str, value, display: bool = False):
-    """Make a value available to the page's prose ({glue:text}`name`), as myst-nb does."""
+def glue(name: str, value, display: bool = False) -> None:
+    """Make a value available to the page's prose ({glue:text}`name`), as myst-nb does. Returns
+    nothing, so a cell that ends with it shows no stray value."""
     from myst_nb import glue as _glue
 
     _glue(name, value, display=display)
-    return value
 
 
 def say(text: str, width: int = 88) -> None:
