@@ -228,13 +228,13 @@ def plot_tokens_per_language(frame: pd.DataFrame, highlight: list[str] | None = 
     _style()
     order = frame.sort_values("tokens relative to English")
     colours = ["#0072b2" if not highlight or lang in highlight else "#a6c8e0" for lang in order["language"]]
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6), constrained_layout=True)
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.6), constrained_layout=True)
     for ax, column, title in [(axes[0], "tokens per character", "Tokens per character"),
                               (axes[1], "tokens relative to English", "Tokens for the same records (English = 1)")]:
         ax.bar(order["language"], order[column], color=colours)
         ax.set(title=title, xlabel="language", ylabel=column)
         for x, y in enumerate(order[column]):
-            ax.annotate(f"{y:.2f}", (x, y), ha="center", va="bottom", fontsize=9)
+            ax.annotate(f"{y:.2f}", (x, y), ha="center", va="bottom", fontsize=8)
     axes[1].axhline(1.0, color="#555", lw=1, ls="--")
     if highlight:
         from matplotlib.patches import Patch
@@ -341,7 +341,8 @@ def learning_rate_table(profile, counts: dict | None = None) -> pd.DataFrame:
     rows = []
     for method in ("lora", "full"):
         cfg = profile.train_config(method)
-        warm = f"{cfg.warmup_steps} steps" if cfg.warmup_steps else f"{cfg.warmup_ratio:.0%} of the steps"
+        warm = (f"{cfg.warmup_ratio:.0%} of the steps" if cfg.warmup_ratio > 0
+                else f"{cfg.warmup_steps} steps" if cfg.warmup_steps else "none")
         row = {"method": METHOD_NAMES[method], "learning rate": f"{cfg.learning_rate:g}", "schedule": cfg.scheduler,
                "warm-up": warm, "epochs": f"{cfg.epochs:g}"}
         if counts:
@@ -352,12 +353,14 @@ def learning_rate_table(profile, counts: dict | None = None) -> pd.DataFrame:
 
 
 def learning_rate_frame(exp) -> pd.DataFrame:
-    """The learning rate at every logged step of every trained run, as the trainer recorded it."""
-    rows = []
+    """The learning rate at every logged step of every trained model, as the trainer recorded it
+    (a model shared by two runs, like English-only and monolingual-en, once)."""
+    rows, seen = [], set()
     for run in exp.runs(include_base=False):
         path = exp.run_dir(run) / "train_result.json"
-        if not path.exists():
+        if not path.exists() or path in seen:
             continue
+        seen.add(path)
         history = [h for h in json.loads(path.read_text())["log_history"] if "learning_rate" in h]
         last = max((h["step"] for h in history), default=1)
         rows += [{"run": run.name, "method": METHOD_NAMES.get(run.method, run.method), "step": h["step"],
@@ -381,15 +384,20 @@ def plot_learning_rates(frame: pd.DataFrame):
 # --- training: one prompt, every model -------------------------------------------------------
 
 def side_by_side(answers: pd.DataFrame, lang: str | None = None, prompt_id: str | None = None,
-                 width: int = 160) -> pd.DataFrame | None:
+                 width: int = 160, languages: list[str] | None = None) -> pd.DataFrame | None:
     """One prompt answered by the base model and by every tuned model, from the stored answers
     (``Experiment.answers_frame``); None when no answers are stored yet. By default the first
-    prompt of the first non-English language that every model answered."""
+    prompt of the first non-English language, in the order of ``languages`` (the profile's test
+    languages), that the most models answered."""
     if answers is None or answers.empty:
         return None
+    if "seed" in answers:  # one training seed: the first (the base model has none)
+        first = answers["seed"].dropna().min()
+        answers = answers[answers["seed"].isna() | (answers["seed"] == first)]
     if lang is None:
         counts = answers.groupby("lang")["run"].nunique()
-        full = [l for l in counts.index if counts[l] == counts.max()]
+        order = [l for l in (languages or []) if l in counts.index] + sorted(set(counts.index) - set(languages or []))
+        full = [l for l in order if counts[l] == counts.max()]
         lang = next((l for l in full if l != "en"), full[0])
     sub = answers[answers["lang"] == lang]
     prompt_id = prompt_id or sorted(sub["prompt_id"])[0]
