@@ -263,3 +263,56 @@ def test_every_chapter_follows_the_template():
         positions = [lines.index(h) if h in lines else -1 for h in headings]
         assert -1 not in positions and positions == sorted(positions), (name, dict(zip(headings, positions)))
         assert lines[positions[-1] + 1:] and lines[positions[-1] + 1].startswith("1."), name
+
+
+# --- the workflows that build, test and publish the book ------------------------------------
+
+WORKFLOWS = Path(__file__).resolve().parents[1] / ".github" / "workflows"
+
+
+def test_workflows_pass_the_workflow_linter():
+    """GitHub's workflow schema (check-jsonschema's vendored copy: actionlint's PyPI wrapper
+    downloads its binary from GitHub when installed, which offline machines cannot do)."""
+    import subprocess
+    import sys
+
+    linter = Path(sys.executable).parent / "check-jsonschema"
+    assert linter.exists(), "check-jsonschema is in the test extra: make test installs it"
+    files = sorted(str(p) for p in WORKFLOWS.glob("*.yml"))
+    assert len(files) >= 2
+    done = subprocess.run([str(linter), "--builtin-schema", "vendor.github-workflows", *files],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def _steps(workflow: dict) -> list[dict]:
+    return [step for job in workflow["jobs"].values() for step in job.get("steps", [])]
+
+
+def test_book_workflow_builds_caches_and_publishes():
+    import yaml
+
+    book = yaml.safe_load((WORKFLOWS / "book.yml").read_text())
+    steps = _steps(book)
+    runs = " ".join(s.get("run", "") for s in steps)
+    assert "make book" in runs
+    cached = {s["with"]["path"]: s["with"]["key"] for s in steps if s.get("uses", "").startswith("actions/cache@")}
+    assert "~/.cache/polyalpaca" in cached and "artefacts" in cached
+    assert "PROFILE" in cached["artefacts"] and "profiles/" in cached["artefacts"]
+    upload = next(s for s in steps if s.get("uses", "").startswith("actions/upload-pages-artifact@"))
+    assert upload["with"]["path"] == "_build/html"
+    assert any(s.get("uses", "").startswith("actions/deploy-pages@") for s in steps)
+    assert book["permissions"]["pages"] == "write" and book["permissions"]["id-token"] == "write"
+    # Every action is pinned to a release, never a moving branch.
+    for step in steps:
+        if "uses" in step:
+            assert "@v" in step["uses"], step["uses"]
+
+
+def test_tests_workflow_runs_make_test_where_chromium_can_be_installed():
+    import yaml
+
+    tests = yaml.safe_load((WORKFLOWS / "tests.yml").read_text())
+    job = next(iter(tests["jobs"].values()))
+    assert "make test" in " ".join(s.get("run", "") for s in job["steps"])
+    assert "bookworm" in job["container"]  # Debian, as root: make system-deps installs chromium
