@@ -12,15 +12,35 @@ import torch
 from .config import DecodingConfig  # defined with the other settings; still importable from here
 
 
+class StopAtText:
+    """Stops a sequence once its new text contains one of ``stops`` (the template's next section).
+
+    transformers' own ``stop_strings`` builds a table over the whole vocabulary on every
+    ``generate`` call: 2-4 s per call with Gemma's 262k tokens, more than generating a batch of
+    short answers. Here only the last few new tokens of each sequence are decoded per step. The
+    answer is cut at the stop text afterwards either way, so the text returned is the same."""
+
+    def __init__(self, tokenizer, stops: Sequence[str], prompt_length: int, tail_tokens: int = 16):
+        self.tokenizer, self.stops, self.start, self.tail = tokenizer, list(stops), prompt_length, tail_tokens
+
+    def __call__(self, input_ids: torch.Tensor, scores, **kwargs) -> torch.Tensor:
+        new = input_ids[:, self.start:]
+        texts = self.tokenizer.batch_decode(new[:, -self.tail:], skip_special_tokens=True)
+        return torch.tensor([any(stop in text for stop in self.stops) for text in texts], device=input_ids.device)
+
+
 def _generate_batch(model, tokenizer, prompts: Sequence[str], decoding: DecodingConfig) -> list[str]:
+    from transformers import StoppingCriteriaList
+
     tokenizer.padding_side = "left"
     enc = tokenizer(list(prompts), return_tensors="pt", padding=True).to(model.device)
+    stopping = StoppingCriteriaList([StopAtText(tokenizer, decoding.stop_strings, enc["input_ids"].shape[1])]
+                                    if decoding.stop_strings else [])
     with torch.inference_mode():
         out = model.generate(
             **enc,
             **decoding.generate_kwargs(),
-            stop_strings=list(decoding.stop_strings) or None,
-            tokenizer=tokenizer,
+            stopping_criteria=stopping,
             pad_token_id=tokenizer.pad_token_id,
             eos_token_id=tokenizer.eos_token_id,
         )

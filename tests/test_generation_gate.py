@@ -99,3 +99,17 @@ def test_echoes_that_start_with_the_question_or_repeat_it_fail():
     assert not is_echo(q, answer) and language_gate(q, answer, "es").passed
     quoting = "Buena pregunta. " + "Mercurio es el más cercano, y también el más pequeño del sistema solar. " * 2
     assert not is_echo(q, quoting)
+
+
+def test_generation_stops_at_the_next_template_section(tokenizer):
+    """The cheap stop criterion sees the template's next section in each sequence's new text."""
+    import torch
+
+    from polyalpaca.generate import StopAtText
+
+    prompt = tokenizer("Question?", add_special_tokens=False)["input_ids"]
+    rows = [prompt + tokenizer("An answer.\n### Instruction:", add_special_tokens=False)["input_ids"],
+            prompt + tokenizer("An answer that goes on and on", add_special_tokens=False)["input_ids"]]
+    width = max(len(r) for r in rows)
+    ids = torch.tensor([r + [tokenizer.pad_token_id] * (width - len(r)) for r in rows])
+    assert StopAtText(tokenizer, ["\n### "], len(prompt))(ids, None).tolist() == [True, False]
