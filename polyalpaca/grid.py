@@ -567,4 +567,3 @@ def likelihood_columns(rows):
     out["nll_per_byte"] = -own["logprob"] / own["bytes"]
     out["lang_logodds"] = own["logprob"] - english["logprob"].reindex(own.index)
     return out.reset_index()
-from .findings import loss_history_frame, runs_frame  # noqa: E402,F401  (moved to findings; the training chapter imports them from here until it is updated)
