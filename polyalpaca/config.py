@@ -470,6 +470,19 @@ def read_profile(name_or_path: str, overrides: dict[str, Any] | None = None) -> 
     return profile, problems
 
 
+def with_overrides(profile: Profile, overrides: dict[str, Any]) -> Profile:
+    """A copy of ``profile`` with dotted settings changed, checked like any override (a
+    ``SettingsError`` naming every unknown key and every value of the wrong type)."""
+    tree = dataclasses.asdict(profile)
+    problems: list[str] = []
+    for key, value in overrides.items():
+        _set_dotted(tree, key, value, problems)
+    new = _build(Profile, tree, "", problems)
+    if problems:
+        raise SettingsError(problems)
+    return new
+
+
 def load_profile(name_or_path: str, overrides: dict[str, Any] | None = None) -> Profile:
     """Read a profile by name (``tiny``, ``cpu``, ``paper``) or TOML path, then apply overrides
     (dotted keys; values typed or as command-line text). Raises ``SettingsError`` listing every

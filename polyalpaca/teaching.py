@@ -14,7 +14,6 @@ few settings changed, which the exercise solutions use).
 """
 from __future__ import annotations
 
-import copy
 import dataclasses
 import html
 import json
@@ -419,24 +418,11 @@ def side_by_side(answers: pd.DataFrame, lang: str | None = None, prompt_id: str 
 
 # --- exercises ---------------------------------------------------------------------------
 
-def with_overrides(profile, overrides: dict):
-    """A copy of ``profile`` with dotted settings changed (``{"lora.lora.r": 4}``); unknown names fail."""
-    new = copy.deepcopy(profile)
-    for dotted, value in overrides.items():
-        *path, last = dotted.split(".")
-        node = new
-        for part in path:
-            node = getattr(node, part)
-        if not dataclasses.is_dataclass(node) or last not in {f.name for f in dataclasses.fields(node)}:
-            raise ValueError(f"unknown setting {dotted!r}")
-        setattr(node, last, value)
-    return new
-
-
 def variant(exp, overrides: dict, artefacts_dir: str | Path | None = None):
     """The experiment ``exp`` with a few settings changed, writing to the same artefacts folder by
     default: every stored result is keyed by what shaped it, so runs the change does not touch are
     reused and changed ones are stored next to the originals, never over them."""
+    from .config import with_overrides
     from .grid import Experiment
 
     return Experiment(with_overrides(exp.profile, overrides), artefacts_dir or exp.root)

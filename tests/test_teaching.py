@@ -173,8 +173,10 @@ def test_variants_change_a_copy_and_keep_the_artefacts_folder(exp):
     assert other.profile.lora.lora.r == 2 and other.profile.data.seed == 7
     assert exp.profile.lora.lora.r == 4 and exp.profile.data.seed == 42
     assert other.root == exp.root
-    with pytest.raises(ValueError, match="unknown setting"):
-        teaching.with_overrides(exp.profile, {"lora.rank": 2})
+    with pytest.raises(ValueError, match="lora.rank: unknown setting"):
+        teaching.variant(exp, {"lora.rank": 2})
+    with pytest.raises(ValueError, match="lora.epochs: expected a number, got 'many'"):
+        teaching.variant(exp, {"lora.epochs": "many"})
 
 
 def test_tables_leave_the_index_out():
