@@ -130,10 +130,10 @@ def trained_positions(labels: list[int]) -> list[bool]:
 
 def token_training_frame(record: Record, tokenizer, template, methods: dict) -> pd.DataFrame:
     """One row per token of ``record`` filled into ``template`` and tokenised as training does
-    (``polyalpaca.train.tokenize_example``): the token's text, whether it belongs to the prompt or
+    (``polyalpaca.prompts.tokenize_example``): the token's text, whether it belongs to the prompt or
     the response, and one column per method (``methods``: name -> ``TrainConfig``) saying whether
     that method's loss is taken on it."""
-    from .train import tokenize_example
+    from .prompts import tokenize_example
 
     max_length = max(cfg.max_length for cfg in methods.values())
     parts = tokenize_example(record, tokenizer, template, max_length, "response")

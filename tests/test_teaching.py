@@ -34,7 +34,7 @@ def test_the_first_token_and_masked_labels_are_never_targets():
 
 
 def test_token_picture_marks_what_each_method_learns_from(exp, tokenizer):
-    from polyalpaca.train import tokenize_example
+    from polyalpaca.prompts import tokenize_example
 
     record = teaching.example_record(exp.split().train["en"])
     assert record.input.strip(), "the example shows every part of the template"
