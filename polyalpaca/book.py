@@ -156,7 +156,9 @@ def build_html(book_dir: Path, strict: bool = True) -> Path:
     cmd = [str(exe), "build", str(book_dir), "--builder", "html"]
     if strict:
         cmd += ["-W", "-n", "--keep-going"]
-    subprocess.run(cmd, check=True)
+    if subprocess.run(cmd).returncode != 0:
+        raise ChapterError(f"the HTML build of {book_dir} failed: the Sphinx warnings above say where "
+                           "(strict mode turns every warning into an error; --no-strict builds anyway)")
     return book_dir / "_build" / "html" / "index.html"
 
 

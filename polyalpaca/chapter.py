@@ -51,6 +51,16 @@ def glue(name: str, value, display: bool = False) -> None:
     _glue(name, value, display=display)
 
 
+def save_figure(fig, name: str) -> None:
+    """Save a figure for the book's other pages (``book/chapters/generated/NAME.png``); chapters
+    run in ``book/chapters``."""
+    from pathlib import Path
+
+    folder = Path("generated")
+    folder.mkdir(exist_ok=True)
+    fig.savefig(folder / f"{name}.png", dpi=110, bbox_inches="tight")
+
+
 def say(text: str, width: int = 88) -> None:
     """Print a message wrapped to the page's width."""
     print(textwrap.fill(text, width))
