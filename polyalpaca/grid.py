@@ -385,7 +385,7 @@ class Experiment:
             raise RunNotTrained(
                 f"run {run.label} is not trained yet (no {self.run_dir(run) / 'DONE'}). Train it first: "
                 f"`polyalpaca train --profile {self.profile.name} --run {run.label}`, or execute the training "
-                f"chapter (`polyalpaca run training -s profile {self.profile.name}`).")
+                f"chapter (`polyalpaca run training --profile {self.profile.name}`).")
         work = {lang: (self._answers(run, lang), self._likelihood(run, lang)) for lang in run.eval_languages}
         need_gen = [lang for lang, (a, _) in work.items() if not a.exists()]
         need_lik = [lang for lang, (_, l) in work.items() if l is not None and not l.exists()]
