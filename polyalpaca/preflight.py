@@ -457,6 +457,9 @@ def format_check(profile: Profile, plan: dict, disk: dict) -> str:
     if "cpu_minutes" in t:
         lines.append(f"time (estimate): {t['cpu_minutes']} CPU minutes of training"
                      + (f" on {plan['device']}" if plan["device"] else ""))
+    if "book_minutes" in t:
+        lines.append(f"time (estimate): {t['evaluation_minutes']} minutes of evaluation; the whole book from empty "
+                     f"artefacts about {t['book_minutes']} minutes (polyalpaca plan shows the parts)")
     if "gpu_hours" in t:
         lines.append(f"time (estimate): {t['gpu_hours']} GPU hours of training"
                      + (f" on {plan['device']}" if plan["device"] else ""))
