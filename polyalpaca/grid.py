@@ -183,7 +183,7 @@ class Experiment:
             if m == "lora":
                 values.update({f"lora.{k}": v for k, v in lora.items()})
             table[m] = values
-        return pd.DataFrame(table).astype(str).replace("nan", "")
+        return pd.DataFrame(table).fillna("").astype(str)
 
     def decoding(self, method: str):
         e = self.profile.eval
