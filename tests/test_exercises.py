@@ -40,7 +40,6 @@ import json
 import os
 import re
 import textwrap
-from pathlib import Path
 
 import pytest
 

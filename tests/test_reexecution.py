@@ -172,14 +172,13 @@ def test_judge_endpoint_down_is_a_message_and_nothing_is_stored(trained, monkeyp
     exp = experiment(trained, **{"eval.judge.base_url": "http://127.0.0.1:9/v1", "eval.judge.model": "judge",
                                  "eval.judge.api_key_env": "JUDGE_TEST_KEY"})
     exp.evaluate(the_run(exp))
-    from polyalpaca.llm_client import EndpointConfig
-
     monkeypatch.setattr(exp, "judge_config", lambda: _fast_failing_config(exp))
     result = exp.judge_all()
     assert result["failed"] == 6 and "did not answer" in result["message"]
-    assert not list((trained / "judge").rglob("*.jsonl")) or all(
-        "127.0.0.1:9" not in p.read_text() for p in (trained / "judge").rglob("*.inputs.json"))
-    assert EndpointConfig  # the client is the real one
+    # No verdicts of this judge were stored (a later run retries them); other judges' may exist.
+    stored = [json.loads(p.read_text()) for p in trained.glob("judge/*/*.inputs.json")]
+    assert not [s for s in stored if s["judge_model"] == "judge"]
+    assert not exp.answers_frame()["judge"].notna().any()
 
 
 def _fast_failing_config(exp):
@@ -216,7 +215,7 @@ def test_killed_evaluation_resumes_with_finished_languages_reused(trained, tmp_p
     cmd = _cli(root, "evaluate", "--run", "lora-english-only", overrides=overrides)
     _kill_when(cmd, lambda: len(list((root / "answers").rglob("*.jsonl"))) >= 1)
     finished = {p: p.stat().st_mtime_ns for p in (root / "answers").rglob("*.jsonl")}
-    assert finished and not list(root.rglob("*.jsonl.tmp*")) or True  # a .tmp may remain; it is never read
+    assert finished  # at least one language was finished before the kill (a .tmp file is never read)
     subprocess.run(cmd, check=True, capture_output=True)
     for path, mtime in finished.items():
         assert path.stat().st_mtime_ns == mtime  # reused, not rewritten
