@@ -281,7 +281,12 @@ def load_test_prompts(lang: str, source: str = "embedded", skip_bad: bool = Fals
         return embedded_test(lang, skip_bad)
     if source == "paper-url":
         return read_test_file(fetch_paper_test_file(lang), lang, skip_bad)
-    return read_test_file(Path(source) / f"test_{lang}.jsonl", lang, skip_bad)
+    path = Path(source) / f"test_{lang}.jsonl"
+    if not path.is_file():
+        problem = "no such folder" if not Path(source).is_dir() else f"the folder has no test_{lang}.jsonl"
+        raise DataError(path, None, None, f"{problem} (data.test_source needs one test_{{lang}}.jsonl per test "
+                        "language, one JSON object a line with 'id' and 'prompt')")
+    return read_test_file(path, lang, skip_bad)
 
 
 def load_training_records(lang: str, source: str = "embedded", *, hub_english: str = "yahma/alpaca-cleaned",

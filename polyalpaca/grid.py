@@ -24,7 +24,7 @@ from importlib import metadata
 from pathlib import Path
 
 from .config import Profile, TrainConfig
-from .data import DataError, Record, TestPrompt, load_test_prompts, load_training_records
+from .data import Record, TestPrompt, load_test_prompts, load_training_records
 from .paths import PROJECT_ROOT, artefacts_root
 from .prompts import load_template
 from .recipes import SplitData, TrainingSet, build_all, select_records, split_validation
@@ -144,13 +144,6 @@ class Experiment:
     def test_prompts(self, lang: str) -> list[TestPrompt]:
         if lang not in self._tests:
             d = self.profile.data
-            if d.test_source not in ("embedded", "paper-url"):
-                path = Path(d.test_source) / f"test_{lang}.jsonl"
-                if not path.is_file():
-                    problem = ("no such folder" if not Path(d.test_source).is_dir()
-                               else f"the folder has no test_{lang}.jsonl")
-                    raise DataError(path, None, None, f"{problem} (data.test_source needs one test_{{lang}}.jsonl "
-                                    "per test language, one JSON object a line with 'id' and 'prompt')")
             res = load_test_prompts(lang, d.test_source, d.skip_bad_records)
             self._note_skipped(f"test prompts {lang}", res.skipped)
             self._tests[lang] = res.items[:d.test_limit] if d.test_limit else res.items
