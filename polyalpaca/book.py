@@ -225,7 +225,7 @@ def write_generated_pages(book_dir: Path, timings: dict[str, float] | None = Non
     out = book_dir / "book" / "chapters" / "generated"
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "settings.md", settings_table())
-    atomic_write_text(out / "timings.md", record_timings(out / "timings.json", timings or {}))
+    atomic_write_text(out / "timings.md", record_timings(out / "timings.json", timings or {}, profile))
     atomic_write_text(out / "data_stats.md", data_stats_page())
     atomic_write_text(out / "design.md", design_page(profile, overrides or {}, artefacts_dir))
 
@@ -298,22 +298,27 @@ def design_page(profile_name: str, overrides: dict, artefacts_dir: str = "") -> 
     return out
 
 
-def record_timings(path: Path, timings: dict[str, float]) -> str:
-    """Add this build's seconds per chapter to ``path`` and return the intro's table: the last
-    build (fast when the artefacts were reused) and the slowest recorded one (the build that
-    computed them: what a first run costs)."""
+def record_timings(path: Path, timings: dict[str, float], profile: str) -> str:
+    """Add this build's seconds per chapter to ``path`` under ``profile`` and return the intro's
+    table for that profile: the last build (fast when the artefacts were reused) and the slowest
+    recorded one (the build that computed them: what a first run costs). Each profile has its own
+    record, so a quick lab build never stands in for the default's time."""
+    from .files import atomic_write_text
+
     known = json.loads(path.read_text()) if path.exists() else {}
-    known.setdefault("last", {}).update(timings)
-    slowest = known.setdefault("slowest", {})
+    mine = known.setdefault("profiles", {}).setdefault(profile, {})
+    mine.setdefault("last", {}).update(timings)
+    slowest = mine.setdefault("slowest", {})
     for name, seconds in timings.items():
         slowest[name] = max(seconds, slowest.get(name, 0.0))
-    path.write_text(json.dumps(known, indent=2))
+    atomic_write_text(path, json.dumps({"profiles": known["profiles"]}, indent=2))
 
     def minutes(table: dict, name: str) -> str:
         return f"{table[name] / 60:.1f}" if name in table else "not run"
 
-    rows = [[name, minutes(known["last"], name), minutes(slowest, name)] for name in CHAPTERS]
-    return _md_table(["chapter", "minutes in the last build", "minutes in the slowest recorded build"], rows)
+    rows = [[name, minutes(mine["last"], name), minutes(slowest, name)] for name in CHAPTERS]
+    return (f"Profile `{profile}`:\n\n"
+            + _md_table(["chapter", "minutes in the last build", "minutes in the slowest recorded build"], rows))
 
 
 def data_stats_page() -> str:

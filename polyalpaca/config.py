@@ -210,7 +210,10 @@ class EstimateConfig:
     full_tokens_per_second: float = setting(0.0, "training throughput of full fine-tuning, when it differs from "
                                                  "tokens_per_second_estimate (every weight and its optimizer state updated)")
     generation_tokens_per_second: float = setting(0.0, "new tokens per second when answering test prompts")
-    likelihood_tokens_per_second: float = setting(0.0, "tokens per second when scoring reference answers")
+    likelihood_tokens_per_second: float = setting(0.0, "tokens per second through the model's layers when scoring "
+                                                       "reference answers (shared prompt tokens counted once)")
+    likelihood_scored_tokens_per_second: float = setting(0.0, "reference tokens per second through the "
+                                                              "full-vocabulary LM head")
     model_load_s: float = setting(0.0, "seconds to load one trained model for evaluation")
     fixed_minutes: float = setting(0.0, "minutes of the chapters that do not grow with the grid (data, translation, "
                                         "findings) and of the HTML build")

@@ -342,7 +342,7 @@ class Experiment:
         return Cached(self.root / "likelihood" / run.model_key, lang, {
             "model": run.model_key, "base_model": run.model, "template": dataclasses.asdict(self.template),
             "pairs": text_digest(t for pair in pairs for t in pair), "max_answer_tokens": e.likelihood_max_tokens,
-            "softmax": "exact, full vocabulary", "version": 1})
+            "softmax": "exact, full vocabulary", "version": 2})
 
     def _load_for_evaluation(self, run: GridRun):
         from .models import load_model, load_tokenizer

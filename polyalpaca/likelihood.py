@@ -16,11 +16,19 @@ softmax over the full vocabulary (no subset, no sampling). Two scores come from 
 Only positions whose next token belongs to the answer go through the LM head, so the 262k-way
 head of Gemma costs nothing for the prompt. References are cut at ``max_answer_tokens`` tokens;
 the bytes counted are those of the tokens kept.
+
+Shared work is done once, with the model's key/value cache: the template's preamble, common to
+every prompt, is run once for all pairs, and each distinct prompt is run once for all the answers
+scored after it (the reference in the prompt's language and the English one). The sums are those of
+one full forward pass per pair, up to float rounding. ``likelihood_work`` counts the tokens that
+go through the model's layers and through its head, which the time estimate of ``polyalpaca plan``
+uses.
 """
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Callable, NamedTuple, Sequence
 
 import torch
 
@@ -56,46 +64,109 @@ def _head_logprobs(model, hidden: torch.Tensor, targets: torch.Tensor) -> torch.
     return logits.log_softmax(-1).gather(-1, targets[:, None])[:, 0]
 
 
+def _shared_prefix(prompts: Sequence[Sequence[int]]) -> int:
+    """Length of the token prefix common to every prompt, leaving at least one token of each
+    (the last prompt position predicts the answer's first token)."""
+    if not prompts:
+        return 0
+    n = min(len(p) for p in prompts) - 1
+    first = prompts[0]
+    for p in prompts[1:]:
+        n = next((i for i in range(n) if p[i] != first[i]), n)
+    return max(n, 0)
+
+
+class LikelihoodWork(NamedTuple):
+    """What scoring a set of pairs costs: tokens run through the model's layers, and tokens scored
+    through the full-vocabulary LM head (on a 270M Gemma the head costs more than the layers)."""
+
+    model_tokens: int
+    scored_tokens: int
+
+
+def likelihood_work(tokenizer, template: PromptTemplate, pairs: Sequence[tuple[str, str]],
+                    max_answer_tokens: int) -> LikelihoodWork:
+    """The work ``answer_likelihoods`` does for ``pairs``: the shared preamble once, each distinct
+    prompt's remainder once, every answer but its last token; and every answer token scored."""
+    encoded = [_encode(tokenizer, template, p, a, max_answer_tokens) for p, a in pairs]
+    prompts = list(dict.fromkeys(tuple(e[0]) for e in encoded))
+    shared = _shared_prefix(prompts)
+    model = shared + sum(len(p) - shared for p in prompts) + sum(max(len(e[1]) - 1, 0) for e in encoded)
+    return LikelihoodWork(model, sum(len(e[1]) for e in encoded))
+
+
+def _padded(rows: Sequence[Sequence[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-padded ids and their mask (positions of real tokens are 0..len-1)."""
+    width = max(1, max(len(r) for r in rows))
+    ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for j, row in enumerate(rows):
+        ids[j, :len(row)] = torch.tensor(row, dtype=torch.long)
+        mask[j, :len(row)] = 1
+    return ids, mask
+
+
 @torch.inference_mode()
 def answer_likelihoods(model, tokenizer, template: PromptTemplate, pairs: Sequence[tuple[str, str]],
                        batch_size: int = 8, max_answer_tokens: int = 64,
                        on_batch: Callable[[int], None] | None = None) -> list[AnswerLikelihood]:
-    """log P(answer | template(prompt)) for every (prompt, answer) pair, in input order."""
+    """log P(answer | template(prompt)) for every (prompt, answer) pair, in input order.
+    ``batch_size`` distinct prompts go through the model at once, with all their answers."""
     model.eval()
     encoded = [_encode(tokenizer, template, p, a, max_answer_tokens) for p, a in pairs]
-    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i][0]) + len(encoded[i][1]))
-    out: list[AnswerLikelihood | None] = [None] * len(encoded)
+    groups: dict[tuple[int, ...], list[int]] = {}  # distinct prompt -> the pairs scored after it
+    for i, (prompt_ids, _, _) in enumerate(encoded):
+        groups.setdefault(tuple(prompt_ids), []).append(i)
+    prompts = sorted(groups, key=len)
+    shared = _shared_prefix(prompts)
     backbone = model.base_model
     device = next(model.parameters()).device
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    for start in range(0, len(order), batch_size):
-        idx = order[start:start + batch_size]
-        rows = [encoded[i][0] + encoded[i][1] for i in idx]
-        width = max(len(r) for r in rows)
-        ids = torch.full((len(rows), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for j, row in enumerate(rows):  # right padding: positions of real tokens are 0..len-1
-            ids[j, :len(row)] = torch.tensor(row)
-            mask[j, :len(row)] = 1
-        hidden = backbone(input_ids=ids.to(device), attention_mask=mask.to(device)).last_hidden_state
-        # The hidden state at position t predicts token t+1: answer token k of row j is predicted
-        # at position len(prompt) - 1 + k.
-        select_rows, select_pos, targets, owner = [], [], [], []
-        for j, i in enumerate(idx):
-            n_prompt, answer = len(encoded[i][0]), encoded[i][1]
-            for k, token in enumerate(answer):
-                select_rows.append(j)
-                select_pos.append(n_prompt - 1 + k)
-                targets.append(token)
-                owner.append(j)
+    prefix_cache = None
+    if shared:
+        prefix_cache = backbone(input_ids=torch.tensor([prompts[0][:shared]], device=device),
+                                use_cache=True).cache
+    sums = [0.0] * len(encoded)
+    for start in range(0, len(prompts), batch_size):
+        batch = prompts[start:start + batch_size]
+        # 1. The prompts' remainders, after the cached preamble.
+        ids, mask = _padded([p[shared:] for p in batch], pad)
+        cache = None
+        if prefix_cache is not None:
+            cache = copy.deepcopy(prefix_cache)
+            cache.batch_repeat_interleave(len(batch))
+        prompt_mask = torch.cat([torch.ones((len(batch), shared), dtype=torch.long), mask], 1)
+        out = backbone(input_ids=ids.to(device), attention_mask=prompt_mask.to(device),
+                       position_ids=(shared + torch.arange(ids.shape[1]))[None].expand(len(batch), -1).to(device),
+                       cache=cache, use_cache=True)
+        cache, hidden = out.cache, out.last_hidden_state
+        # 2. Every answer of these prompts, each row attending to its own prompt in the cache. The
+        # hidden state at a position predicts the next token: the prompt's last position predicts
+        # the answer's first token, answer token k predicts token k + 1.
+        rows = [(j, i) for j, p in enumerate(batch) for i in groups[p]]
+        answers = [encoded[i][1] for _, i in rows]
+        owner = torch.tensor([j for j, _ in rows])
+        first = hidden[owner, torch.tensor([len(batch[j]) - shared - 1 for j, _ in rows])]
+        cache.batch_select_indices(owner.to(device))
+        a_ids, a_mask = _padded([a[:-1] for a in answers], pad)
+        lengths = torch.tensor([len(batch[j]) for j, _ in rows])
+        a_out = backbone(input_ids=a_ids.to(device),
+                         attention_mask=torch.cat([prompt_mask[owner], a_mask], 1).to(device),
+                         position_ids=(lengths[:, None] + torch.arange(a_ids.shape[1])[None]).to(device),
+                         cache=cache, use_cache=True).last_hidden_state
+        select_h, targets, row_of = [], [], []
+        for r, answer in enumerate(answers):
+            if not answer:
+                continue
+            select_h.append(first[r:r + 1])
+            select_h.append(a_out[r, :len(answer) - 1])
+            targets += answer
+            row_of += [r] * len(answer)
         if targets:
-            h = hidden[torch.tensor(select_rows), torch.tensor(select_pos)]
-            logp = _head_logprobs(model, h, torch.tensor(targets, device=device)).cpu().double()
-            sums = torch.zeros(len(idx), dtype=torch.float64).index_add_(0, torch.tensor(owner), logp)
-        else:
-            sums = torch.zeros(len(idx), dtype=torch.float64)
-        for j, i in enumerate(idx):
-            out[i] = AnswerLikelihood(float(sums[j]), len(encoded[i][1]), encoded[i][2])
+            logp = _head_logprobs(model, torch.cat(select_h), torch.tensor(targets, device=device)).cpu().double()
+            per_row = torch.zeros(len(rows), dtype=torch.float64).index_add_(0, torch.tensor(row_of), logp)
+            for r, (_, i) in enumerate(rows):
+                sums[i] = float(per_row[r])
         if on_batch:
-            on_batch(len(idx))
-    return out  # type: ignore[return-value]
+            on_batch(len(rows))
+    return [AnswerLikelihood(s, len(e[1]), e[2]) for s, e in zip(sums, encoded)]

@@ -133,20 +133,22 @@ def evaluation_estimate(exp: Experiment, readable: bool) -> dict:
     for run in exp.runs():
         per_model.setdefault(run.model_key, set()).update(run.eval_languages)
     prompts = {lang: len(exp.test_prompts(lang)) for lang in p.data.test_languages}
-    lik_tokens = {}
-    if p.eval.likelihood and e.likelihood_tokens_per_second:
+    lik_seconds = {}
+    if p.eval.likelihood and e.likelihood_tokens_per_second and e.likelihood_scored_tokens_per_second:
+        from .likelihood import likelihood_work
+
         tok = _tokenizer(p.grid.models[0])
         for lang in p.data.test_languages:
-            pairs = exp.likelihood_pairs(lang)
-            lik_tokens[lang] = sum(len(tok(exp.template.build(q))["input_ids"]) + min(
-                p.eval.likelihood_max_tokens, len(tok(r)["input_ids"])) for _, q, r in pairs)
+            work = likelihood_work(tok, exp.template, [(q, r) for _, q, r in exp.likelihood_pairs(lang)],
+                                   p.eval.likelihood_max_tokens)
+            lik_seconds[lang] = (work.model_tokens / e.likelihood_tokens_per_second
+                                 + work.scored_tokens / e.likelihood_scored_tokens_per_second)
     seconds = {"load": 0.0, "generation": 0.0, "likelihood": 0.0}
     for langs in per_model.values():
         seconds["load"] += e.model_load_s
         new_tokens = sum(prompts[l] for l in langs) * p.eval.decoding.max_new_tokens
         seconds["generation"] += new_tokens / e.generation_tokens_per_second
-        if lik_tokens:
-            seconds["likelihood"] += sum(lik_tokens[l] for l in langs) / e.likelihood_tokens_per_second
+        seconds["likelihood"] += sum(lik_seconds.get(l, 0.0) for l in langs)
     return {"models": len(per_model), **{k: round(v) for k, v in seconds.items()}}
 
 

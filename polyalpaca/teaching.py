@@ -81,8 +81,8 @@ def chapter_times(chapter: str, exp, record: str | Path = "generated/timings.jso
 
     The execution time comes from the book's timing record (``polyalpaca.book.record_timings``,
     ``book/chapters/generated/timings.json``; chapters execute in ``book/chapters``, so the default
-    relative path finds it): the slowest recorded build, which computed the artefacts, and the last
-    one, which may have reused them. Without a record, the training and evaluation chapters give
+    relative path finds it) for ``exp``'s profile: the slowest recorded build, which computed the
+    artefacts, and the last one, which may have reused them. Without a record, the training and evaluation chapters give
     the prediction of ``polyalpaca plan`` (``planning.plan_table``) for profiles with measured rates."""
     from .book import chapter_path
 
@@ -90,7 +90,8 @@ def chapter_times(chapter: str, exp, record: str | Path = "generated/timings.jso
     read = f"about {reading_minutes(name)} min"
     path = Path(record)
     known = json.loads(path.read_text()) if path.exists() else {}
-    slowest, last = known.get("slowest", {}).get(name), known.get("last", {}).get(name)
+    mine = known.get("profiles", {}).get(exp.profile.name, {})
+    slowest, last = mine.get("slowest", {}).get(name), mine.get("last", {}).get(name)
     if slowest is not None:
         run = f"{_minutes(slowest)} from empty artefacts (the slowest build recorded here)"
         if last is not None and _minutes(last) != _minutes(slowest):

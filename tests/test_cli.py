@@ -184,8 +184,13 @@ def test_timings_keep_the_last_and_the_slowest_build(tmp_path):
     from polyalpaca.book import record_timings
 
     path = tmp_path / "timings.json"
-    record_timings(path, {"03_training": 960.0, "01_data": 60.0})
-    table = record_timings(path, {"03_training": 6.0, "01_data": 30.0})
+    record_timings(path, {"03_training": 960.0, "01_data": 60.0}, "cpu")
+    table = record_timings(path, {"03_training": 6.0, "01_data": 30.0}, "cpu")
     row = next(line for line in table.splitlines() if line.startswith("| 03_training"))
-    assert row == "| 03_training | 0.1 | 16.0 |"
+    assert table.startswith("Profile `cpu`") and row == "| 03_training | 0.1 | 16.0 |"
     assert "| 02_translation | not run | not run |" in table
+    # Another profile's builds are recorded apart: a quick class build is not the default's time.
+    other = record_timings(path, {"03_training": 120.0}, "class")
+    assert "| 03_training | 2.0 | 2.0 |" in other and "| 01_data | not run | not run |" in other
+    again = record_timings(path, {}, "cpu")
+    assert "| 03_training | 0.1 | 16.0 |" in again

@@ -158,10 +158,12 @@ def test_side_by_side_shows_one_prompt_for_every_model():
 def test_chapter_times_read_the_timing_record(exp, tmp_path):
     assert teaching.reading_minutes("01_data") >= 1
     record = tmp_path / "timings.json"
-    record.write_text(json.dumps({"last": {"03_training": 30.0}, "slowest": {"03_training": 600.0}}))
+    record.write_text(json.dumps({"profiles": {"tiny": {"last": {"03_training": 30.0}, "slowest": {"03_training": 600.0}},
+                                               "cpu": {"slowest": {"01_data": 600.0}}}}))
     times = teaching.chapter_times("training", exp, record)
     assert times["read"].startswith("about ") and times["read"].endswith(" min")
     assert times["run"].startswith("about 10 min from empty artefacts") and "under a minute in the last build" in times["run"]
+    assert "not recorded yet" in teaching.chapter_times("data", exp, record)["run"]  # cpu's record is not tiny's
     missing = teaching.chapter_times("data", exp, tmp_path / "none.json")
     assert "not recorded yet for the tiny profile" in missing["run"]
     predicted = teaching.chapter_times("training", exp, tmp_path / "none.json")
