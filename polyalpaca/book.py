@@ -124,10 +124,17 @@ def _execute_here(name: str, output: str, parameters: str, kernel: str, timeout_
         raise KeyboardInterrupt(f"chapter {name} stopped")
 
     signal.signal(signal.SIGTERM, stop)
+    config = None
+    if os.name == "posix":
+        from traitlets.config import Config
+
+        # The kernel talks to papermill over local Unix sockets, not unencrypted TCP ports.
+        config = Config()
+        config.KernelManager.transport = "ipc"
     try:
         pm.execute_notebook(str(chapter_path(name)), output, parameters=json.loads(parameters), kernel_name=kernel,
                             cwd=str(Path(output).parent), progress_bar=False,
-                            execution_timeout=int(timeout_s) or None, log_output=False)
+                            execution_timeout=int(timeout_s) or None, log_output=False, config=config)
     except pm.PapermillExecutionError as exc:
         print(f"[polyalpaca] chapter {name}: cell {exc.exec_count} raised {exc.ename}: {exc.evalue}",
               file=sys.stderr, flush=True)
@@ -275,12 +282,15 @@ def design_page(profile_name: str, overrides: dict, artefacts_dir: str = "") -> 
     lines.append(f"| decoding | greedy, {decoding['max_new_tokens']} new tokens, no_repeat_ngram_size "
                  f"{decoding['no_repeat_ngram_size']}; reference likelihood on the first {p.eval.likelihood_max_tokens} "
                  "tokens of each reference |")
-    plan = plan_table(exp)["totals"]
+    table = plan_table(exp)
+    plan, ev = table["totals"], table["evaluation"]
     if "book_minutes" in plan:
         more = plan_table(Experiment(load_profile(profile_name, {**overrides, "grid.seeds": list(p.grid.seeds) + [
             max(p.grid.seeds) + 1 + i for i in range(len(p.grid.seeds))]}), artefacts_dir or None))["totals"]
-        lines.append(f"| predicted time from empty artefacts | {plan['book_minutes']} minutes (`polyalpaca plan`); "
-                     f"twice the seeds: about {more['book_minutes']} minutes |")
+        lines.append(f"| predicted time from empty artefacts | {plan['book_minutes']} minutes (`polyalpaca plan`): "
+                     f"training {plan['cpu_minutes']}, answering {ev['generation'] / 60:.1f}, likelihood scoring "
+                     f"{ev['likelihood'] / 60:.1f}, loading models {ev['load'] / 60:.1f}, the other chapters and the "
+                     f"HTML build {p.estimate.fixed_minutes:g}; twice the seeds: about {more['book_minutes']} minutes |")
     out = "\n".join(lines) + "\n"
     claims_path = exp.root / "claims.csv"
     if claims_path.exists():

@@ -128,9 +128,9 @@ def cmd_run(args) -> int:
 
 def cmd_plan(args) -> int:
     exp = _experiment(args)
-    from .planning import format_plan, plan_table
+    from .planning import format_plan, machine_speed, plan_table
 
-    table = plan_table(exp)
+    table = plan_table(exp, machine_speed() if args.measure_speed else 0.0)
     print(json.dumps(table, indent=2) if args.json else format_plan(table))
     return 0
 
@@ -302,6 +302,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("plan", help="show the grid, its budget units and a compute estimate")
     _profile_args(p)
     p.add_argument("--json", action="store_true")
+    p.add_argument("--measure-speed", action="store_true",
+                   help="time this machine for 3 s and scale the estimate to its speed now (shared machines drift)")
     p.set_defaults(func=cmd_plan)
 
     p = sub.add_parser("data", help="data commands")

@@ -217,6 +217,9 @@ class EstimateConfig:
     model_load_s: float = setting(0.0, "seconds to load one trained model for evaluation")
     fixed_minutes: float = setting(0.0, "minutes of the chapters that do not grow with the grid (data, translation, "
                                         "findings) and of the HTML build")
+    reference_gflops: float = setting(0.0, "planning.machine_speed() measured in the hour the rates above were "
+                                           "measured: `polyalpaca plan --measure-speed` scales every time by the "
+                                           "ratio of this to the machine's speed now")
 
 
 @dataclass

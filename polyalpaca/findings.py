@@ -91,10 +91,13 @@ def summary_table(answers: pd.DataFrame) -> pd.DataFrame:
     if has_judge(data):
         # The paper's per-language total: the sum of gated 1-3 ratings (0..150 for 50 prompts)
         # per seed, averaged over seeds, and normalised to 0..1 so sets of other sizes compare.
+        from .judge import gated_total
+
         judged = data.dropna(subset=["gated_judge"])
-        per_seed = judged.groupby(keys + ["seed"])["gated_judge"].agg(["sum", "size"])
-        out["judge total"] = per_seed["sum"].groupby(level=keys).mean()
-        out["judge normalised"] = (per_seed["sum"] / (3 * per_seed["size"])).groupby(level=keys).mean()
+        per_seed = judged.groupby(keys + ["seed"])["gated_judge"].agg(lambda s: gated_total(s.tolist()))
+        totals = pd.DataFrame(per_seed.tolist(), index=per_seed.index, columns=["total", "normalised"])
+        out["judge total"] = totals["total"].groupby(level=keys).mean()
+        out["judge normalised"] = totals["normalised"].groupby(level=keys).mean()
         out["judge unparsed"] = g["judge_status"].agg(lambda s: (s == "unparsed").sum())
     return out.reset_index()
 

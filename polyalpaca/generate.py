@@ -9,6 +9,7 @@ from typing import Callable, Sequence
 
 import torch
 
+from .models import weight_first_output
 from .config import DecodingConfig  # defined with the other settings; still importable from here
 
 
@@ -36,7 +37,7 @@ def _generate_batch(model, tokenizer, prompts: Sequence[str], decoding: Decoding
     enc = tokenizer(list(prompts), return_tensors="pt", padding=True).to(model.device)
     stopping = StoppingCriteriaList([StopAtText(tokenizer, decoding.stop_strings, enc["input_ids"].shape[1])]
                                     if decoding.stop_strings else [])
-    with torch.inference_mode():
+    with torch.inference_mode(), weight_first_output(model):
         out = model.generate(
             **enc,
             **decoding.generate_kwargs(),

@@ -345,11 +345,11 @@ class Experiment:
             "softmax": "exact, full vocabulary", "version": 2})
 
     def _load_for_evaluation(self, run: GridRun):
-        from .models import load_model, load_tokenizer
+        from .models import load_base_copy, load_tokenizer
 
         tokenizer = load_tokenizer(run.model)
         if run.method == "base":
-            return load_model(run.model), tokenizer
+            return load_base_copy(run.model), tokenizer
         from .models import load_trained
 
         return load_trained(self.run_dir(run) / "model", run.model), tokenizer
@@ -443,13 +443,9 @@ class Experiment:
 
     # --- the judge -----------------------------------------------------------------------
     def judge_config(self):
-        from .judge import JudgeConfig
-        from .llm_client import EndpointConfig
+        from .judge import judge_config
 
-        j = self.profile.eval.judge
-        return JudgeConfig(endpoint=EndpointConfig(base_url=j.base_url, model=j.model, api_key_env=j.api_key_env,
-                                                   max_concurrency=j.max_concurrency),
-                           prompt_version=j.prompt_version)
+        return judge_config(self.profile.eval.judge)
 
     def _judge(self, run: GridRun, lang: str, answers: Cached) -> Cached | None:
         j = self.profile.eval.judge
@@ -467,50 +463,35 @@ class Experiment:
         """Rate every stored answer with the configured judge (the paper's protocol); replies are
         cached and stored raw. Without an endpoint, or without its key in the environment, nothing
         is judged and the message says so."""
-        import os
+        from collections import Counter
 
-        from .judge import JudgeItem, judge_responses
+        from .judge import JudgeItem, judge_responses, judge_summary, judge_unavailable, verdict_rows
 
         j = self.profile.eval.judge
-        if not (j.base_url and j.model):
-            return {"judged": 0, "message": "No judge endpoint is configured (eval.judge.base_url is empty): "
-                    "answers are scored offline (likelihood of the reference, language gate, chrF)."}
-        if client is None and j.api_key_env and not os.environ.get(j.api_key_env):
-            return {"judged": 0, "message": f"A judge is configured ({j.model}) but the environment variable "
-                    f"{j.api_key_env} is not set: judging skipped, offline scores only."}
-        config = self.judge_config()
-        counts = {"scored": 0, "unparsed": 0, "failed": 0}
+        reason = judge_unavailable(j, client)
+        if reason:
+            return {"judged": 0, "message": reason}
+        config, counts = self.judge_config(), Counter()
         for run in self.runs():
             for lang in run.eval_languages:
                 answers = self._answers(run, lang)
                 if not answers.exists():
                     continue
                 verdicts = self._judge(run, lang, answers)
-                if not verdicts.exists():
-                    rows = answers.read_rows()
+                if verdicts.exists():
+                    rows = verdicts.read_rows()
+                else:
                     prompts = {p.id: p for p in self.test_prompts(lang)}
-                    items = [JudgeItem(prompts[r["prompt_id"]].prompt, r["response"], lang, r["prompt_id"]) for r in rows]
-                    records = judge_responses(items, config, client=client, cache_dir=self.root / "llm-cache",
-                                              progress=progress)
-                    rows = [{"prompt_id": rec.id, "status": rec.status, "judge": rec.score, "judge_status": rec.status,
-                             "raw_replies": rec.raw_replies, "error": rec.error, "judge_model": j.model,
-                             "prompt_version": j.prompt_version} for rec in records]
-                    if any(r["status"] == "failed" for r in rows):
-                        # Not stored: a later run retries exactly the failed items (the replies
-                        # received are in the client's cache and are not paid for twice).
-                        counts["failed"] += sum(r["status"] == "failed" for r in rows)
-                        counts["scored"] += sum(r["status"] == "scored" for r in rows)
-                        counts["unparsed"] += sum(r["status"] == "unparsed" for r in rows)
-                        continue
-                    verdicts.write_rows(rows)
-                for row in verdicts.read_rows():
-                    counts[row["status"]] += 1
-        message = (f"Judged with {j.model}: {counts['scored']} scored, {counts['unparsed']} unparsed "
-                   f"(counted apart, never scored), {counts['failed']} failed.")
-        if counts["failed"]:
-            message += (f" The endpoint {j.base_url} did not answer for {counts['failed']} answers after retries: "
-                        "their languages are not stored; re-run to retry them.")
-        return {"judged": sum(counts.values()), **counts, "message": message}
+                    items = [JudgeItem(prompts[r["prompt_id"]].prompt, r["response"], lang, r["prompt_id"])
+                             for r in answers.read_rows()]
+                    rows = verdict_rows(judge_responses(items, config, client=client, cache_dir=self.root / "llm-cache",
+                                                        progress=progress), j)
+                    # A language with failed items is not stored: a later run retries exactly those
+                    # (the replies received are in the client's cache and are not paid for twice).
+                    if not any(r["status"] == "failed" for r in rows):
+                        verdicts.write_rows(rows)
+                counts.update(r["status"] for r in rows)
+        return judge_summary(counts, j)
 
     # --- the translation study -----------------------------------------------------------
     def translation_study(self) -> dict:

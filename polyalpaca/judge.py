@@ -9,19 +9,30 @@ again and, after ``max_invalid_replies``, counted as *unparsed* (never scored). 
 are kept on every record.
 
 Pure functions turn records into the paper's numbers: ``gated_score`` (score x language_ok,
-from ``polyalpaca.metrics``), ``language_totals`` (per-language sum, 0..3n, and normalised 0..1) and ``robustness_gap``
-(mean over languages of the score before the gate minus after it). Language identification is
-not done here: the gate is a boolean input (see ``polyalpaca.langid``).
+from ``polyalpaca.metrics``), ``gated_total`` (the one formula of a total, 0..3n, and its
+normalised form 0..1), ``language_totals`` (per language) and ``robustness_gap`` (mean over
+languages of the score before the gate minus after it). Language identification is not done here:
+the gate is a boolean input (see ``polyalpaca.langid``).
+
+The experiment (``polyalpaca.grid.Experiment.judge_all``) walks its stored answers and keeps the
+verdicts; everything about the judge itself is here: whether one can run (``judge_unavailable``),
+its configuration from the profile (``judge_config``), the stored rows (``verdict_rows``) and the
+summary users read (``judge_summary``).
 """
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Mapping, Sequence
+import os
+from collections import Counter
+from typing import TYPE_CHECKING, Iterable, Mapping, Sequence
 
 from .llm_client import ChatClient, ChatPrompt, ChatRequest, EndpointConfig, InvalidReply, load_prompt
 from .metrics import gated_score
+
+if TYPE_CHECKING:
+    from .config import JudgeSettings
 
 RATING_SCALE = (1, 2, 3)
 _RATING = re.compile(r"Rating:\s*\[\[\s*(-?\d+)\s*\]\]", re.I)
@@ -133,25 +144,36 @@ def judge_responses(items: Sequence[JudgeItem], config: JudgeConfig, client: Cha
 # --------------------------------------------------------------------------------------------
 # Scores (pure functions)
 # --------------------------------------------------------------------------------------------
+def gated_total(scores: Sequence[float]) -> tuple[float, float]:
+    """The paper's per-language total of (gated) 1-3 ratings, 0..3n, and the total normalised by
+    its maximum (3 x the number of scored items) so that sets of other sizes compare."""
+    n = len(scores)
+    total = sum(scores)
+    return total, (total / (RATING_SCALE[-1] * n) if n else float("nan"))
+
+
 def language_totals(records: Iterable[JudgeRecord],
                     language_ok: Sequence[bool] | None = None) -> dict[str, LanguageTotal]:
-    """Per-language sum of scores (gated when ``language_ok`` is given, aligned with ``records``
-    by position) and the sum normalised by its maximum, 3 x the number of scored items.
-    Unparsed and failed items are counted apart and left out of both."""
+    """Per-language ``gated_total`` of the scores (gated when ``language_ok`` is given, aligned
+    with ``records`` by position). Unparsed and failed items are counted apart and left out."""
     records = list(records)
     if language_ok is not None and len(language_ok) != len(records):
         raise ValueError(f"language_ok has {len(language_ok)} entries for {len(records)} records")
-    counts: dict[str, dict[str, int]] = {}
+    scores: dict[str, list[int]] = {}
+    missing: dict[str, Counter] = {}
     for position, record in enumerate(records):
-        c = counts.setdefault(record.language, {"scored": 0, "unparsed": 0, "failed": 0, "total": 0})
+        scores.setdefault(record.language, [])
         if record.status != "scored" or record.score is None:
-            c["unparsed" if record.status == "unparsed" else "failed"] += 1
+            missing.setdefault(record.language, Counter())["unparsed" if record.status == "unparsed" else "failed"] += 1
             continue
-        c["scored"] += 1
-        c["total"] += record.score if language_ok is None else gated_score(record.score, language_ok[position])
-    return {language: LanguageTotal(language, c["scored"], c["unparsed"], c["failed"], c["total"],
-                                    c["total"] / (RATING_SCALE[-1] * c["scored"]) if c["scored"] else float("nan"))
-            for language, c in counts.items()}
+        scores[record.language].append(
+            record.score if language_ok is None else gated_score(record.score, language_ok[position]))
+    out = {}
+    for language, values in scores.items():
+        total, normalised = gated_total(values)
+        m = missing.get(language, Counter())
+        out[language] = LanguageTotal(language, len(values), m["unparsed"], m["failed"], total, normalised)
+    return out
 
 
 def robustness_gap(before: Mapping[str, float], after: Mapping[str, float],
@@ -167,3 +189,45 @@ def robustness_gap(before: Mapping[str, float], after: Mapping[str, float],
             if language not in scores:
                 raise KeyError(f"robustness_gap: no {name}-gate score for language {language!r}")
     return sum(before[lang] - after[lang] for lang in languages) / len(languages)
+
+
+# --------------------------------------------------------------------------------------------
+# Judging an experiment's stored answers
+# --------------------------------------------------------------------------------------------
+def judge_unavailable(settings: JudgeSettings, client: ChatClient | None = None) -> str:
+    """Why no judge can run with these settings ('' when one can): no endpoint configured, or its
+    key missing from the environment (a given ``client`` brings its own)."""
+    if not (settings.base_url and settings.model):
+        return ("No judge endpoint is configured (eval.judge.base_url is empty): answers are scored offline "
+                "(likelihood of the reference, language gate, chrF).")
+    if client is None and settings.api_key_env and not os.environ.get(settings.api_key_env):
+        return (f"A judge is configured ({settings.model}) but the environment variable {settings.api_key_env} "
+                "is not set: judging skipped, offline scores only.")
+    return ""
+
+
+def judge_config(settings: JudgeSettings) -> JudgeConfig:
+    """The judge of a profile's ``eval.judge`` settings."""
+    return JudgeConfig(endpoint=EndpointConfig(base_url=settings.base_url, model=settings.model,
+                                               api_key_env=settings.api_key_env,
+                                               max_concurrency=settings.max_concurrency),
+                       prompt_version=settings.prompt_version)
+
+
+def verdict_rows(records: Sequence[JudgeRecord], settings: JudgeSettings) -> list[dict]:
+    """The stored form of a language's verdicts, raw replies included."""
+    return [{"prompt_id": rec.id, "status": rec.status, "judge": rec.score, "judge_status": rec.status,
+             "raw_replies": rec.raw_replies, "error": rec.error, "judge_model": settings.model,
+             "prompt_version": settings.prompt_version} for rec in records]
+
+
+def judge_summary(counts: Mapping[str, int], settings: JudgeSettings) -> dict:
+    """Counts of scored, unparsed and failed verdicts, with the message users read."""
+    scored, unparsed, failed = (counts.get(k, 0) for k in ("scored", "unparsed", "failed"))
+    message = (f"Judged with {settings.model}: {scored} scored, {unparsed} unparsed (counted apart, never "
+               f"scored), {failed} failed.")
+    if failed:
+        message += (f" The endpoint {settings.base_url} did not answer for {failed} answers after retries: "
+                    "their languages are not stored; re-run to retry them.")
+    return {"judged": scored + unparsed + failed, "scored": scored, "unparsed": unparsed, "failed": failed,
+            "message": message}

@@ -56,12 +56,23 @@ def _encode(tokenizer, template: PromptTemplate, prompt: str, answer: str, max_a
 
 
 def _head_logprobs(model, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """log p(target) for each hidden state, with the exact softmax over the whole vocabulary."""
-    logits = model.get_output_embeddings()(hidden).float()
+    """log p(target) for each hidden state, with the exact softmax over the whole vocabulary. The
+    logits are computed vocabulary-first (V x n, ``models.output_logits``'s faster CPU product) and
+    normalised over the vocabulary axis without transposing them back."""
+    layer = model.get_output_embeddings()
+    if hidden.device.type == "cpu" and isinstance(layer, torch.nn.Linear):
+        logits = (layer.weight @ hidden.T).float()  # V x n
+        if layer.bias is not None:
+            logits = logits + layer.bias.float()[:, None]
+        vocab_axis = 0
+    else:
+        logits, vocab_axis = layer(hidden).float(), -1
     cap = getattr(model.config, "final_logit_softcapping", None)
     if cap:
         logits = torch.tanh(logits / cap) * cap
-    return logits.log_softmax(-1).gather(-1, targets[:, None])[:, 0]
+    columns = torch.arange(len(targets), device=targets.device)
+    picked = logits[targets, columns] if vocab_axis == 0 else logits[columns, targets]
+    return picked - torch.logsumexp(logits, vocab_axis)
 
 
 def _shared_prefix(prompts: Sequence[Sequence[int]]) -> int:

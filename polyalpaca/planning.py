@@ -1,19 +1,30 @@
 """What a profile will cost before anything runs: data statistics, the grid and compute estimates."""
 from __future__ import annotations
 
+import dataclasses
 import statistics
+import time
 from functools import lru_cache
 
 from .grid import Experiment, model_short_name
 from .recipes import recipe_cells
 
 
-def _token_lengths(exp: Experiment, model: str, records) -> list[int]:
+def _token_lengths(exp: Experiment, model: str, records, memo: dict | None = None) -> list[int]:
+    """Tokens of each record as trained (prompt + response). ``memo`` keeps the counts across
+    calls: the grid trains the same records under several methods, recipes and seeds."""
     from .prompts import tokenize_example
 
     tok = _tokenizer(model)
     cfg = exp.profile.lora
-    return [len(tokenize_example(r, tok, exp.template, cfg.max_length, "all")["input_ids"]) for r in records]
+    memo = {} if memo is None else memo
+    out = []
+    for r in records:
+        k = (model, r.lang, r.id, r.instruction, r.input, r.output)
+        if k not in memo:
+            memo[k] = len(tokenize_example(r, tok, exp.template, cfg.max_length, "all")["input_ids"])
+        out.append(memo[k])
+    return out
 
 
 @lru_cache(maxsize=4)
@@ -105,10 +116,11 @@ def _cells(exp: Experiment, readable: bool):
     profile's estimates, so a recipe cannot be planned by rules other than its own."""
     p = exp.profile
     if readable:
+        memo: dict = {}
         for run in exp.runs(include_base=False):
             yield (run.model, run.method, run.recipe, run.name, run.languages, run.train_examples,
-                   sum(_token_lengths(exp, run.model, run.training_set.train)), run.budget_units, run.model_key,
-                   run.seed)
+                   sum(_token_lengths(exp, run.model, run.training_set.train, memo)), run.budget_units,
+                   run.model_key, run.seed)
         return
     langs = p.data.train_languages
     per_lang = p.grid.records_per_language_estimate - p.data.validation_size
@@ -152,9 +164,52 @@ def evaluation_estimate(exp: Experiment, readable: bool) -> dict:
     return {"models": len(per_model), **{k: round(v) for k, v in seconds.items()}}
 
 
-def plan_table(exp: Experiment) -> dict:
+def machine_speed(seconds: float = 3.0) -> float:
+    """GFLOP/s of fp32 matrix products shaped like this project's CPU work (a slice of a 270M
+    model's 262k-way output layer applied to a batch of hidden states), measured for about
+    ``seconds``. Shared machines drift by tens of percent from hour to hour; the ratio of this
+    to ``estimate.reference_gflops`` says how much slower or faster the machine is than when the
+    profile's rates were measured."""
+    import torch
+
+    hidden, weight = torch.randn(256, 640), torch.randn(640, 16384)
+    torch.mm(hidden, weight)  # warm-up
+    times, start = [], time.perf_counter()
+    while time.perf_counter() - start < seconds or len(times) < 5:
+        tick = time.perf_counter()
+        torch.mm(hidden, weight)
+        times.append(time.perf_counter() - tick)
+    # The median product: a busy neighbour's burst moves it less than it moves the mean.
+    return 2 * 256 * 640 * 16384 / statistics.median(times) / 1e9
+
+
+def at_speed(profile, gflops: float):
+    """``profile`` with its [estimate] rates scaled to a machine measured at ``gflops`` now
+    (``machine_speed``): rates times now/then, fixed seconds and minutes divided by it."""
+    e = profile.estimate
+    if not (gflops and e.reference_gflops):
+        return profile
+    f = gflops / e.reference_gflops
+    estimate = dataclasses.replace(
+        e, run_overhead_s=e.run_overhead_s / f, full_tokens_per_second=e.full_tokens_per_second * f,
+        generation_tokens_per_second=e.generation_tokens_per_second * f,
+        likelihood_tokens_per_second=e.likelihood_tokens_per_second * f,
+        likelihood_scored_tokens_per_second=e.likelihood_scored_tokens_per_second * f,
+        model_load_s=e.model_load_s / f, fixed_minutes=e.fixed_minutes / f, reference_gflops=gflops)
+    return dataclasses.replace(profile, tokens_per_second_estimate=profile.tokens_per_second_estimate * f,
+                               estimate=estimate)
+
+
+def plan_table(exp: Experiment, gflops: float = 0.0) -> dict:
     """Every grid run (per seed) with the examples and tokens it processes, an estimated cost, and
-    for CPU profiles a prediction of the whole book's time."""
+    for CPU profiles a prediction of the whole book's time. With ``gflops`` (``machine_speed``
+    measured now) the times are scaled to the machine's speed now."""
+    if gflops and exp.profile.estimate.reference_gflops:
+        scaled = Experiment(at_speed(exp.profile, gflops), exp.root)
+        table = plan_table(scaled)
+        table["speed"] = {"gflops_now": round(gflops, 1), "gflops_then": exp.profile.estimate.reference_gflops,
+                          "factor": round(exp.profile.estimate.reference_gflops / gflops, 2)}
+        return table
     p = exp.profile
     reason = ""
     try:
@@ -199,6 +254,7 @@ def plan_table(exp: Experiment) -> dict:
             k = f"{r['model']}/{r['method']}/{r['recipe']}"
             units[k] = units.get(k, 0) + r["budget_units"]
     return {"profile": p.name, "device": p.estimate_device, "data_read": readable,
+            "reference_gflops": p.estimate.reference_gflops,
             "note": "" if readable else f"data not readable here ({reason}); sizes from the profile's estimates",
             "runs": rows, "budget_units": units, "evaluation": evaluation, "totals": totals}
 
@@ -224,6 +280,13 @@ def format_plan(table: dict) -> str:
                      f"answers {ev['generation']} s, likelihood {ev['likelihood']} s)")
         lines.append(f"predicted book time from empty artefacts: {t['book_minutes']} minutes "
                      "(training + evaluation + the other chapters and the HTML build)")
+        speed = table.get("speed")
+        if speed:
+            lines.append(f"scaled to this machine now: {speed['gflops_now']} GFLOP/s measured, "
+                         f"{speed['gflops_then']} when the rates were measured (times x {speed['factor']})")
+        elif table.get("reference_gflops"):
+            lines.append(f"at the speed the rates were measured ({table['reference_gflops']} GFLOP/s); "
+                         "--measure-speed scales the times to this machine now (3 s)")
     if table["note"]:
         lines.append(table["note"])
     return "\n".join(lines)

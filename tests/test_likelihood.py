@@ -66,3 +66,26 @@ def test_likelihood_work_counts_shared_work_once(tokenizer, template):
     plain = sum(1 + len(tokenizer(template.build(p), add_special_tokens=False)["input_ids"])
                 + min(12, len(tokenizer(a, add_special_tokens=False)["input_ids"])) for p, a in PAIRS)
     assert likelihood_work(tokenizer, template, PAIRS, 12).model_tokens < 0.6 * plain
+
+
+def test_weight_first_output_layer_is_the_same_product(model, tokenizer, template):
+    from polyalpaca.evaluate import answer_prompts
+    from polyalpaca.config import DecodingConfig
+    from polyalpaca.data import TestPrompt
+    from polyalpaca.models import output_logits, weight_first_output
+
+    layer = model.get_output_embeddings()
+    hidden = torch.randn(3, 5, layer.in_features)
+    assert torch.allclose(output_logits(layer, hidden), layer(hidden), atol=1e-4)
+    prompts = [TestPrompt(f"p{i}", "en", p) for i, (p, _) in enumerate(PAIRS[:4])]
+    decoding = DecodingConfig(max_new_tokens=8, batch_size=4)
+    with torch.no_grad():
+        plain = model.generate(**tokenizer(template.build(PAIRS[0][0]), return_tensors="pt"), max_new_tokens=8,
+                               do_sample=False)
+        with weight_first_output(model):
+            assert model.get_output_embeddings().forward.__name__ == "<lambda>"
+            fast = model.generate(**tokenizer(template.build(PAIRS[0][0]), return_tensors="pt"), max_new_tokens=8,
+                                  do_sample=False)
+    assert torch.equal(plain, fast)
+    assert "forward" not in vars(model.get_output_embeddings())  # restored
+    assert len(answer_prompts(model, tokenizer, template, prompts, decoding)) == 4

@@ -93,9 +93,29 @@ def test_fast_and_plain_trl_agree(tmp_path, tiny_model_dir, template, method, lo
         assert (model_dir / ("adapter_config.json" if method == "lora" else "config.json")).exists()
         assert result.best_eval_loss is not None
     assert losses[True][0] == pytest.approx(losses[False][0], abs=1e-4)
+    if method == "lora":
+        check_loaded_from_the_resident_base(tmp_path / "True" / "model")
     printed = capsys.readouterr().out
     assert "{'loss'" not in printed  # no line per logging step in the chapters
     assert printed.count("validation loss") == 2 and printed.count("mean training loss") == 2
+
+
+def check_loaded_from_the_resident_base(model_dir):
+    """Evaluation merges each adapter into a copy of the base kept in memory: the same model as one
+    merged into a base read from disk, and the kept base is never changed."""
+    from peft import PeftModel
+
+    from polyalpaca.models import _resident_base, load_trained
+
+    ids = torch.tensor([[2, 10, 20, 30, 40]])
+    fresh = PeftModel.from_pretrained(load_model(TINY_GEMMA), str(model_dir)).merge_and_unload()
+    with torch.no_grad():
+        expected = fresh(input_ids=ids).logits
+        before = _resident_base(TINY_GEMMA)(input_ids=ids).logits.clone()
+        for _ in range(2):
+            assert torch.equal(load_trained(model_dir, TINY_GEMMA)(input_ids=ids).logits, expected)
+        assert torch.equal(_resident_base(TINY_GEMMA)(input_ids=ids).logits, before)
+        assert not torch.equal(before, expected)  # the adapter did change the model
 
 
 class Interrupt(Exception):
