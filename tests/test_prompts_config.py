@@ -127,7 +127,7 @@ def test_a_toml_mistake_names_the_file(tmp_path):
 
 def test_every_setting_has_help():
     rows = settings_help(load_profile("cpu"))
-    assert ("lora.epochs", "a number", "2.0", "passes over the training set") in rows
+    assert ("lora.epochs", "a number", "1.0", "passes over the training set") in rows
     assert ("eval.decoding_full", "a table of settings or none", "null",
             "decoding for full fine-tuning, when it differs") in rows
     assert [key for key, _, _, text in rows if not text] == []
