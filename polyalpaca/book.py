@@ -274,7 +274,7 @@ def design_page(profile_name: str, overrides: dict, artefacts_dir: str = "") -> 
         loss = "prompt and response (as the paper's LoRA recipe)" if cfg.loss_on == "all" else \
             "the response only, prompt masked (as the paper's full fine-tuning)"
         lines.append(f"| {method}: steps per run | " + ", ".join(f"{k} {v:g}" for k, v in steps.items()) +
-                     f" (batch {cfg.batch_size}, {cfg.epochs:g} epochs, learning rate {cfg.learning_rate:g}) |")
+                     f" (batch {cfg.batch_size}, {cfg.epochs:g} epoch{'' if cfg.epochs == 1 else 's'}, learning rate {cfg.learning_rate:g}) |")
         vocab = ("; the softmax of the loss runs over the training data's tokens only (`vocab_subset`, a "
                  "documented deviation)" if cfg.vocab_subset else "")
         lines.append(f"| {method}: loss on | {loss}{vocab} |")
