@@ -306,7 +306,8 @@ class Experiment:
         e = self.profile.eval
         if e.backend == "server":
             return {"backend": "server", "model": e.server.model or run.model, "lora_adapters": e.server.lora_adapters}
-        return {"backend": "local"}
+        # Greedy answers depend on the output layer's float rounding (models.weight_first_output).
+        return {"backend": "local", "output_layer": "weight-first on CPU"}
 
     def _scores(self, run: GridRun, lang: str, answers: Cached) -> Cached:
         from .evaluate import SCORER_VERSION
