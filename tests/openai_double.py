@@ -95,6 +95,8 @@ class RecordedRequest:
     json: dict | None
     fault: str | None
     received_at: float
+    complete: bool = True  # False when the client went away before sending the whole body
+
 
     def user_text(self) -> str:
         """The content of the last user message ('' when absent)."""
@@ -201,7 +203,8 @@ class OpenAIDouble:
 
     def _handle(self, handler: BaseHTTPRequestHandler) -> None:
         length = int(handler.headers.get("Content-Length") or 0)
-        body = handler.rfile.read(length).decode("utf-8", errors="replace")
+        raw = handler.rfile.read(length)
+        body = raw.decode("utf-8", errors="replace")
         try:
             payload = json.loads(body)
         except json.JSONDecodeError:
@@ -210,7 +213,8 @@ class OpenAIDouble:
             messages = (payload or {}).get("messages", []) if isinstance(payload, dict) else []
             fault = self._take_fault("\n".join(str(m.get("content", "")) for m in messages) or body)
             self.requests.append(RecordedRequest(handler.path, dict(handler.headers.items()), body, payload,
-                                                 fault.kind if fault else None, time.time()))
+                                                 fault.kind if fault else None, time.time(),
+                                                 complete=len(raw) == length))
             self._in_flight += 1
             self.max_in_flight = max(self.max_in_flight, self._in_flight)
         try:

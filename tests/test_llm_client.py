@@ -205,3 +205,17 @@ def test_prompt_files(tmp_path):
         load_prompt(str(bad))
     with pytest.raises(FileNotFoundError, match="nope_v9"):
         load_prompt("nope_v9")
+
+
+def test_the_double_marks_a_request_cut_off_mid_body(double):
+    """The kill-and-resume tests leave out requests the kill cut off; the double must tell them apart."""
+    port = int(double.base_url.split(":")[-1].split("/")[0])
+    body = json.dumps({"model": "double-1", "messages": [{"role": "user", "content": "hello"}]}).encode()
+    with socket.create_connection(("127.0.0.1", port)) as sock:
+        sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     + f"Content-Length: {len(body)}\r\n\r\n".encode() + body[: len(body) // 2])
+        sock.shutdown(socket.SHUT_WR)
+        sock.recv(65536)
+    assert len(double.requests) == 1
+    cut = double.requests[0]
+    assert not cut.complete and cut.json is None and cut.user_text() == ""
