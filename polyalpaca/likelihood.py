@@ -32,6 +32,7 @@ from typing import Callable, NamedTuple, Sequence
 
 import torch
 
+from .models import vocabulary_first_logits
 from .prompts import PromptTemplate
 
 
@@ -56,15 +57,12 @@ def _encode(tokenizer, template: PromptTemplate, prompt: str, answer: str, max_a
 
 
 def _head_logprobs(model, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """log p(target) for each hidden state, with the exact softmax over the whole vocabulary. The
-    logits are computed vocabulary-first (V x n, ``models.output_logits``'s faster CPU product) and
-    normalised over the vocabulary axis without transposing them back."""
+    """log p(target) for each hidden state, with the exact softmax over the whole vocabulary. On a
+    CPU the logits are computed vocabulary first (V x n, ``models.vocabulary_first_logits``, the
+    faster product there) and normalised over the vocabulary axis without transposing them back."""
     layer = model.get_output_embeddings()
     if hidden.device.type == "cpu" and isinstance(layer, torch.nn.Linear):
-        logits = (layer.weight @ hidden.T).float()  # V x n
-        if layer.bias is not None:
-            logits = logits + layer.bias.float()[:, None]
-        vocab_axis = 0
+        logits, vocab_axis = vocabulary_first_logits(layer, hidden).float(), 0  # V x n
     else:
         logits, vocab_axis = layer(hidden).float(), -1
     cap = getattr(model.config, "final_logit_softcapping", None)
