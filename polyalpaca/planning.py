@@ -210,6 +210,10 @@ def plan_table(exp: Experiment, gflops: float = 0.0) -> dict:
         table["speed"] = {"gflops_now": round(gflops, 1), "gflops_then": exp.profile.estimate.reference_gflops,
                           "factor": round(exp.profile.estimate.reference_gflops / gflops, 2)}
         return table
+    if gflops:  # measured, but the profile's rates carry no speed to compare it with
+        table = plan_table(exp)
+        table["speed"] = {"gflops_now": round(gflops, 1), "gflops_then": None, "factor": None}
+        return table
     p = exp.profile
     reason = ""
     try:
@@ -281,12 +285,16 @@ def format_plan(table: dict) -> str:
         lines.append(f"predicted book time from empty artefacts: {t['book_minutes']} minutes "
                      "(training + evaluation + the other chapters and the HTML build)")
         speed = table.get("speed")
-        if speed:
+        if speed and speed["factor"]:
             lines.append(f"scaled to this machine now: {speed['gflops_now']} GFLOP/s measured, "
                          f"{speed['gflops_then']} when the rates were measured (times x {speed['factor']})")
-        elif table.get("reference_gflops"):
+        elif table.get("reference_gflops") and not speed:
             lines.append(f"at the speed the rates were measured ({table['reference_gflops']} GFLOP/s); "
                          "--measure-speed scales the times to this machine now (3 s)")
+    speed = table.get("speed")
+    if speed and not speed["factor"]:
+        lines.append(f"not scaled: this machine measured {speed['gflops_now']} GFLOP/s now, but the profile "
+                     "records no speed for its rates (estimate.reference_gflops)")
     if table["note"]:
         lines.append(table["note"])
     return "\n".join(lines)

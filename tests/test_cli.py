@@ -185,6 +185,13 @@ def test_plan_scales_its_times_to_the_machine_speed_now(tiny_model_dir, tmp_path
     assert "--measure-speed scales the times" in capsys.readouterr().out
     assert main(["plan", "--profile", "tiny", "--artefacts", str(tmp_path), "--measure-speed", *sets]) == 0
     assert "scaled to this machine now:" in capsys.readouterr().out
+    unrated = Experiment(load_profile("tiny", {**RATES, "estimate.reference_gflops": 0.0}), tmp_path)
+    plain = plan_table(unrated, 20.0)  # measured, but nothing to compare it with: said, not scaled
+    assert plain["speed"] == {"gflops_now": 20.0, "gflops_then": None, "factor": None}
+    assert plain["totals"] == plan_table(unrated)["totals"]
+    unrated_sets = sets + ["-s", "estimate.reference_gflops", "0.0"]
+    assert main(["plan", "--profile", "tiny", "--artefacts", str(tmp_path), "--measure-speed", *unrated_sets]) == 0
+    assert "not scaled: this machine measured" in capsys.readouterr().out
 
 
 def test_run_rejects_unknown_parameters():
