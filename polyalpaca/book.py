@@ -180,7 +180,9 @@ def build_book(profile: str = "cpu", book_dir: str | Path | None = None, artefac
     if execute:
         from .config import load_profile
 
-        timeout = load_profile(profile, overrides or {}).book.chapter_timeout_s
+        settings = load_profile(profile, overrides or {})
+        warn_if_disk_is_short(settings, artefacts_dir)
+        timeout = settings.book.chapter_timeout_s
         names = chapters or CHAPTERS
         for number, name in enumerate(names, start=1):
             print(f"[polyalpaca] chapter {number}/{len(names)}: {chapter_path(name).stem} "
@@ -190,6 +192,21 @@ def build_book(profile: str = "cpu", book_dir: str | Path | None = None, artefac
             timings[chapter_path(name).stem] = round(time.time() - start, 1)
     write_generated_pages(book_dir, timings, profile, overrides or {}, artefacts_dir)
     return build_html(book_dir, strict)
+
+
+def warn_if_disk_is_short(profile, artefacts_dir: str | Path = "") -> str:
+    """Print (and return) a warning before the chapters run when the artefacts folder's disk has
+    less free space than the plan's fully fine-tuned models need: better said now than as a full
+    disk in the training chapter. Only a warning: a resumed build needs less than the estimate."""
+    from .grid import Experiment
+    from .planning import plan_table
+    from .preflight import disk_estimate, disk_shortfall
+
+    exp = Experiment(profile, artefacts_dir or None)
+    short = disk_shortfall(disk_estimate(profile, plan_table(exp), exp.root))
+    if short:
+        print(f"[polyalpaca] warning: {short}", flush=True)
+    return short
 
 
 # --- pages generated from the code and the artefacts ---------------------------------------

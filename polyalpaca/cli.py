@@ -70,8 +70,9 @@ def cmd_check(args) -> int:
     from .planning import plan_table
     from .preflight import disk_estimate, format_check
 
-    plan = plan_table(Experiment(profile, args.artefacts or None))
-    print(format_check(profile, plan, disk_estimate(profile, plan)))
+    exp = Experiment(profile, args.artefacts or None)
+    plan = plan_table(exp)
+    print(format_check(profile, plan, disk_estimate(profile, plan, exp.root)))
     return 0
 
 
@@ -276,7 +277,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress at INFO level")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("check", help="check every setting of a profile; print the plan's time and disk estimate")
+    p = sub.add_parser("check", help="check every setting of a profile; print the plan's time and disk estimate and the free disk space")
     _profile_args(p)
     p.add_argument("--list-settings", action="store_true",
                    help="print every setting with its value in the profile, its type and what it does")

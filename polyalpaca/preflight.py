@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 from pathlib import Path
 from typing import Any, Callable
 
@@ -433,11 +434,20 @@ def model_params_billions(profile: Profile, model: str) -> float | None:
     return value / 1000 if unit.lower() == "m" else value
 
 
-def disk_estimate(profile: Profile, plan: dict) -> dict:
+def free_gb(folder: str | Path) -> float:
+    """Free space, in GB, on the disk that holds ``folder`` (or its nearest existing parent)."""
+    path = Path(folder).resolve()
+    while not path.exists():
+        path = path.parent
+    return shutil.disk_usage(path).free / 1e9
+
+
+def disk_estimate(profile: Profile, plan: dict, folder: str | Path | None = None) -> dict:
     """A rough disk estimate from model sizes: every full fine-tune keeps an fp32 copy of its model
     (4 bytes per parameter); LoRA adapters are small. While a full fine-tune runs, its two newest
     resumable checkpoints (weights and AdamW moments, 12 bytes per parameter each) are kept too,
-    and removed when it finishes. Models of unknown size are listed, not counted."""
+    and removed when it finishes. Models of unknown size are listed, not counted. With ``folder``
+    (the artefacts folder) the free space on its disk is added."""
     sizes = {model: model_params_billions(profile, model) for model in profile.grid.models}
     by_short = {model.split(":")[-1].rstrip("/").split("/")[-1]: model for model in profile.grid.models}
     kept_gb, peak_gb, unknown = 0.0, 0.0, sorted(m for m, s in sizes.items() if s is None)
@@ -446,7 +456,22 @@ def disk_estimate(profile: Profile, plan: dict) -> dict:
         if row["method"] == "full" and row["trains_new_model"] and billions:
             kept_gb += 4 * billions
             peak_gb = max(peak_gb, 2 * 12 * billions)
-    return {"kept_gb": round(kept_gb, 1), "checkpoints_gb": round(peak_gb, 1), "unknown_sizes": unknown}
+    disk = {"kept_gb": round(kept_gb, 1), "checkpoints_gb": round(peak_gb, 1), "unknown_sizes": unknown}
+    if folder is not None:
+        disk.update(folder=str(folder), free_gb=round(free_gb(folder), 1))
+    return disk
+
+
+def disk_shortfall(disk: dict) -> str:
+    """'' when the artefacts folder's disk has room for ``disk_estimate``'s models and checkpoints;
+    otherwise a sentence that says how much is missing. Models already trained there count in the
+    estimate, so a resumed build may need less than it says."""
+    need = disk["kept_gb"] + disk["checkpoints_gb"]
+    if "free_gb" not in disk or disk["free_gb"] >= need:
+        return ""
+    return (f"{disk['folder']} is on a disk with {disk['free_gb']} GB free; this plan's fully fine-tuned models "
+            f"and a running fine-tune's checkpoints need up to {need:.1f} GB (models already trained there are "
+            "counted too). Free space or choose another folder (--artefacts) before a long run stops on a full disk")
 
 
 def format_check(profile: Profile, plan: dict, disk: dict) -> str:
@@ -470,6 +495,10 @@ def format_check(profile: Profile, plan: dict, disk: dict) -> str:
                  "LoRA adapters are small")
     if disk["unknown_sizes"]:
         lines.append("  not counted, size unknown (set grid.model_params_billions): " + ", ".join(disk["unknown_sizes"]))
+    if "free_gb" in disk:
+        lines.append(f"  free on the artefacts folder's disk ({disk['folder']}): {disk['free_gb']} GB")
+        if disk_shortfall(disk):
+            lines.append("WARNING: " + disk_shortfall(disk))
     if plan["note"]:
         lines.append(plan["note"])
     return "\n".join(lines)

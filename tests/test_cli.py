@@ -79,7 +79,8 @@ def test_check_reports_the_estimates(tiny_model_dir, tmp_path, capsys):
     assert lines[3] == ("disk (estimate from model sizes): 0.0 GB of fully fine-tuned models kept, up to 0.0 GB more "
                         "for a running full fine-tune's checkpoints; LoRA adapters are small")
     assert lines[4] == "  not counted, size unknown (set grid.model_params_billions): tiny-random-gemma3"
-    assert len(lines) == 5
+    assert lines[5].startswith(f"  free on the artefacts folder's disk ({tmp_path}): ") and lines[5].endswith(" GB")
+    assert len(lines) == 6
 
 
 def test_check_names_a_missing_judge_key(monkeypatch, capsys):

@@ -293,6 +293,26 @@ def test_model_sizes_for_the_disk_estimate():
     assert pf.disk_estimate(cpu, plan) == {"kept_gb": 1.1, "checkpoints_gb": 6.5, "unknown_sizes": []}
 
 
+def test_a_disk_too_small_for_the_plan_is_named_before_the_run(tiny_model_dir, tmp_path, capsys):
+    from polyalpaca.book import warn_if_disk_is_short
+
+    cpu = load_profile("cpu")
+    plan = {"runs": [{"model": "gemma-3-270m", "method": "full", "trains_new_model": True}]}
+    disk = pf.disk_estimate(cpu, plan, tmp_path / "not" / "made" / "yet")  # measured on its nearest parent
+    assert disk["free_gb"] == round(pf.free_gb(tmp_path), 1) > 0
+    assert pf.disk_shortfall({**disk, "free_gb": 100.0}) == ""
+    short = pf.disk_shortfall({**disk, "free_gb": 2.0})
+    assert short.startswith(f"{tmp_path / 'not' / 'made' / 'yet'} is on a disk with 2.0 GB free; ") and "7.6 GB" in short
+    assert "WARNING: " + short in pf.format_check(cpu, {"totals": {"runs": 1, "models_trained": 1,
+                                                                    "tokens_processed": 0}, "note": ""},
+                                                   {**disk, "free_gb": 2.0})
+    # the book warns before its chapters when a grid's models need more than the disk has
+    huge = load_profile("tiny", {"grid.model_params_billions": {"tiny-random-gemma3": 1e6}})
+    assert "GB free" in warn_if_disk_is_short(huge, tmp_path / "art")
+    assert "[polyalpaca] warning: " in capsys.readouterr().out
+    assert warn_if_disk_is_short(load_profile("tiny"), tmp_path / "art") == ""
+
+
 def test_chapter_setup_stops_before_loading_anything(tmp_path):
     """A chapter's first cell with a bad override: one exception with every problem, nothing
     written, torch not imported."""
