@@ -79,7 +79,9 @@ class DataConfig:
     train_languages: list[str] = setting(list(EMBEDDED_TRAIN_LANGUAGES), "languages of the training data")
     test_languages: list[str] = setting(["en", "es", "ru", "zh", "bg", "bn", "no"], "languages of the test prompts")
     unseen_languages: list[str] = setting(["bn", "no"], "test languages no recipe trains on")
-    train_limit: int | None = setting(None, "records per language (the first N ids); none = all")
+    train_limit: int | None = setting(None, "records per language in use, validation included: each training seed "
+                                            "draws train_limit - validation_size training ids (stratified by "
+                                            "category); none = all")
     validation_size: int = setting(20, "held-out records per training set (the paper: 1000)")
     test_source: str = setting("embedded", "test prompts: embedded, paper-url or a folder with test_{lang}.jsonl")
     test_limit: int | None = setting(None, "test prompts per language; none = all")
@@ -192,13 +194,12 @@ class ServerSettings:
 class FindingsConfig:
     """The statistical design of the claims table, declared before any run."""
 
-    alpha: float = setting(0.05, "family-wise error rate over the claims family (Holm)")
-    n_boot: int = setting(2000, "bootstrap resamples")
-    margins: dict[str, float] = setting({"quality": 0.02, "gate": 0.05, "robustness": 0.25},
-                                        "non-inferiority margin per measure: A is not worse than B when the "
-                                        "lower bound of A - B is above -margin")
+    alpha: float = setting(0.05, "family-wise error rate of each family of tests, the tuning rows and the claims (Holm)")
+    margins: dict[str, float] = setting({"quality": 1.0, "answer_language": 0.05, "robustness": 1.0},
+                                        "non-inferiority margin per measure (quality: points of % gain over the "
+                                        "base; robustness: nats of log-odds; answer_language: share of answers): "
+                                        "A is not worse than B when A - B is above -margin")
     min_seeds: int = setting(3, "fewer seeds than this: the verdict is exploratory and not counted")
-    seed: int = setting(0, "the bootstrap's random seed")
 
 
 @dataclass
@@ -238,11 +239,16 @@ class EvalConfig:
     judge: JudgeSettings = setting(factory=JudgeSettings, help="the LLM judge")
     evaluate_base_model: bool = setting(True, "also answer with the untuned base model")
     langid_seed: int = setting(0, "seed of the language detector")
+    gate_languages: str = setting("study", "languages the gate's detector decides among: study (the profile's "
+                                           "training and test languages and English) or all (langdetect's 55)")
     backend: str = setting("local", "local (transformers in this process) or server (eval.server)")
     server: ServerSettings = setting(factory=ServerSettings, help="the completions server (backend = server)")
     likelihood: bool = setting(True, "score the reference answers' likelihood (needs test prompts with references)")
     likelihood_batch_size: int = setting(8, "answers per likelihood forward pass")
-    likelihood_max_tokens: int = setting(64, "reference answers are scored on their first N tokens")
+    likelihood_max_tokens: int = setting(256, "cap on a scored reference's tokens (a safety limit; "
+                                              "likelihood_sentences decides the content scored)")
+    likelihood_sentences: int = setting(0, "score the first N complete sentences of each reference, the same "
+                                           "content in every language (0 = the whole reference)")
 
 
 def _full_defaults() -> TrainConfig:

@@ -69,13 +69,16 @@ class ScoredAnswer:
         return asdict(self)
 
 
-def score_answers(prompts: list[TestPrompt], responses: list[str], seed: int = 0) -> list[dict]:
-    """Score stored answers (rows for the artefact store)."""
-    return [score_answer("", p, r, seed).to_dict() for p, r in zip(prompts, responses)]
+def score_answers(prompts: list[TestPrompt], responses: list[str], seed: int = 0,
+                  candidates: tuple[str, ...] | None = None) -> list[dict]:
+    """Score stored answers (rows for the artefact store); the gate detects languages among
+    ``candidates`` when given."""
+    return [score_answer("", p, r, seed, candidates).to_dict() for p, r in zip(prompts, responses)]
 
 
-def score_answer(run: str, prompt: TestPrompt, response: str, seed: int = 0) -> ScoredAnswer:
-    gate = language_gate(prompt.prompt, response, prompt.lang, seed)
+def score_answer(run: str, prompt: TestPrompt, response: str, seed: int = 0,
+                 candidates: tuple[str, ...] | None = None) -> ScoredAnswer:
+    gate = language_gate(prompt.prompt, response, prompt.lang, seed, candidates)
     similarity = sentence_chrf(response, prompt.reference)
     correct = verifiable_correct(prompt, response)
     return ScoredAnswer(

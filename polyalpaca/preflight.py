@@ -22,7 +22,7 @@ import shutil
 from pathlib import Path
 from typing import Any, Callable
 
-from .config import Profile, SettingsError, read_profile
+from .config import FindingsConfig, Profile, SettingsError, read_profile
 from .data import EMBEDDED_TEST_LANGUAGES, EMBEDDED_TRAIN_LANGUAGES, LANGUAGES
 from .recipes import RECIPES
 
@@ -37,6 +37,7 @@ PRECISIONS = ("auto", "fp32", "bf16")
 CHECKPOINTING = ("auto", "on", "off")
 DATA_SOURCES = ("embedded", "hub", "files")
 EVAL_BACKENDS = ("local", "server")
+GATE_LANGUAGES = ("study", "all")
 TRANSLATION_BACKENDS = ("local", "api")
 
 Rule = Callable[[Profile], list[str]]
@@ -254,11 +255,13 @@ def check_grid(p: Profile) -> list[str]:
 
 
 def check_findings(p: Profile) -> list[str]:
-    """``findings``: alpha in (0, 1), margins >= 0, at least one bootstrap resample and seed."""
+    """``findings``: alpha in (0, 1), margins >= 0 and named after a measure, at least one seed."""
     f = p.findings
     problems = [] if 0 < f.alpha < 1 else [f"findings.alpha: must be > 0 and < 1, got {_number(f.alpha)}"]
     problems += [msg for name, margin in f.margins.items() for msg in _at_least(f"findings.margins.{name}", margin, 0)]
-    problems += _at_least("findings.n_boot", f.n_boot, 1)
+    measures = list(FindingsConfig().margins)  # every measure has a default margin
+    problems += [f"findings.margins.{name}: not a measure; expected one of {', '.join(measures)}"
+                 for name in f.margins if name not in measures]
     return problems + _at_least("findings.min_seeds", f.min_seeds, 1)
 
 
@@ -277,6 +280,12 @@ def check_decoding(p: Profile) -> list[str]:
         problems += _at_least(f"{key}.no_repeat_ngram_size", d.no_repeat_ngram_size, 0)
         problems += _above(f"{key}.repetition_penalty", d.repetition_penalty, 0)
     return problems + _above("eval.likelihood_batch_size", p.eval.likelihood_batch_size, 0)
+
+
+def check_gate(p: Profile) -> list[str]:
+    """``eval.gate_languages``: study or all; ``eval.likelihood_sentences`` not negative."""
+    return (_one_of("eval.gate_languages", p.eval.gate_languages, GATE_LANGUAGES)
+            + _at_least("eval.likelihood_sentences", p.eval.likelihood_sentences, 0))
 
 
 def check_eval_backend(p: Profile) -> list[str]:
@@ -389,7 +398,7 @@ SETTINGS_RULES: tuple[Rule, ...] = (
     check_methods, check_loss_on, check_scheduler, check_precision, check_gradient_checkpointing,
     check_training_numbers, check_effective_batch, check_data_source, check_test_source, check_languages,
     check_embedded_languages, check_unseen_languages, check_limits, check_recipes, check_grid, check_findings,
-    check_decoding, check_eval_backend, check_likelihood_references, check_judge, check_translation, check_book,
+    check_decoding, check_gate, check_eval_backend, check_likelihood_references, check_judge, check_translation, check_book,
 )
 # The endpoints whose API key a command may need in its environment, and each one's rule.
 KEY_RULES: dict[str, Rule] = {"judge": check_judge_key, "translation": check_translation_key,
