@@ -139,3 +139,30 @@ def test_config_and_generate_share_decoding_without_torch():
     assert config.DecodingConfig is __import__("polyalpaca.generate", fromlist=["x"]).DecodingConfig
     code = "import sys; from polyalpaca.config import load_profile; load_profile('paper'); assert 'torch' not in sys.modules"
     assert subprocess.run([sys.executable, "-c", code], timeout=60).returncode == 0
+
+
+@pytest.mark.parametrize("spec, starts_with_bos", [("tiny-random-gemma3", True), ("tiny-random-bloom", False)])
+def test_bos_as_the_models_tokenizer_does_it(spec, starts_with_bos):
+    """Training, generation and likelihood scoring start a prompt as the model's tokenizer starts a
+    text: Gemma's with its BOS, BLOOM's with none (the authors trained BLOOM without one)."""
+    import torch
+
+    from polyalpaca.data import Record
+    from polyalpaca.generate import _generate_batch
+    from polyalpaca.likelihood import _encode
+    from polyalpaca.models import load_model, load_tokenizer
+    from polyalpaca.prompts import encode_prompt, tokenize_example
+
+    tok, t = load_tokenizer(spec), load_template()
+    prompt = t.build("Name a colour.")
+    expected = tok(prompt)["input_ids"]  # the tokenizer's own special tokens
+    assert (expected[0] == tok.bos_token_id) == starts_with_bos
+    assert encode_prompt(tok, prompt) == expected
+    trained = tokenize_example(Record("r", "en", "Name a colour.", "", "Red."), tok, t, 512, "all")["input_ids"]
+    assert trained[:len(expected)] == expected
+    assert _encode(tok, t, "Name a colour.", "Red.", 8)[0] == expected
+    model = load_model(spec)
+    seen = []
+    model.register_forward_pre_hook(lambda m, args, kwargs: seen.append(kwargs["input_ids"]), with_kwargs=True)
+    _generate_batch(model, tok, [prompt], DecodingConfig(max_new_tokens=1, stop_strings=()))
+    assert seen[0][0].tolist() == expected
