@@ -30,14 +30,34 @@ from .paths import PACKAGE_DIR
 PROFILES_DIR = PACKAGE_DIR / "profiles"
 
 
-def setting(default: Any = dataclasses.MISSING, help: str = "", *, factory: Callable[[], Any] | None = None) -> Any:
-    """A dataclass field with its help text. A list or dict default is copied for each instance."""
+def setting(default: Any = dataclasses.MISSING, help: str = "", *, factory: Callable[[], Any] | None = None,
+            keyed_at_default: bool = True) -> Any:
+    """A dataclass field with its help text. A list or dict default is copied for each instance.
+
+    ``keyed_at_default=False`` (for settings added after results were stored): the setting enters
+    cache keys (``keyed_settings``) only when it differs from its default, so the results stored
+    before it existed, made with what is now its default, keep their keys."""
     if factory is None and isinstance(default, (list, dict)):
         value = default
         factory = lambda: copy.deepcopy(value)  # noqa: E731
+    metadata = {"help": help, "keyed_at_default": keyed_at_default}
     if factory is not None:
-        return field(default_factory=factory, metadata={"help": help})
-    return field(default=default, metadata={"help": help})
+        return field(default_factory=factory, metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+def keyed_settings(obj: Any) -> dict:
+    """A settings dataclass as the dict that cache keys and run ids are made of: ``dataclasses.asdict``
+    without the settings declared ``keyed_at_default=False`` that are at their default."""
+    out = {}
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if not f.metadata.get("keyed_at_default", True):
+            default = f.default_factory() if f.default is dataclasses.MISSING else f.default  # type: ignore[misc]
+            if value == default:
+                continue
+        out[f.name] = keyed_settings(value) if dataclasses.is_dataclass(value) else copy.deepcopy(value)
+    return out
 
 
 class SettingsError(ValueError):
@@ -61,6 +81,10 @@ class DecodingConfig:
     repetition_penalty: float = setting(1.0, "penalty on tokens already generated (1.0 = off)")
     batch_size: int = setting(16, "prompts per generate call")
     stop_strings: tuple[str, ...] = setting(("\n### ",), "generation stops at any of these strings")
+    template: str = setting("", "prompt template of the questions (polyalpaca/resources/templates/NAME.json); "
+                                "'' = the template the method was trained with", keyed_at_default=False)
+    skip_special_tokens: bool = setting(True, "drop special tokens such as </s> from the answer; false keeps them "
+                                              "(up to the first eos)", keyed_at_default=False)
 
     def generate_kwargs(self) -> dict:
         kwargs = dict(max_new_tokens=self.max_new_tokens, do_sample=False, num_beams=self.num_beams)
@@ -121,6 +145,13 @@ class TrainConfig:
     max_length: int = setting(512, "tokens per example (longer ones are cut)")
     loss_on: str = setting("all", "all (prompt and response) or response (prompt masked)")
     lora: LoraSettings = setting(factory=LoraSettings, help="the LoRA adapter")
+    template: str = setting("alpaca", "prompt template of training and likelihood scoring "
+                                      "(polyalpaca/resources/templates/NAME.json)", keyed_at_default=False)
+    use_validation: bool = setting(True, "hold out the validation records (data.validation_size ids); false = "
+                                         "train on them too, with no validation loss, and keep the final model",
+                                   keyed_at_default=False)
+    validation_limit: int = setting(0, "validation records per run: a seeded sample of the run's held-out "
+                                       "records (0 = all of them)", keyed_at_default=False)
     eval_every_epoch: bool = setting(True, "validation loss after every epoch")
     best_by_validation: bool = setting(True, "keep the epoch with the lowest validation loss")
     fast_path: bool = setting(True, "our speed-ups (logits only where labels count, no padding): same loss")

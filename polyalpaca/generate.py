@@ -10,6 +10,7 @@ from typing import Callable, Sequence
 import torch
 
 from .models import weight_first_output
+from .prompts import encode_prompt
 from .config import DecodingConfig  # defined with the other settings; still importable from here
 
 
@@ -34,7 +35,7 @@ def _generate_batch(model, tokenizer, prompts: Sequence[str], decoding: Decoding
     from transformers import StoppingCriteriaList
 
     tokenizer.padding_side = "left"
-    enc = tokenizer(list(prompts), return_tensors="pt", padding=True).to(model.device)
+    enc = tokenizer.pad({"input_ids": [encode_prompt(tokenizer, p) for p in prompts]}, return_tensors="pt").to(model.device)
     stopping = StoppingCriteriaList([StopAtText(tokenizer, decoding.stop_strings, enc["input_ids"].shape[1])]
                                     if decoding.stop_strings else [])
     with torch.inference_mode(), weight_first_output(model):
@@ -46,8 +47,15 @@ def _generate_batch(model, tokenizer, prompts: Sequence[str], decoding: Decoding
             eos_token_id=tokenizer.eos_token_id,
         )
     new_tokens = out[:, enc["input_ids"].shape[1]:]
-    texts = tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
+    if decoding.skip_special_tokens:
+        texts = tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
+    else:  # special tokens stay in the text, up to the first eos (what follows it is padding)
+        texts = [tokenizer.decode(_through_eos(row.tolist(), tokenizer.eos_token_id)) for row in new_tokens]
     return [_cut_at_stop(t, decoding.stop_strings) for t in texts]
+
+
+def _through_eos(ids: list[int], eos: int | None) -> list[int]:
+    return ids[:ids.index(eos) + 1] if eos in ids else ids
 
 
 def _cut_at_stop(text: str, stops: Sequence[str]) -> str:
@@ -70,7 +78,7 @@ def generate_texts(
     ``on_batch(n)`` is called after each batch of ``n`` prompts (for progress bars).
     """
     model.eval()
-    order = sorted(range(len(prompts)), key=lambda i: len(tokenizer(prompts[i])["input_ids"]))
+    order = sorted(range(len(prompts)), key=lambda i: len(encode_prompt(tokenizer, prompts[i])))
     results: list[str | None] = [None] * len(prompts)
     for start in range(0, len(order), decoding.batch_size):
         idx = order[start:start + decoding.batch_size]

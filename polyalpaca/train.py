@@ -4,7 +4,10 @@ LoRA and full tuning differ only by whether a PEFT config is passed. ``FastSFTTr
 the same loss as TRL's ``SFTTrainer`` with less work:
 
 - padding-free batches: the examples of a batch are concatenated into one row with restarting
-  ``position_ids`` (attention stays within each example), so no compute is spent on padding;
+  ``position_ids`` (attention stays within each example), so no compute is spent on padding.
+  Only for models that keep the examples of such a row apart
+  (``packed_attention.keeps_examples_apart``); BLOOM is trained on padded batches, with the rest
+  of the fast path;
 - logits only where labels count: the LM head (262k-way for Gemma) runs only at positions whose
   next token is a training target, so masked prompts cost no LM-head work, and it runs in token
   chunks whose gradients are formed at once, so the full logits never exist and nothing is
@@ -72,7 +75,7 @@ class FastSFTTrainer(SFTTrainer):
         model = kwargs.get("model")
         if model is not None and not isinstance(model, str):
             add_fast_lm_loss(model, vocab_ids=vocab_ids)  # before PEFT wraps it, like TRL's own fused head
-            if model.config._attn_implementation in ("sdpa", "eager"):
+            if packed_attention.keeps_examples_apart(model) and model.config._attn_implementation in ("sdpa", "eager"):
                 model.set_attn_implementation(packed_attention.NAME)  # per-example attention in packed rows
         super().__init__(*args, **kwargs)
 
@@ -288,8 +291,13 @@ def train(model_spec: str, train_records: list[Record], validation_records: list
     train_ds = tokenize_records(train_records, tokenizer, template, cfg.max_length, cfg.loss_on)
     val_ds = (tokenize_records(validation_records, tokenizer, template, cfg.max_length, cfg.loss_on)
               if validation_records else None)
+    packed = fast and packed_attention.keeps_examples_apart(model)
+    if fast and not packed:
+        log.warning("%s.fast_path: %s cannot keep the examples of a packed row apart (its attention does not "
+                    "take the row's boundaries); it is trained on padded batches, with the same loss",
+                    cfg.method, type(model).__name__)
     args = build_sft_config(cfg, ckpt_dir, has_validation=val_ds is not None, precision=precision,
-                            checkpointing=checkpointing, padding_free=fast, processes=processes.count)
+                            checkpointing=checkpointing, padding_free=packed, processes=processes.count)
     if args.world_size != processes.count:  # the launcher's environment and the process group disagree
         raise RuntimeError(f"the launcher announced {processes.count} processes but training runs in "
                            f"{args.world_size}; launch with accelerate launch or torchrun (see book/rerun.md)")

@@ -40,8 +40,8 @@ def test_overrides_and_typos():
     assert err.value.problems == [
         "lora.epoch: unknown setting; known in [lora]: batch_size, best_by_validation, effective_batch, epochs, "
         "eval_every_epoch, fast_path, gradient_accumulation, gradient_checkpointing, learning_rate, logging_steps, "
-        "lora, loss_on, max_length, method, precision, scheduler, seed, vocab_subset, warmup_ratio, warmup_steps, "
-        "weight_decay",
+        "lora, loss_on, max_length, method, precision, scheduler, seed, template, use_validation, validation_limit, vocab_subset, "
+        "warmup_ratio, warmup_steps, weight_decay",
         "lorra: unknown setting; known at the top level: book, data, description, estimate, estimate_device, estimate_mfu, "
         "estimate_tflops, eval, findings, full, grid, lora, name, tokens_per_second_estimate, translation",
     ]
@@ -139,3 +139,93 @@ def test_config_and_generate_share_decoding_without_torch():
     assert config.DecodingConfig is __import__("polyalpaca.generate", fromlist=["x"]).DecodingConfig
     code = "import sys; from polyalpaca.config import load_profile; load_profile('paper'); assert 'torch' not in sys.modules"
     assert subprocess.run([sys.executable, "-c", code], timeout=60).returncode == 0
+
+
+@pytest.mark.parametrize("spec, starts_with_bos", [("tiny-random-gemma3", True), ("tiny-random-bloom", False)])
+def test_bos_as_the_models_tokenizer_does_it(spec, starts_with_bos):
+    """Training, generation and likelihood scoring start a prompt as the model's tokenizer starts a
+    text: Gemma's with its BOS, BLOOM's with none (the authors trained BLOOM without one)."""
+    import torch
+
+    from polyalpaca.data import Record
+    from polyalpaca.generate import _generate_batch
+    from polyalpaca.likelihood import _encode
+    from polyalpaca.models import load_model, load_tokenizer
+    from polyalpaca.prompts import encode_prompt, tokenize_example
+
+    tok, t = load_tokenizer(spec), load_template()
+    prompt = t.build("Name a colour.")
+    expected = tok(prompt)["input_ids"]  # the tokenizer's own special tokens
+    assert (expected[0] == tok.bos_token_id) == starts_with_bos
+    assert encode_prompt(tok, prompt) == expected
+    trained = tokenize_example(Record("r", "en", "Name a colour.", "", "Red."), tok, t, 512, "all")["input_ids"]
+    assert trained[:len(expected)] == expected
+    assert _encode(tok, t, "Name a colour.", "Red.", 8)[0] == expected
+    model = load_model(spec)
+    seen = []
+    model.register_forward_pre_hook(lambda m, args, kwargs: seen.append(kwargs["input_ids"]), with_kwargs=True)
+    _generate_batch(model, tok, [prompt], DecodingConfig(max_new_tokens=1, stop_strings=()))
+    assert seen[0][0].tolist() == expected
+
+
+def test_full_tuning_templates_as_the_authors_used_them():
+    """Full fine-tuning trained with the answer right after '### Response:' and asked with an
+    indented prompt; its answer is the text after '### Response:' up to a next one, </s> kept."""
+    train, ask = load_template("alpaca-full"), load_template("alpaca-full-inference")
+    assert train.build("Name a colour.").endswith("\n\n### Response:")
+    assert ask.build("Name a colour.").endswith("\n\n    ### Instruction:\n    Name a colour.\n\n    ### Response:\n    ")
+    assert ask.extract_response("### Response:\n" + "Red.</s>") == "Red.</s>"
+    assert ask.extract_response("### Response:\n" + "Red.\n### Instruction: again ### Response: x") == \
+        "Red.\n### Instruction: again"
+
+
+def test_new_settings_enter_keys_only_when_changed():
+    """Settings added for the paper profile keep the run ids and cache keys of results made before
+    them (at their defaults), and change them when set."""
+    import dataclasses
+
+    from polyalpaca.config import TrainConfig, keyed_settings
+
+    assert keyed_settings(TrainConfig()) == {k: v for k, v in dataclasses.asdict(TrainConfig()).items()
+                                              if k not in ("template", "use_validation", "validation_limit")}
+    assert keyed_settings(DecodingConfig()) == {k: v for k, v in dataclasses.asdict(DecodingConfig()).items()
+                                                if k not in ("template", "skip_special_tokens")}
+    assert keyed_settings(TrainConfig(template="alpaca-full"))["template"] == "alpaca-full"
+
+
+def test_per_method_template_validation_and_decoding_are_keyed(tmp_path):
+    from polyalpaca.grid import Experiment
+
+    base = {"grid.recipes": ["monolingual", "multilingual"]}
+    plain = Experiment(load_profile("tiny", base), tmp_path)
+    paper_like = Experiment(load_profile("tiny", {**base, "full.template": "alpaca-full", "full.use_validation": False,
+                                                  "full.best_by_validation": False, "lora.validation_limit": 2,
+                                                  "eval.decoding_full": {"template": "alpaca-full-inference",
+                                                                         "skip_special_tokens": False,
+                                                                         "max_new_tokens": 6}}), tmp_path)
+    before, after = ({r.label: r for r in e.runs(include_base=False)} for e in (plain, paper_like))
+    # LoRA: the same data, except the pooled multilingual set, whose validation is cut to 2 records.
+    assert before["lora-monolingual-en-s42"].training_set == after["lora-monolingual-en-s42"].training_set
+    assert before["lora-multilingual-s42"].validation_examples == 6 and after["lora-multilingual-s42"].validation_examples == 2
+    assert before["lora-multilingual-s42"].run_id != after["lora-multilingual-s42"].run_id
+    # Full tuning: another template, and the held-out records are trained on, with no validation.
+    full_before, full_after = before["full-monolingual-ru-s42"], after["full-monolingual-ru-s42"]
+    assert full_before.run_id != full_after.run_id
+    assert full_after.validation_examples == 0
+    assert full_after.train_examples == full_before.train_examples + full_before.validation_examples
+    assert paper_like.train_template("full").name == "alpaca-full"
+    assert paper_like.decoding_template("full").name == "alpaca-full-inference"
+    assert paper_like.decoding_template("lora").name == "alpaca"
+    answers = paper_like._answers(full_after, "ru")
+    assert answers.inputs["template"]["name"] == "alpaca-full-inference"
+    assert answers.inputs["decoding"]["skip_special_tokens"] is False
+    assert paper_like._answers(after["lora-monolingual-en-s42"], "en").inputs["template"]["name"] == "alpaca"
+
+
+def test_paper_profile_follows_the_released_code_per_method():
+    p = load_profile("paper")
+    assert (p.lora.template, p.lora.validation_limit, p.lora.best_by_validation) == ("alpaca", 1000, True)
+    assert (p.full.template, p.full.use_validation, p.full.best_by_validation) == ("alpaca-full", False, False)
+    assert p.eval.decoding.repetition_penalty == 1.0 and p.eval.decoding_full.repetition_penalty == 1.1
+    assert p.eval.decoding_full.template == "alpaca-full-inference" and not p.eval.decoding_full.skip_special_tokens
+    assert p.eval.decoding_full.stop_strings == ("### Response:",) and p.eval.decoding.stop_strings == ("\n### ",)

@@ -199,3 +199,51 @@ def test_packed_attention_equals_padded_batch(tiny_model_dir, tokenizer, templat
     for i, k in enumerate(lengths):
         assert torch.allclose(packed[start:start + k], padded[i, :k], atol=1e-4)
         start += k
+
+
+def _padded_and_packed_loss(model, examples):
+    """The model's own loss over ``examples`` padded in a batch, and packed into one row with no
+    boundaries given (each example's first token is not a target in either)."""
+    lengths = [len(e["input_ids"]) for e in examples]
+    n = max(lengths)
+    ids = torch.tensor([e["input_ids"] + [0] * (n - len(e["input_ids"])) for e in examples])
+    labels = torch.tensor([e["labels"] + [-100] * (n - len(e["labels"])) for e in examples])
+    mask = (torch.arange(n)[None] < torch.tensor(lengths)[:, None]).long()
+    packed_labels = [l if i else -100 for e in examples for i, l in enumerate(e["labels"])]
+    with torch.no_grad():
+        padded = model(input_ids=ids, attention_mask=mask, labels=labels).loss.item()
+        packed = model(input_ids=torch.tensor([sum((e["input_ids"] for e in examples), [])]),
+                       labels=torch.tensor([packed_labels])).loss.item()
+    return padded, packed
+
+
+def test_bloom_cannot_keep_packed_examples_apart(template):
+    """BLOOM's ALiBi attention takes no row boundaries: packed, each example attends to the ones
+    before it and the loss changes. Gemma's attention takes them."""
+    from polyalpaca import packed_attention
+    from polyalpaca.models import TINY_BLOOM, load_tokenizer
+
+    bloom = load_model(TINY_BLOOM)
+    assert not packed_attention.keeps_examples_apart(bloom)
+    assert packed_attention.keeps_examples_apart(load_model(TINY_GEMMA))
+    examples = [tokenize_example(r, load_tokenizer(TINY_BLOOM), template, 64, "all") for r in RECORDS[:3]]
+    padded, packed = _padded_and_packed_loss(bloom, examples)
+    assert abs(padded - packed) > 1e-2
+
+
+@pytest.mark.parametrize("method", ["lora", "full"])
+def test_fast_path_on_bloom_trains_as_padded(tmp_path, template, method):
+    """The fast path on BLOOM (padded batches there, the fused loss) trains the same model as
+    plain TRL: equal losses, step by step, and equal validation loss."""
+    from polyalpaca.models import TINY_BLOOM
+
+    lora = TrainConfig().lora
+    lora.target_modules = ["query_key_value"]
+    cfg = TrainConfig(method=method, epochs=1, batch_size=4, gradient_accumulation=1, warmup_steps=0,
+                      learning_rate=1e-3, loss_on="all" if method == "lora" else "response", max_length=192, lora=lora)
+    results = {fast: train(TINY_BLOOM, RECORDS[:8], RECORDS[8:], cfg, template, tmp_path / str(fast), fast=fast)
+               for fast in (False, True)}
+    losses = {fast: [h["loss"] for h in r.log_history if "loss" in h] for fast, r in results.items()}
+    assert losses[True] == pytest.approx(losses[False], abs=1e-4)
+    assert results[True].best_eval_loss == pytest.approx(results[False].best_eval_loss, abs=1e-4)
+    assert 0 < results[True].best_eval_loss < 20 and min(losses[True]) > 0  # the responses are trained on
