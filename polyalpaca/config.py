@@ -262,6 +262,17 @@ class BookConfig:
 
 
 @dataclass
+class StorageConfig:
+    """What the artefacts folder keeps once a run's results are stored."""
+
+    keep_full_models: bool = setting(False, "keep every fully fine-tuned model's weights (4 bytes per parameter "
+                                            "each) after its answers and likelihoods are stored; when false they "
+                                            "are removed then, and a later step that needs one retrains it from "
+                                            "its recorded settings (seeded: the same weights). LoRA adapters are "
+                                            "always kept")
+
+
+@dataclass
 class EvalConfig:
     """How the test prompts are answered and scored."""
 
@@ -301,6 +312,7 @@ class Profile:
     translation: TranslationSettings = setting(factory=TranslationSettings, help="the translation chapter")
     findings: FindingsConfig = setting(factory=FindingsConfig, help="the claims table's statistics")
     book: BookConfig = setting(factory=BookConfig, help="book execution")
+    storage: StorageConfig = setting(factory=StorageConfig, help="what the artefacts folder keeps")
     tokens_per_second_estimate: float = setting(0.0, "measured training throughput (CPU profiles), for plan")
     estimate: EstimateConfig = setting(factory=EstimateConfig, help="rates for plan's prediction of the book's time")
     estimate_device: str = setting("", "what the estimate is for, e.g. 1x A100 80GB")

@@ -100,6 +100,14 @@ def read_jsonl(path: str | Path) -> list[Any]:
     return rows
 
 
+def tree_size(path: str | Path) -> int:
+    """Bytes of the files under ``path`` (a file: its size; missing: 0). Links are not followed."""
+    path = Path(path)
+    if path.is_file():
+        return path.stat().st_size
+    return sum(p.lstat().st_size for p in path.rglob("*") if p.is_file() and not p.is_symlink())
+
+
 def atomic_folder(build: Callable[[Path], None], final: str | Path) -> Path:
     """``final``, built once: ``build(folder)`` fills ``FINAL.partial``, which is then renamed,
     so a crash never leaves half a folder under the final name. An existing ``final`` is kept."""
@@ -112,3 +120,40 @@ def atomic_folder(build: Callable[[Path], None], final: str | Path) -> Path:
     build(partial)
     partial.rename(final)
     return final
+
+
+class FolderBusy(RuntimeError):
+    """Another process holds the folder's lock (``folder_lock`` with ``wait=False``)."""
+
+
+@contextmanager
+def folder_lock(folder: str | Path, wait: bool = True, what: str = "writing") -> Iterator[Path]:
+    """One writer at a time in ``folder``: an exclusive ``flock`` on ``folder/.lock`` for the
+    ``with`` block. The operating system releases it when the holder ends, however it ends (a
+    kill included), so a stale lock never blocks. A second process waits, saying once why
+    (``wait=True``), or gets ``FolderBusy`` at once (``wait=False``)."""
+    import fcntl
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / ".lock", "a+", encoding="utf-8") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.seek(0)
+            holder = fh.read().strip() or "another process"
+            if not wait:
+                raise FolderBusy(f"{folder} is being written by {holder}; wait until it ends") from None
+            print(f"[polyalpaca] {folder} is being written by {holder}: waiting until it is done before "
+                  f"{what}", flush=True)
+            fcntl.flock(fh, fcntl.LOCK_EX)
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"process {os.getpid()}\n")
+        fh.flush()
+        try:
+            yield folder
+        finally:
+            fh.seek(0)
+            fh.truncate()
+            fcntl.flock(fh, fcntl.LOCK_UN)

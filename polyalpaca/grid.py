@@ -8,7 +8,9 @@ likelihood scores (``polyalpaca.likelihood``) -> verdicts (``polyalpaca.findings
 Each run (base model x method x training set x seed) gets an id derived from everything that
 shapes it (model, method settings and seed, the exact training ids, template). A trained model
 lives in ``<artefacts>/runs/<train_key>/``, marked finished by ``DONE``; an interrupted run
-resumes from its last checkpoint. Answers, scores, likelihoods and judge verdicts are stored per
+resumes from its last checkpoint. A fully fine-tuned model's weights are removed once its results
+are stored (unless ``storage.keep_full_models``) and retrained from the recorded settings when a
+later step needs them (``Experiment.model_dir``). Answers, scores, likelihoods and judge verdicts are stored per
 (trained model, language) under a cache key of everything that produced them
 (``polyalpaca.store``): a changed input is recomputed, an unchanged one reused.
 """
@@ -282,13 +284,81 @@ class Experiment:
 
         if run.method == "base":
             return {}
-        cfg: TrainConfig = dataclasses.replace(self.profile.train_config(run.method), seed=run.seed)
+        cfg, vocab = self._training_settings(run)
         record = {**run.summary(), "train_config": dataclasses.asdict(cfg), "seed": run.seed,
                   "versions": library_versions(), "git": git_revision(), "counts": run.training_set.counts()}
-        template = self.train_template(run.method)
-        vocab = self.vocabulary(run.model, template) if cfg.vocab_subset else None
         return train_run(self.run_dir(run), run.model, run.training_set.train, run.training_set.validation,
-                         cfg, template, record, vocab_ids=vocab)
+                         cfg, self.train_template(run.method), record, vocab_ids=vocab)
+
+    def _training_settings(self, run: GridRun) -> tuple[TrainConfig, object]:
+        """The run's training settings (its seed in place) and its vocabulary subset, if any."""
+        cfg: TrainConfig = dataclasses.replace(self.profile.train_config(run.method), seed=run.seed)
+        return cfg, (self.vocabulary(run.model, self.train_template(run.method)) if cfg.vocab_subset else None)
+
+    def model_dir(self, run: GridRun) -> Path:
+        """The folder of a trained run's model. A finished run whose model was not kept
+        (``storage.keep_full_models``) or was removed (``polyalpaca clean --models-only``) is first
+        retrained from its recorded settings: training is seeded, so the weights are the same, and
+        the losses are checked against the recorded ones (a difference is reported)."""
+        import json
+        import shutil
+
+        from .files import folder_lock
+        from .progress import report
+        from .train import train
+
+        self._require_trained(run)
+        folder = self.run_dir(run) / "model"
+        if folder.exists():
+            return folder
+        recorded = json.loads((self.run_dir(run) / "train_result.json").read_text())
+        with folder_lock(self.run_dir(run), what="retraining its model"):
+            if folder.exists():  # retrained by the process we waited for
+                return folder
+            report(f"[polyalpaca] {run.label}: its model was not kept (storage.keep_full_models = false, or "
+                   f"removed by polyalpaca clean): retraining it from its recorded settings (seeded: the same "
+                   f"weights; {recorded['seconds']:.0f} s when it was first trained)")
+            scratch = self.run_dir(run) / "retrain.partial"
+            shutil.rmtree(scratch, ignore_errors=True)
+            cfg, vocab = self._training_settings(run)
+            result = train(run.model, run.training_set.train, run.training_set.validation, cfg,
+                           self.train_template(run.method), scratch, vocab_ids=vocab)
+            (scratch / "model").rename(folder)
+            shutil.rmtree(scratch)
+        if _losses(result.log_history) != _losses(recorded["log_history"]):
+            report(f"[polyalpaca] warning: {run.label}: the retrained model's losses differ from the recorded "
+                   "ones (training is not bit-reproducible on this machine); its stored results are kept")
+        return folder
+
+    def release_model(self, run: GridRun) -> bool:
+        """Remove a fully fine-tuned model's weights once every run that shares it has its answers,
+        scores and likelihoods stored, unless the profile keeps them (``storage.keep_full_models``)
+        or a server reads them (``eval.backend = server``). Returns whether it removed them."""
+        import shutil
+
+        from .files import folder_lock
+
+        folder = self.run_dir(run) / "model"
+        if (run.method != "full" or self.profile.storage.keep_full_models or self.profile.eval.backend != "local"
+                or not folder.exists()):
+            return False
+        sharing = [run] + [r for r in self.runs(include_base=False) if r.model_key == run.model_key]
+        if not all(self._results_stored(r) for r in sharing):
+            return False
+        with folder_lock(self.run_dir(run), what="removing its model"):
+            removing = folder.with_name("model.removing")  # a kill mid-way leaves no half model under its name
+            shutil.rmtree(removing, ignore_errors=True)
+            folder.rename(removing)
+            shutil.rmtree(removing)
+        return True
+
+    def _results_stored(self, run: GridRun) -> bool:
+        """Whether the answers, scores and likelihoods of every test language of ``run`` are stored."""
+        for lang in run.eval_languages:
+            answers, lik = self._answers(run, lang), self._likelihood(run, lang)
+            if not (answers.exists() and self._scores(run, lang, answers).exists() and (lik is None or lik.exists())):
+                return False
+        return True
 
     def train_all(self) -> list[dict]:
         """Train every run of the grid (finished ones are reused), reporting progress."""
@@ -406,7 +476,7 @@ class Experiment:
             return load_base_copy(run.model), tokenizer
         from .models import load_trained
 
-        return load_trained(self.run_dir(run) / "model", run.model), tokenizer
+        return load_trained(self.model_dir(run), run.model), tokenizer
 
     def _generate(self, run: GridRun, model, tokenizer, prompts: list[TestPrompt]) -> list[str]:
         from .evaluate import answer_prompts
@@ -421,6 +491,13 @@ class Experiment:
                                              adapter, self.root / "llm-cache", base_model=run.model)
         return answer_prompts(model, tokenizer, self.decoding_template(run.method), prompts, self.decoding(run.method))
 
+    def _require_trained(self, run: GridRun) -> None:
+        if not self.is_trained(run):
+            raise RunNotTrained(
+                f"run {run.label} is not trained yet (no {self.run_dir(run) / 'DONE'}). Train it first: "
+                f"`polyalpaca train --profile {self.profile.name} --run {run.label}`, or execute the training "
+                f"chapter (`polyalpaca run training --profile {self.profile.name}`).")
+
     def evaluate(self, run: GridRun) -> dict:
         """Answer, score and likelihood-score every test language of ``run``. Everything stored
         under the same keys is reused; returns what was computed (``generated`` and
@@ -428,11 +505,7 @@ class Experiment:
         from .evaluate import score_answers
         from .likelihood import answer_likelihoods
 
-        if not self.is_trained(run):
-            raise RunNotTrained(
-                f"run {run.label} is not trained yet (no {self.run_dir(run) / 'DONE'}). Train it first: "
-                f"`polyalpaca train --profile {self.profile.name} --run {run.label}`, or execute the training "
-                f"chapter (`polyalpaca run training --profile {self.profile.name}`).")
+        self._require_trained(run)
         work = {lang: (self._answers(run, lang), self._likelihood(run, lang)) for lang in run.eval_languages}
         need_gen = [lang for lang, (a, _) in work.items() if not a.exists()]
         need_lik = [lang for lang, (_, l) in work.items() if l is not None and not l.exists()]
@@ -458,6 +531,7 @@ class Experiment:
                 prompts = {p.id: p for p in self.test_prompts(lang)}
                 scores.write_rows(score_answers([prompts[r["prompt_id"]] for r in rows], [r["response"] for r in rows],
                                                 self.profile.eval.langid_seed, self.gate_candidates()))
+        self.release_model(run)
         return {"generated": need_gen, "likelihood_scored": need_lik, "loaded": loaded}
 
     def evaluate_all(self) -> None:
@@ -583,6 +657,11 @@ class Experiment:
 
         out["gated_judge"] = [None if pd.isna(j) else gated_score(int(j), bool(g)) for j, g in zip(out["judge"], out["gate"])]
         return out
+
+
+def _losses(log_history: list[dict]) -> list[tuple]:
+    """The recorded losses of a training run (step, training loss, validation loss), without times."""
+    return [(h.get("step"), h.get("loss"), h.get("eval_loss")) for h in log_history]
 
 
 def likelihood_columns(rows):

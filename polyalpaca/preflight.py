@@ -469,20 +469,25 @@ def free_gb(folder: str | Path) -> float:
 
 
 def disk_estimate(profile: Profile, plan: dict, folder: str | Path | None = None) -> dict:
-    """A rough disk estimate from model sizes: every full fine-tune keeps an fp32 copy of its model
-    (4 bytes per parameter); LoRA adapters are small. While a full fine-tune runs, its two newest
-    resumable checkpoints (weights and AdamW moments, 12 bytes per parameter each) are kept too,
-    and removed when it finishes. Models of unknown size are listed, not counted. With ``folder``
-    (the artefacts folder) the free space on its disk is added."""
+    """A rough disk estimate from model sizes. Training writes an fp32 copy of every fully
+    fine-tuned model (4 bytes per parameter): ``written_gb``, the most the artefacts hold while the
+    book runs. Evaluation removes each once its results are stored, unless
+    ``storage.keep_full_models``: ``kept_gb`` is what stays. While a full fine-tune runs, its two
+    newest resumable checkpoints (weights and AdamW moments, 12 bytes per parameter each) are kept
+    too, and removed when it finishes. LoRA adapters are small; run folders hold no tokenizer
+    copy. Models of unknown size are listed, not counted. With ``folder`` (the artefacts folder)
+    the free space on its disk is added."""
     sizes = {model: model_params_billions(profile, model) for model in profile.grid.models}
     by_short = {model.split(":")[-1].rstrip("/").split("/")[-1]: model for model in profile.grid.models}
-    kept_gb, peak_gb, unknown = 0.0, 0.0, sorted(m for m, s in sizes.items() if s is None)
+    written_gb, peak_gb, unknown = 0.0, 0.0, sorted(m for m, s in sizes.items() if s is None)
     for row in plan["runs"]:
         billions = sizes.get(by_short.get(row["model"], row["model"]))
         if row["method"] == "full" and row["trains_new_model"] and billions:
-            kept_gb += 4 * billions
+            written_gb += 4 * billions
             peak_gb = max(peak_gb, 2 * 12 * billions)
-    disk = {"kept_gb": round(kept_gb, 1), "checkpoints_gb": round(peak_gb, 1), "unknown_sizes": unknown}
+    kept_gb = written_gb if profile.storage.keep_full_models else 0.0
+    disk = {"written_gb": round(written_gb, 1), "kept_gb": round(kept_gb, 1), "checkpoints_gb": round(peak_gb, 1),
+            "unknown_sizes": unknown}
     if folder is not None:
         disk.update(folder=str(folder), free_gb=round(free_gb(folder), 1))
     return disk
@@ -492,7 +497,7 @@ def disk_shortfall(disk: dict) -> str:
     """'' when the artefacts folder's disk has room for ``disk_estimate``'s models and checkpoints;
     otherwise a sentence that says how much is missing. Models already trained there count in the
     estimate, so a resumed build may need less than it says."""
-    need = disk["kept_gb"] + disk["checkpoints_gb"]
+    need = disk["written_gb"] + disk["checkpoints_gb"]
     if "free_gb" not in disk or disk["free_gb"] >= need:
         return ""
     return (f"{disk['folder']} is on a disk with {disk['free_gb']} GB free; this plan's fully fine-tuned models "
@@ -516,9 +521,11 @@ def format_check(profile: Profile, plan: dict, disk: dict) -> str:
                      + (f" on {plan['device']}" if plan["device"] else ""))
     if "cpu_minutes" not in t and "gpu_hours" not in t:
         lines.append("time: no estimate (the profile sets neither tokens_per_second_estimate nor estimate_tflops)")
-    lines.append(f"disk (estimate from model sizes): {disk['kept_gb']} GB of fully fine-tuned models kept, "
-                 f"up to {disk['checkpoints_gb']} GB more for a running full fine-tune's checkpoints; "
-                 "LoRA adapters are small")
+    keep = profile.storage.keep_full_models
+    lines.append(f"disk (estimate from model sizes): {disk['written_gb']} GB of fully fine-tuned models while the book "
+                 f"runs, {disk['kept_gb']} GB of them kept after evaluation (storage.keep_full_models = "
+                 f"{str(keep).lower()}), up to {disk['checkpoints_gb']} GB more for a running full fine-tune's "
+                 "checkpoints; LoRA adapters are small")
     if disk["unknown_sizes"]:
         lines.append("  not counted, size unknown (set grid.model_params_billions): " + ", ".join(disk["unknown_sizes"]))
     if "free_gb" in disk:

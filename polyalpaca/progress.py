@@ -9,8 +9,23 @@ from __future__ import annotations
 
 import os
 import time
+import warnings
 
 PROGRESS_FILE_ENV = "POLYALPACA_PROGRESS_FILE"
+
+# Library notices that every command would print again and that ask nothing of the reader: each
+# is matched by its category, its message and the library that issues it, so any other warning
+# (ours or a library's) is still shown. (category, message regex, module regex)
+KNOWN_LIBRARY_NOTICES = (
+    # PEFT and TRL read the deprecated alias while wrapping a model (transformers 5.x, removed in v6).
+    (FutureWarning, r"`is_gradient_checkpointing` is deprecated", r"transformers\.modeling_utils"),
+)
+
+
+def quiet_library_warnings() -> None:
+    """Hide the library notices in ``KNOWN_LIBRARY_NOTICES``, and nothing else."""
+    for category, message, module in KNOWN_LIBRARY_NOTICES:
+        warnings.filterwarnings("ignore", message=message, category=category, module=module)
 
 
 def report(line: str) -> None:

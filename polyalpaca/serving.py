@@ -215,8 +215,10 @@ def vllm_serve_commands(exp, port: int = 8000) -> list[str]:
                     "--lora-modules", *[f"{r.model_key}={exp.run_dir(r) / 'model'}" for r in lora]]
         commands.append(shlex.join(cmd))
         for run in trained.get(model, {}).get("full", []):
-            commands.append(shlex.join(["vllm", "serve", str(exp.run_dir(run) / "model"), "--served-model-name",
-                                        run.model_key, "--port", str(port), "--dtype", "auto"]))
+            # A run folder holds no copy of the tokenizer: it is the base model's.
+            commands.append(shlex.join(["vllm", "serve", str(exp.run_dir(run) / "model"), "--tokenizer",
+                                        resolve_model(model), "--served-model-name", run.model_key, "--port",
+                                        str(port), "--dtype", "auto"]))
         if lora and not server.lora_adapters:
             commands.append(f"# {len(lora)} LoRA run(s) of {model}: set eval.server.lora_adapters = true to serve "
                             "them as adapters of the base model")

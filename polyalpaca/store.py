@@ -22,7 +22,7 @@ import json
 from pathlib import Path
 from typing import Any, Iterable
 
-from .files import atomic_write_json, read_jsonl, write_jsonl
+from .files import atomic_write_json, folder_lock, read_jsonl, tree_size, write_jsonl
 
 KEY_LENGTH = 12
 
@@ -92,3 +92,39 @@ class Cached:
 
     def read_json(self) -> Any:
         return json.loads(self.path.read_text(encoding="utf-8"))
+
+
+# --- removing artefacts ---------------------------------------------------------------------
+
+# What a run folder holds besides its records: the trained model, resumable checkpoints, and the
+# leftovers of a retraining or a removal that was killed.
+MODEL_FOLDERS = ("model", "checkpoints", "retrain.partial", "model.removing")
+
+
+def remove_artefacts(root: str | Path, models_only: bool = False) -> tuple[int, int]:
+    """Remove an artefacts folder, or with ``models_only`` only its runs' trained models and
+    checkpoints (records, losses, answers and scores stay; a step that needs a model retrains it
+    from its recorded settings). Returns (bytes freed, folders removed). A run folder that another
+    process is writing raises ``FolderBusy`` and nothing of it is removed."""
+    import shutil
+
+    root = Path(root)
+    if not root.exists():
+        return 0, 0
+    runs = sorted(p for p in (root / "runs").glob("*") if p.is_dir())
+    if not models_only:
+        for run in runs:  # refuse while a build writes here
+            with folder_lock(run, wait=False):
+                pass
+        freed = tree_size(root)
+        shutil.rmtree(root)
+        return freed, 1
+    freed = removed = 0
+    for run in runs:
+        with folder_lock(run, wait=False):
+            for name in MODEL_FOLDERS:
+                if (run / name).exists():
+                    freed += tree_size(run / name)
+                    shutil.rmtree(run / name)
+                    removed += 1
+    return freed, removed

@@ -43,7 +43,7 @@ from trl import SFTConfig, SFTTrainer
 
 from .config import TrainConfig
 from .data import Record
-from .files import atomic_write_json, atomic_write_text, write_jsonl
+from .files import atomic_write_json, atomic_write_text, folder_lock, write_jsonl
 from . import packed_attention
 from .fused_loss import add_fast_lm_loss
 from .models import load_model, load_tokenizer, load_trained  # noqa: F401  (load_trained: re-exported)
@@ -275,8 +275,8 @@ def train(model_spec: str, train_records: list[Record], validation_records: list
     """Fine-tune ``model_spec`` and save the result in ``run_dir/model``.
 
     Run it in every process of a data-parallel launch: all train, the main process writes
-    ``train_result.json`` and the tokenizer. A run interrupted after an epoch resumes from its
-    last checkpoint in ``run_dir/checkpoints``."""
+    ``train_result.json`` (no tokenizer copy: the run's is its base model's). A run interrupted
+    after an epoch resumes from its last checkpoint in ``run_dir/checkpoints``."""
     run_dir = Path(run_dir)
     ckpt_dir = run_dir / "checkpoints"
     ckpt_dir.mkdir(parents=True, exist_ok=True)
@@ -320,6 +320,7 @@ def train(model_spec: str, train_records: list[Record], validation_records: list
     trainer.train(resume_from_checkpoint=last_checkpoint(ckpt_dir))
     seconds = time.time() - start
     model_dir = run_dir / "model"
+    trainer.processing_class = None  # no tokenizer copy in the run: it is the base model's (models.load_tokenizer)
     trainer.save_model(str(model_dir))  # every process calls it: sharded models are gathered first
     best = trainer.state.best_metric
     result = TrainResult(
@@ -331,7 +332,6 @@ def train(model_spec: str, train_records: list[Record], validation_records: list
         gradient_accumulation=args.gradient_accumulation_steps,
     )
     if trainer.is_world_process_zero():
-        tokenizer.save_pretrained(str(model_dir))
         atomic_write_json(run_dir / "train_result.json", asdict(result))
     trainer.accelerator.wait_for_everyone()  # the model is complete on disk before any process returns
     return result
@@ -365,19 +365,24 @@ def train_run(run_dir: str | Path, model_spec: str, train_records: list[Record],
     Call it in every process of a launch. The main process writes ``run.json`` (``record`` and
     the launch: number of processes, gradient accumulation, examples per optimizer step, and
     every launch of a resumed run), ``train_ids.jsonl``, ``train_result.json`` and, once the
-    model is saved, the ``DONE`` marker; resumable checkpoints are removed once the run is done."""
+    model is saved, the ``DONE`` marker; resumable checkpoints are removed once the run is done.
+    The main process holds the run folder's lock (``files.folder_lock``) while it writes: a second
+    process training the same run waits, then finds it done."""
     import shutil
 
     run_dir = Path(run_dir)
     if (run_dir / "DONE").exists():
         return json.loads((run_dir / "train_result.json").read_text())
     processes = launched_processes()
-    if processes.is_main:
+    if not processes.is_main:  # the main process holds the run folder's lock for the launch
+        return asdict(train(model_spec, train_records, validation_records, cfg, template, run_dir, vocab_ids=vocab_ids))
+    with folder_lock(run_dir, what="training it"):
+        if (run_dir / "DONE").exists():  # trained by the process we waited for
+            return json.loads((run_dir / "train_result.json").read_text())
         launch = _launch_record(cfg, processes, run_dir)  # checks a resumed run keeps its batch
         atomic_write_json(run_dir / "run.json", {**record, **launch})
         write_jsonl(run_dir / "train_ids.jsonl", [{"lang": r.lang, "id": r.id} for r in train_records])
-    result = train(model_spec, train_records, validation_records, cfg, template, run_dir, vocab_ids=vocab_ids)
-    if processes.is_main:
+        result = train(model_spec, train_records, validation_records, cfg, template, run_dir, vocab_ids=vocab_ids)
         atomic_write_text(run_dir / "DONE", time.strftime("%Y-%m-%dT%H:%M:%S\n"))
         # The finished model is in run_dir/model; resumable checkpoints (optimizer states included)
         # are only needed while the run is unfinished.

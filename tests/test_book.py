@@ -316,3 +316,65 @@ def test_tests_workflow_runs_make_test_where_chromium_can_be_installed():
     job = next(iter(tests["jobs"].values()))
     assert "make test" in " ".join(s.get("run", "") for s in job["steps"])
     assert "bookworm" in job["container"]  # Debian, as root: make system-deps installs chromium
+
+
+# --- Ctrl-C and resume of the whole book ---------------------------------------------------
+
+def _book_until(root: Path, overrides: dict, stop_at: str | None) -> dict:
+    """``polyalpaca book`` on the tiny profile in a process group of its own. With ``stop_at``,
+    Ctrl-C (SIGINT to that group, as a terminal sends it) once a printed line contains it; returns
+    the exit status, the output, the seconds from Ctrl-C to exit and the processes left behind."""
+    import psutil
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    sets = sum((["-s", k, v] for k, v in overrides.items()), [])
+    cmd = [sys.executable, "-m", "polyalpaca", "book", "--profile", "tiny", "--book-dir", str(root),
+           "--artefacts", str(root / "artefacts"), *sets]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    lines, stopped, family = [], None, []
+    for line in proc.stdout:
+        lines.append(line.rstrip("\n"))
+        if stop_at and stopped is None and stop_at in line:
+            family = psutil.Process(proc.pid).children(recursive=True)  # the executor and its kernel
+            os.killpg(proc.pid, signal.SIGINT)
+            stopped = time.time()
+    code = proc.wait(timeout=60)
+    return {"code": code, "lines": lines, "stop_s": time.time() - stopped if stopped else None,
+            "left": [p.pid for p in family if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]}
+
+
+def _results(artefacts: Path) -> dict:
+    """What an interrupted and resumed build must reproduce: every run's losses, every answer, the claims."""
+    losses = {p.parent.name: [(h.get("step"), h.get("loss"), h.get("eval_loss"), h.get("grad_norm"))
+                              for h in json.loads(p.read_text())["log_history"]]
+              for p in artefacts.glob("runs/*/train_result.json")}
+    answers = {str(p.relative_to(artefacts)): p.read_text() for p in artefacts.glob("answers/*/*.jsonl")}
+    return {"losses": losses, "answers": answers, "claims": (artefacts / "claims.csv").read_text()}
+
+
+@pytest.mark.slow
+def test_ctrl_c_in_training_and_in_evaluation_then_the_book_resumes_identically(built_book, tmp_path):
+    root = tmp_path / "book"
+    os.environ[SECRET_ENV] = SECRET
+    try:
+        with OpenAIDouble() as double:
+            overrides = {"eval.judge.base_url": double.base_url, "eval.judge.model": "judge-double",
+                         "eval.judge.api_key_env": SECRET_ENV}
+            stops = [_book_until(root, overrides, "03_training [2/"),
+                     _book_until(root, overrides, "04_evaluation [2/")]
+            final = _book_until(root, overrides, None)
+    finally:
+        os.environ.pop(SECRET_ENV, None)
+    for stop, chapter in zip(stops, ("03_training", "04_evaluation")):
+        output = "\n".join(stop["lines"])
+        assert stop["code"] == 130 and "Traceback" not in output, output
+        assert stop["lines"][-1].startswith(f"polyalpaca: stopped by Ctrl-C in chapter {chapter} after "), output
+        assert stop["lines"][-1].endswith("goes on from there"), output
+        assert stop["stop_s"] < 10 and not stop["left"], stop
+    assert final["code"] == 0, "\n".join(final["lines"])
+    assert "(stored)" in "\n".join(final["lines"])  # what finished before a stop was reused
+    assert _results(root / "artefacts") == _results(built_book["root"] / "artefacts")
+    assert not list((root / "artefacts").glob("runs/*full*/model"))  # the full fine-tunes were not kept

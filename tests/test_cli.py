@@ -76,7 +76,8 @@ def test_check_reports_the_estimates(tiny_model_dir, tmp_path, capsys):
     assert lines[1].startswith("plan: 12 runs, 10 models trained, ") and lines[1].endswith(" training tokens")
     assert lines[2].startswith("time (estimate): ") and lines[2].endswith(
         " CPU minutes of training on this machine's CPU (2 cores), tiny random model")
-    assert lines[3] == ("disk (estimate from model sizes): 0.0 GB of fully fine-tuned models kept, up to 0.0 GB more "
+    assert lines[3] == ("disk (estimate from model sizes): 0.0 GB of fully fine-tuned models while the book runs, "
+                        "0.0 GB of them kept after evaluation (storage.keep_full_models = false), up to 0.0 GB more "
                         "for a running full fine-tune's checkpoints; LoRA adapters are small")
     assert lines[4] == "  not counted, size unknown (set grid.model_params_billions): tiny-random-gemma3"
     assert lines[5].startswith(f"  free on the artefacts folder's disk ({tmp_path}): ") and lines[5].endswith(" GB")

@@ -290,7 +290,9 @@ def test_model_sizes_for_the_disk_estimate():
     plan = {"runs": [{"model": "gemma-3-270m", "method": "full", "trains_new_model": True},
                      {"model": "gemma-3-270m", "method": "full", "trains_new_model": False},
                      {"model": "gemma-3-270m", "method": "lora", "trains_new_model": True}]}
-    assert pf.disk_estimate(cpu, plan) == {"kept_gb": 1.1, "checkpoints_gb": 6.5, "unknown_sizes": []}
+    assert pf.disk_estimate(cpu, plan) == {"written_gb": 1.1, "kept_gb": 0.0, "checkpoints_gb": 6.5, "unknown_sizes": []}
+    keep = load_profile("cpu", {"storage.keep_full_models": True})
+    assert pf.disk_estimate(keep, plan)["kept_gb"] == 1.1
 
 
 def test_a_disk_too_small_for_the_plan_is_named_before_the_run(tiny_model_dir, tmp_path, capsys):

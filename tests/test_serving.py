@@ -166,5 +166,5 @@ def test_vllm_commands_serve_each_trained_run_under_its_model_key(tmp_path, tiny
                     "--port 8001 --dtype auto --enable-lora --max-lora-rank 4 --max-loras 2 --lora-modules "
                     + " ".join(f"{r.model_key}={exp.run_dir(r) / 'model'}" for r in lora))
     key = runs["full-multilingual-s42"].model_key
-    assert full == f"vllm serve {exp.run_dir(runs['full-multilingual-s42']) / 'model'} --served-model-name {key} " \
-                   "--port 8001 --dtype auto"
+    assert full == (f"vllm serve {exp.run_dir(runs['full-multilingual-s42']) / 'model'} --tokenizer "
+                    f"{resolve_model('tiny-random-gemma3')} --served-model-name {key} --port 8001 --dtype auto")
