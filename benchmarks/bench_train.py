@@ -1,15 +1,14 @@
 """Training speed: plain TRL ``SFTTrainer`` vs PolyAlpaca's ``FastSFTTrainer`` on the same batches.
 
 Variants: ``baseline`` (TRL's SFTTrainer as it comes: padded batches, its chunked LM head over
-every position, per-step entropy and accuracy), ``fast`` (our exact path) and ``fast-vocab``
-(our path plus the reduced-vocabulary deviation, whose loss is *not* the same by design).
+every position, per-step entropy and accuracy) and ``fast`` (our exact path).
 Each variant runs in its own subprocess (so peak memory is its own) on the same model, data,
 seed and batch order, with learning rate 0 so the weights stay identical and the per-step
 losses must agree exactly up to floating-point noise. Reports real (non-padding) tokens per
 second over the timed steps (the first step is warm-up), peak resident memory, and the losses.
 
 A shared machine's speed drifts by tens of percent between minutes, so the variants run in
-``--rounds`` interleaved rounds (baseline, fast, fast-vocab, then the reverse order, ...): each
+``--rounds`` interleaved rounds (baseline, fast, then the reverse order, ...): each
 round's speed-up compares runs made minutes apart, and the summary gives the median of the
 per-round speed-ups together with their range.
 
@@ -55,17 +54,6 @@ def run_variant(args) -> dict:
     template = load_template()
     dataset = T.tokenize_records(records, tokenizer, template, cfg.max_length, cfg.loss_on)
     fast = args.variant.startswith("fast")
-    extra = {}
-    if args.variant == "fast-vocab":
-        from polyalpaca.vocab import data_vocabulary
-        texts = [t for r in records for t in (r.instruction, r.input, r.output)]
-        if not args.data_file:
-            from polyalpaca.data import EMBEDDED_TEST_LANGUAGES, EMBEDDED_TRAIN_LANGUAGES, embedded_test
-            texts += [t for lang in EMBEDDED_TRAIN_LANGUAGES for r in embedded_train(lang).items
-                      for t in (r.instruction, r.input, r.output)]
-            texts += [t for lang in EMBEDDED_TEST_LANGUAGES for p in embedded_test(lang).items
-                      for t in (p.prompt, p.reference)]
-        extra["vocab_ids"] = data_vocabulary(tokenizer, texts, template)
     sft_args = T.build_sft_config(cfg, Path(args.workdir) / args.variant, has_validation=False, precision="fp32",
                                   checkpointing=False, padding_free=fast)
     sft_args.save_strategy = "no"
@@ -79,7 +67,7 @@ def run_variant(args) -> dict:
             times.append(time.perf_counter() - self.t)
 
     cls = T.FastSFTTrainer if fast else T.SFTTrainer
-    trainer = cls(**extra, model=model, args=sft_args, train_dataset=dataset, processing_class=tokenizer,
+    trainer = cls(model=model, args=sft_args, train_dataset=dataset, processing_class=tokenizer,
                   peft_config=T.build_peft_config(cfg), callbacks=[Timer()])
     # The exact batches, in the trainer's own order, to count real tokens per step.
     batches = [sum(len(dataset[i]["input_ids"]) for i in idx)
@@ -140,9 +128,8 @@ def main(argv=None) -> int:
     p.add_argument("--data-file", help="an Alpaca JSON/JSONL file to use instead of the embedded data")
     p.add_argument("--workdir", default="/tmp/polyalpaca-bench-train")
     p.add_argument("--out", help="result file (default: benchmarks/results/train_<method>.json)")
-    p.add_argument("--variants", default="baseline,fast,fast-vocab",
-                   help="baseline (plain TRL), fast (our exact path), fast-vocab (plus the reduced-vocabulary deviation)")
-    p.add_argument("--variant", choices=["baseline", "fast", "fast-vocab"], help=argparse.SUPPRESS)
+    p.add_argument("--variants", default="baseline,fast", help="baseline (plain TRL), fast (our exact path)")
+    p.add_argument("--variant", choices=["baseline", "fast"], help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.variant:
         print(json.dumps(run_variant(args)))

@@ -345,13 +345,14 @@ def design_page(profile_name: str, overrides: dict, artefacts_dir: str = "") -> 
             "the response only, prompt masked (as the paper's full fine-tuning)"
         lines.append(f"| {method}: steps per run | " + ", ".join(f"{k} {v:g}" for k, v in steps.items()) +
                      f" (batch {cfg.batch_size}, {cfg.epochs:g} epoch{'' if cfg.epochs == 1 else 's'}, learning rate {cfg.learning_rate:g}) |")
-        vocab = ("; the softmax of the loss runs over the training data's tokens only (`vocab_subset`, a "
-                 "documented deviation)" if cfg.vocab_subset else "")
-        lines.append(f"| {method}: loss on | {loss}{vocab} |")
+        lines.append(f"| {method}: loss on | {loss}, softmax over the whole vocabulary |")
     decoding = dataclasses.asdict(p.eval.decoding)
     lines.append(f"| decoding | greedy, {decoding['max_new_tokens']} new tokens, no_repeat_ngram_size "
-                 f"{decoding['no_repeat_ngram_size']}; reference likelihood on the first {p.eval.likelihood_max_tokens} "
-                 "tokens of each reference |")
+                 f"{decoding['no_repeat_ngram_size']}; reference likelihood on "
+                 + (f"the first {p.eval.likelihood_sentences} complete sentence"
+                    f"{'' if p.eval.likelihood_sentences == 1 else 's'} of each reference (the same content in "
+                    "every language)" if p.eval.likelihood_sentences else "the whole of each reference")
+                 + f", at most {p.eval.likelihood_max_tokens} tokens |")
     table = plan_table(exp)
     plan, ev = table["totals"], table["evaluation"]
     if "book_minutes" in plan:
@@ -367,12 +368,13 @@ def design_page(profile_name: str, overrides: dict, artefacts_dir: str = "") -> 
         import pandas as pd
 
         claims = pd.read_csv(claims_path)
-        claims = claims[claims["prompts"] > 0]
+        claims = claims[(claims["prompts"] > 0) & (claims["family"] == "claims")]
         rows = [[r["finding"], r["contrast"], r["test"], f"{r['effect']:.3f}", f"{r['se']:.3f}",
                  f"{r['detectable effect']:.3f}", r["verdict"]] for _, r in claims.iterrows()]
         out += ("\nWhat this build could detect: for each row of the claims table, the standard error of the "
-                "effect (from the hierarchical bootstrap) and the smallest true effect it detects with 80% power "
-                "at the family's strictest Holm level (effects beyond a non-inferiority margin):\n\n"
+                "effect (its seed and prompt parts together, `polyalpaca.inference`) and about the smallest true "
+                "effect it detects with 80% power at the family's strictest Holm level (effects beyond a "
+                "non-inferiority margin), each in its measure's units:\n\n"
                 + _md_table(["finding", "contrast", "test", "effect", "standard error", "detectable effect",
                              "verdict"], rows))
     return out

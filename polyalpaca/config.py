@@ -155,7 +155,6 @@ class TrainConfig:
     eval_every_epoch: bool = setting(True, "validation loss after every epoch")
     best_by_validation: bool = setting(True, "keep the epoch with the lowest validation loss")
     fast_path: bool = setting(True, "our speed-ups (logits only where labels count, no padding): same loss")
-    vocab_subset: bool = setting(False, "DEVIATION: softmax of the training loss over the data's tokens only")
     precision: str = setting("auto", "auto, fp32 or bf16")
     gradient_checkpointing: str = setting("auto", "auto, on or off")
     logging_steps: int = setting(1, "steps between recorded training losses")
@@ -281,6 +280,9 @@ class EvalConfig:
     judge: JudgeSettings = setting(factory=JudgeSettings, help="the LLM judge")
     evaluate_base_model: bool = setting(True, "also answer with the untuned base model")
     langid_seed: int = setting(0, "seed of the language detector")
+    english_answers: str = setting("every-seed", "which seeds' models generate answers to English prompts: "
+                                                 "every-seed, or first-seed (the others only score the English "
+                                                 "references' likelihood: no claim reads English answers)")
     gate_languages: str = setting("study", "languages the gate's detector decides among: study (the profile's "
                                            "training and test languages and English) or all (langdetect's 55)")
     backend: str = setting("local", "local (transformers in this process) or server (eval.server)")

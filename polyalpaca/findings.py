@@ -75,6 +75,7 @@ def with_measures(answers: pd.DataFrame) -> pd.DataFrame:
     ``wrong_language``."""
     out = answers.copy()
     out["wrong_language"] = (out["gate_reason"] == "wrong_language").astype(float)
+    out.loc[out["gate_reason"].isna(), "wrong_language"] = np.nan  # no answer generated (likelihood only)
     out["answer_language"] = 1.0 - out["wrong_language"]
     gain = _relative_gain(out) if has_likelihood(out) and not has_judge(out) else None
     if has_judge(out):
@@ -122,11 +123,14 @@ def summary_table(answers: pd.DataFrame) -> pd.DataFrame:
         out["NLL/byte"] = g["nll_per_byte"].mean()
         out["quality"] = g["quality"].mean()
         out["log-odds"] = g["lang_logodds"].mean()
-    out["gate"] = g["gate"].mean()
+    answered = data[data["gate_reason"].notna()]  # rows with a generated answer (eval.english_answers)
+    ga = answered.groupby(keys, sort=False)
+    out["answered"] = ga.size().reindex(out.index).fillna(0).astype(int)
+    out["gate"] = ga["gate"].agg(lambda s: s.astype(float).mean())
     for reason in REASONS[1:5]:
-        out[reason.replace("_", " ")] = g["gate_reason"].agg(lambda s, r=reason: (s == r).mean())
-    out["English answers"] = g["detected"].agg(lambda s: (s == "en").mean())
-    out["chrF"] = g["chrf"].mean()
+        out[reason.replace("_", " ")] = ga["gate_reason"].agg(lambda s, r=reason: (s == r).mean())
+    out["English answers"] = ga["detected"].agg(lambda s: (s == "en").mean())
+    out["chrF"] = ga["chrf"].mean()
     acc = data.dropna(subset=["correct"]).groupby(keys)["correct"].mean()
     out["accuracy"] = acc.astype(float)
     if has_judge(data):
@@ -521,13 +525,18 @@ def worked_interval(a: list[float], b: list[float]) -> pd.DataFrame:
 # --- report tables of the training ------------------------------------------------------------
 
 def loss_history_frame(exp) -> pd.DataFrame:
-    """Training and validation losses of every trained run (one row per logged value)."""
+    """Training and validation losses of every trained run (one row per logged value; the
+    untuned model's validation loss at epoch 0)."""
     rows = []
     for run in exp.runs(include_base=False):
         path = exp.run_dir(run) / "train_result.json"
         if not path.exists():
             continue
-        for h in json.loads(path.read_text())["log_history"]:
+        result = json.loads(path.read_text())
+        if result.get("eval_loss_before") is not None:
+            rows.append({"run": run.name, "seed": run.seed, "method": run.method, "recipe": run.recipe, "epoch": 0.0,
+                         "step": 0, "loss": result["eval_loss_before"], "split": "validation"})
+        for h in result["log_history"]:
             base = {"run": run.name, "seed": run.seed, "method": run.method, "recipe": run.recipe,
                     "epoch": h.get("epoch"), "step": h.get("step")}
             if "loss" in h:
@@ -547,6 +556,7 @@ def runs_frame(exp) -> pd.DataFrame:
                      "languages": " ".join(run.languages), "examples": run.train_examples,
                      "budget units": run.budget_units, "epochs": run.epochs, "tokens": result.get("train_tokens"),
                      "steps": result.get("steps"), "seconds": result.get("seconds"),
+                     "validation loss before": result.get("eval_loss_before"),
                      "best validation loss": result.get("best_eval_loss"), "trained model": run.train_key})
     return pd.DataFrame(rows)
 
@@ -567,40 +577,110 @@ def _per_seed(data: pd.DataFrame, value: str) -> pd.DataFrame:
     return data.groupby(["method", "recipe", "lang", "seed"], dropna=False)[value].mean().reset_index()
 
 
+def _palette(names: list[str], order: list[str]) -> dict[str, tuple]:
+    """One colour per name, fixed by its place in ``order`` (so a recipe or method has the same
+    colour in every figure of the book, whichever subset a figure shows)."""
+    import seaborn as sns
+
+    colours = sns.color_palette("colorblind", len(order))
+    return {n: colours[order.index(n)] for n in names}
+
+
+def recipe_colours(names: list[str]) -> dict[str, tuple]:
+    return _palette(names, RECIPE_ORDER)
+
+
+def method_colours(names: list[str]) -> dict[str, tuple]:
+    return _palette(names, METHOD_ORDER)
+
+
 def plot_scores_by_recipe(answers: pd.DataFrame, value: str = "quality", title: str = ""):
-    """Per-language score by recipe, LoRA and full side by side; points are seeds."""
+    """Per-language score by recipe, LoRA and full side by side; bars are means over seeds, the
+    black lines span the seeds' means (points are seeds' means over prompts)."""
     sns = _setup()
     data = with_measures(answers)
-    data = _per_seed(data[data["method"] != "base"], value)
-    order = [r for r in RECIPE_ORDER if r in set(data["recipe"]) and r != "base"]
+    data = _per_seed(data[data["method"] != BASE], value)
+    order = [r for r in RECIPE_ORDER if r in set(data["recipe"]) and r != BASE]
     g = sns.catplot(data=data, kind="bar", x="lang", y=value, hue="recipe", hue_order=order, col="method",
+                    col_order=[m for m in METHOD_ORDER if m in set(data["method"])], palette=recipe_colours(order),
                     errorbar=("pi", 100), height=3.6, aspect=1.5, legend_out=True, alpha=0.8)
-    g.set_axis_labels("test language", measure_names(answers)[value] if value in ("quality", "robustness") else value)
+    g.set_axis_labels("test language", measure_names(answers)[value] if value in MEASURES else value)
+    for ax in g.axes.flat:
+        ax.axhline(0, color="black", linewidth=0.8)
     if title:
         g.figure.suptitle(title, y=1.03)
     return g.figure
 
 
 def plot_robustness(answers: pd.DataFrame):
-    """Language robustness per recipe (non-English prompts): the language log-odds (when the
-    references exist) and the share of answers in the wrong language; one point per seed."""
+    """Language robustness per recipe, one panel per non-English test language (so every recipe is
+    compared on the same prompts) and per measure: the language log-odds (when references exist)
+    and the share of answers in the wrong language; one point per seed, the base model as a line."""
     sns = _setup()
-    data = with_measures(answers)
-    data = data[(data["lang"] != "en")]
-    panels = [("wrong_language", "answers in the wrong language")]
-    if has_likelihood(answers):
-        panels.insert(0, ("robustness", "log-odds: own-language vs English reference"))
-    order = [r for r in RECIPE_ORDER if r in set(data["recipe"])]
     import matplotlib.pyplot as plt
 
-    methods = [m for m in ("base", "lora", "full") if m in set(data["method"])]
-    fig, axes = plt.subplots(len(panels), 1, figsize=(9, 3.4 * len(panels)), squeeze=False)
-    per_seed = data.groupby(["method", "recipe", "seed"], dropna=False)[[p for p, _ in panels]].mean().reset_index()
-    for ax, (value, label) in zip(axes[:, 0], panels):
-        sns.stripplot(data=per_seed, x="recipe", y=value, hue="method", hue_order=methods, order=order, dodge=True,
-                      ax=ax, size=7, jitter=0.1)
-        ax.set_xlabel("")
-        ax.set_ylabel(label, fontsize=10)
+    data = with_measures(answers)
+    data = data[data["lang"] != "en"]
+    panels = [("wrong_language", "answers in the wrong language (share)")]
+    if has_likelihood(answers):
+        panels.insert(0, ("robustness", "log-odds, own language vs English"))
+    langs = [l for l in sorted(set(data["lang"]))]
+    methods = [m for m in METHOD_ORDER[1:] if m in set(data["method"])]
+    order = [r for r in RECIPE_ORDER[1:] if r in set(data["recipe"])]
+    per_seed = data.groupby(["method", "recipe", "lang", "seed"], dropna=False)[[p for p, _ in panels]].mean().reset_index()
+    fig, axes = plt.subplots(len(panels), len(langs), figsize=(4.8 * len(langs), 3.3 * len(panels)), squeeze=False)
+    for i, (value, label) in enumerate(panels):
+        for j, lang in enumerate(langs):
+            ax, sub = axes[i, j], per_seed[per_seed["lang"] == lang]
+            tuned = sub[sub["method"] != BASE]
+            sns.stripplot(data=tuned, x="recipe", y=value, hue="method", hue_order=methods, order=order, dodge=True,
+                          palette=method_colours(methods), ax=ax, size=7, jitter=0.1, legend=(i == 0 and j == 0))
+            base = sub[sub["method"] == BASE][value]
+            if len(base):
+                ax.axhline(float(base.mean()), color="grey", linestyle="--", linewidth=1, label="base model")
+            ax.set_xlabel("")
+            ax.set_ylabel(label if j == 0 else "", fontsize=10)
+            ax.set_title(f"{lang} prompts" + (" (unseen in tuning)" if lang not in set(
+                data.loc[data["recipe"] == "monolingual", "lang"]) else ""), fontsize=11)
+            ax.tick_params(axis="x", labelrotation=20)
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    if axes[0, 0].get_legend():
+        axes[0, 0].get_legend().remove()
+    fig.legend(handles, labels, loc="upper center", ncol=len(labels), bbox_to_anchor=(0.5, 1.04), frameon=False)
+    fig.tight_layout()
+    return fig
+
+
+def plot_forest(claims: pd.DataFrame, family: str = "claims"):
+    """The rows of one family as a forest plot, one panel per measure (their units differ): the
+    effect A - B, its family-adjusted interval, zero, and each non-inferiority row's margin."""
+    sns = _setup()
+    import matplotlib.pyplot as plt
+
+    rows = claims[(claims["family"] == family) & (claims["prompts"] > 0)].copy()
+    measures = [m for m in MEASURES if m in set(rows["measure"])]
+    names = measure_names(pd.DataFrame(columns=["nll_per_byte", "method"]))
+    sizes = [max(int((rows["measure"] == m).sum()), 1) for m in measures]
+    fig, axes = plt.subplots(len(measures), 1, figsize=(9, 0.38 * sum(sizes) + 1.4 * len(measures)),
+                             gridspec_kw={"height_ratios": sizes}, squeeze=False)
+    colours = {"agrees": sns.color_palette("colorblind")[2], "improves": sns.color_palette("colorblind")[2],
+               "disagrees": sns.color_palette("colorblind")[3], "worsens": sns.color_palette("colorblind")[3]}
+    for ax, measure in zip(axes[:, 0], measures):
+        sub = rows[rows["measure"] == measure].iloc[::-1]
+        y = np.arange(len(sub))
+        for k, (_, r) in enumerate(sub.iterrows()):
+            outer = str(r["verdict"]).split(" (")[0].replace("exploratory", "").strip()
+            colour = colours.get(outer, "black")
+            ax.plot([r["low (adjusted)"], r["high (adjusted)"]], [k, k], color=colour, linewidth=2)
+            ax.plot([r["effect"]], [k], "o", color=colour)
+            if r["test"] == "non-inferiority" and r["margin"] == r["margin"]:
+                ax.plot([-r["margin"]], [k], "|", color="grey", markersize=14, markeredgewidth=2)
+        ax.axvline(0, color="black", linewidth=0.8)
+        labels = sub["contrast"].str.replace(f", {measure.replace('_', ' ')}", "", regex=False)
+        ax.set_yticks(y, [f"{l}  [{v}]" for l, v in zip(labels, sub["verdict"])], fontsize=8)
+        label = {"quality": "quality: " + names["quality"], "robustness": "robustness: language log-odds (nats)",
+                 "answer_language": "answer language: share not in the wrong language"}[measure]
+        ax.set_xlabel(f"{label}; A - B with its family-adjusted interval", fontsize=9)
     fig.tight_layout()
     return fig
 
@@ -647,6 +727,28 @@ def detector_agreement(answers: pd.DataFrame) -> pd.DataFrame:
         rows.append({"lang": lang, "answers": len(group), "agreement": float((second == group["detected"]).mean()),
                      "langdetect says target": float((group["detected"] == lang).mean()),
                      "fastText says target": float((second == lang).mean())})
+    return pd.DataFrame(rows)
+
+
+def gate_language_changes(answers: pd.DataFrame, candidates: tuple[str, ...] | None, seed: int = 0) -> pd.DataFrame:
+    """Per test language: how many answers the gate counts as wrong-language when langdetect may
+    choose any of its 55 languages, and when it decides among ``candidates`` (the study's languages
+    and English, ``eval.gate_languages = study``), and which languages the unrestricted detector
+    named instead. The stored answers' gate used ``candidates``."""
+    from .langid import detect_language
+
+    rows = []
+    texts = answers[answers["detected"].notna()]
+    for lang, group in texts.groupby("lang"):
+        free = group["response"].map(lambda t: detect_language(t, seed))
+        study = group["response"].map(lambda t: detect_language(t, seed, candidates))
+        moved = free[(free != study)]
+        rows.append({"lang": lang, "answers": len(group),
+                     "not the prompt's language, any of 55": int((free != lang).sum()),
+                     "not the prompt's language, study's languages": int((study != lang).sum()),
+                     "outcomes changed": int(((free == lang) != (study == lang)).sum()),
+                     "languages named only by the unrestricted detector": ", ".join(
+                         f"{k} {v}" for k, v in moved.value_counts().items())})
     return pd.DataFrame(rows)
 
 

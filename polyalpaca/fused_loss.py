@@ -119,22 +119,14 @@ class FastLossOutput:
     logits: None = None
 
 
-def add_fast_lm_loss(model, chunk: int | None = None, vocab_ids: torch.Tensor | None = None) -> None:
-    """Patch ``model.forward`` to accept ``fast_labels`` (unshifted labels, -100 = ignored).
-
-    ``vocab_ids`` (optional, sorted token ids) restricts the softmax of the *training loss* to
-    those tokens: a documented deviation that makes the LM head far cheaper when the data uses a
-    small part of a large vocabulary. Every label must be in the subset. Generation is unchanged."""
+def add_fast_lm_loss(model, chunk: int | None = None) -> None:
+    """Patch ``model.forward`` to accept ``fast_labels`` (unshifted labels, -100 = ignored): the
+    exact loss, with the softmax over the whole vocabulary. Generation is unchanged."""
     if getattr(model, "_polyalpaca_fast_loss", False):
         return
     original = model.forward
     softcap = getattr(model.config.get_text_config(), "final_logit_softcapping", None)
     workspace: dict = {}  # the logits buffer, reused from step to step and freed with the model
-    remap = None
-    if vocab_ids is not None:
-        vocab_ids = torch.as_tensor(vocab_ids, dtype=torch.long)
-        remap = torch.full((model.get_output_embeddings().weight.shape[0],), -1, dtype=torch.long)
-        remap[vocab_ids] = torch.arange(len(vocab_ids))
 
     @functools.wraps(type(model).forward)
     def forward(self, *args, fast_labels=None, num_items_in_batch=None, **kwargs):
@@ -149,14 +141,7 @@ def add_fast_lm_loss(model, chunk: int | None = None, vocab_ids: torch.Tensor | 
         weight = head.weight
         if hasattr(weight, "full_tensor"):  # FSDP2 shards the head as a DTensor
             weight = weight.full_tensor()
-        chosen = targets[keep]
-        if remap is not None:
-            chosen = remap.to(chosen.device)[chosen]
-            if (chosen < 0).any():
-                raise ValueError("a label is outside the reduced vocabulary; rebuild it from this data "
-                                 "or set lora.vocab_subset / full.vocab_subset = false")
-            weight = weight.index_select(0, vocab_ids.to(weight.device))
-        loss_sum = linear_cross_entropy_sum(hidden[keep], weight, chosen, softcap, chunk, workspace)
+        loss_sum = linear_cross_entropy_sum(hidden[keep], weight, targets[keep], softcap, chunk, workspace)
         count = keep.sum()
         denominator = num_items_in_batch if num_items_in_batch is not None else count.clamp(min=1)
         return FastLossOutput(loss=loss_sum / denominator, num_tokens=count)

@@ -247,9 +247,7 @@ class Experiment:
                                       "val": [(r.lang, r.id) for r in ts.validation],
                                       "texts": text_digest(t for r in ts.train + ts.validation
                                                            for t in (r.instruction, r.input, r.output)),
-                                      "template": dataclasses.asdict(template),
-                                      "vocabulary": self._vocabulary_inputs(model, template) if cfg.vocab_subset
-                                      else None})
+                                      "template": dataclasses.asdict(template)})
                         evals = [l for l in tests if l in ts.languages] if ts.recipe == "monolingual" else list(tests)
                         out.append(GridRun(f"{short}-{method}-{ts.name}-s{seed}-{digest}", model, method, ts.recipe,
                                            ts.name, ts.languages, evals, len(ts.train), len(ts.validation),
@@ -284,16 +282,15 @@ class Experiment:
 
         if run.method == "base":
             return {}
-        cfg, vocab = self._training_settings(run)
+        cfg = self._training_settings(run)
         record = {**run.summary(), "train_config": dataclasses.asdict(cfg), "seed": run.seed,
                   "versions": library_versions(), "git": git_revision(), "counts": run.training_set.counts()}
         return train_run(self.run_dir(run), run.model, run.training_set.train, run.training_set.validation,
-                         cfg, self.train_template(run.method), record, vocab_ids=vocab)
+                         cfg, self.train_template(run.method), record)
 
-    def _training_settings(self, run: GridRun) -> tuple[TrainConfig, object]:
-        """The run's training settings (its seed in place) and its vocabulary subset, if any."""
-        cfg: TrainConfig = dataclasses.replace(self.profile.train_config(run.method), seed=run.seed)
-        return cfg, (self.vocabulary(run.model, self.train_template(run.method)) if cfg.vocab_subset else None)
+    def _training_settings(self, run: GridRun) -> TrainConfig:
+        """The run's training settings, its seed in place."""
+        return dataclasses.replace(self.profile.train_config(run.method), seed=run.seed)
 
     def model_dir(self, run: GridRun) -> Path:
         """The folder of a trained run's model. A finished run whose model was not kept
@@ -320,15 +317,21 @@ class Experiment:
                    f"weights; {recorded['seconds']:.0f} s when it was first trained)")
             scratch = self.run_dir(run) / "retrain.partial"
             shutil.rmtree(scratch, ignore_errors=True)
-            cfg, vocab = self._training_settings(run)
-            result = train(run.model, run.training_set.train, run.training_set.validation, cfg,
-                           self.train_template(run.method), scratch, vocab_ids=vocab)
+            result = train(run.model, run.training_set.train, run.training_set.validation,
+                           self._training_settings(run), self.train_template(run.method), scratch)
             (scratch / "model").rename(folder)
             shutil.rmtree(scratch)
         if _losses(result.log_history) != _losses(recorded["log_history"]):
             report(f"[polyalpaca] warning: {run.label}: the retrained model's losses differ from the recorded "
                    "ones (training is not bit-reproducible on this machine); its stored results are kept")
         return folder
+
+    def generates(self, run: GridRun, lang: str) -> bool:
+        """Whether ``run`` answers ``lang``'s prompts (``eval.english_answers``: with first-seed, the
+        models of later seeds only score the English references)."""
+        first = self.profile.grid.seeds[0] if self.profile.grid.seeds else None
+        return not (lang == "en" and self.profile.eval.english_answers == "first-seed"
+                    and run.seed is not None and run.seed != first)
 
     def release_model(self, run: GridRun) -> bool:
         """Remove a fully fine-tuned model's weights once every run that shares it has its answers,
@@ -356,7 +359,8 @@ class Experiment:
         """Whether the answers, scores and likelihoods of every test language of ``run`` are stored."""
         for lang in run.eval_languages:
             answers, lik = self._answers(run, lang), self._likelihood(run, lang)
-            if not (answers.exists() and self._scores(run, lang, answers).exists() and (lik is None or lik.exists())):
+            answered = not self.generates(run, lang) or (answers.exists() and self._scores(run, lang, answers).exists())
+            if not (answered and (lik is None or lik.exists())):
                 return False
         return True
 
@@ -374,36 +378,6 @@ class Experiment:
             note = "stored" if cached else f"{result.get('seconds', 0):.0f} s"
             progress.step(f"{run.label} ({note})", cached=cached)
         return results
-
-    def vocabulary(self, model: str, template: PromptTemplate | None = None):
-        """Token ids of the training data and the template (the ``lora.vocab_subset`` /
-        ``full.vocab_subset`` deviation), cached under a key of exactly those inputs. Test
-        prompts and references never enter it."""
-        import torch
-
-        from .vocab import data_vocabulary
-
-        template = template or self.template
-        texts = self._vocabulary_texts()
-        cached = Cached(self.root / "vocabulary", model_short_name(model), self._vocabulary_inputs(model, template),
-                        suffix="json")
-        if cached.exists():
-            return torch.tensor(cached.read_json(), dtype=torch.long)
-        from .models import load_tokenizer
-
-        ids = data_vocabulary(load_tokenizer(model), texts, template)
-        cached.write_json(ids.tolist())
-        return ids
-
-    def _vocabulary_texts(self) -> list[str]:
-        split = self.pool()
-        return [t for part in (split.train, split.validation) for recs in part.values() for r in recs
-                for t in (r.instruction, r.input, r.output)]
-
-    def _vocabulary_inputs(self, model: str, template: PromptTemplate) -> dict:
-        """What the training vocabulary is made of: part of the key of every run trained with it."""
-        return {"model": model, "template": dataclasses.asdict(template),
-                "texts": text_digest(self._vocabulary_texts())}
 
     # --- evaluation -----------------------------------------------------------------------
     def _answers(self, run: GridRun, lang: str) -> Cached:
@@ -507,7 +481,7 @@ class Experiment:
 
         self._require_trained(run)
         work = {lang: (self._answers(run, lang), self._likelihood(run, lang)) for lang in run.eval_languages}
-        need_gen = [lang for lang, (a, _) in work.items() if not a.exists()]
+        need_gen = [lang for lang, (a, _) in work.items() if self.generates(run, lang) and not a.exists()]
         need_lik = [lang for lang, (_, l) in work.items() if l is not None and not l.exists()]
         loaded = bool(need_lik) or (bool(need_gen) and self.profile.eval.backend == "local")
         model = tokenizer = None
@@ -526,7 +500,7 @@ class Experiment:
         del model
         for lang, (answers, _) in work.items():
             scores = self._scores(run, lang, answers)
-            if not scores.exists():
+            if answers.exists() and not scores.exists():
                 rows = answers.read_rows()
                 prompts = {p.id: p for p in self.test_prompts(lang)}
                 scores.write_rows(score_answers([prompts[r["prompt_id"]] for r in rows], [r["response"] for r in rows],
@@ -554,12 +528,15 @@ class Experiment:
 
         frames = []
         for lang in run.eval_languages:
-            answers = self._answers(run, lang)
-            if not answers.exists():
+            answers, lik = self._answers(run, lang), self._likelihood(run, lang)
+            if answers.exists():
+                scores = self._scores(run, lang, answers)
+                frame = pd.DataFrame(scores.read_rows() if scores.exists() else [])
+            elif not self.generates(run, lang) and lik is not None and lik.exists():
+                # No answers by design (eval.english_answers): the likelihood rows alone.
+                frame = pd.DataFrame({"prompt_id": [p.id for p in self.test_prompts(lang) if p.reference], "lang": lang})
+            else:
                 continue
-            scores = self._scores(run, lang, answers)
-            frame = pd.DataFrame(scores.read_rows() if scores.exists() else [])
-            lik = self._likelihood(run, lang)
             if lik is not None and lik.exists():
                 frame = frame.merge(likelihood_columns(pd.DataFrame(lik.read_rows())), on="prompt_id", how="left")
             verdicts = self._judge(run, lang, answers)

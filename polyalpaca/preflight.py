@@ -38,6 +38,7 @@ CHECKPOINTING = ("auto", "on", "off")
 DATA_SOURCES = ("embedded", "hub", "files")
 EVAL_BACKENDS = ("local", "server")
 GATE_LANGUAGES = ("study", "all")
+ENGLISH_ANSWERS = ("every-seed", "first-seed")
 TRANSLATION_BACKENDS = ("local", "api")
 
 Rule = Callable[[Profile], list[str]]
@@ -300,8 +301,10 @@ def check_decoding(p: Profile) -> list[str]:
 
 
 def check_gate(p: Profile) -> list[str]:
-    """``eval.gate_languages``: study or all; ``eval.likelihood_sentences`` not negative."""
+    """``eval.gate_languages``: study or all; ``eval.english_answers``: every-seed or first-seed;
+    ``eval.likelihood_sentences`` not negative."""
     return (_one_of("eval.gate_languages", p.eval.gate_languages, GATE_LANGUAGES)
+            + _one_of("eval.english_answers", p.eval.english_answers, ENGLISH_ANSWERS)
             + _at_least("eval.likelihood_sentences", p.eval.likelihood_sentences, 0))
 
 

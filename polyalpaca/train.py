@@ -71,10 +71,10 @@ class FastSFTTrainer(SFTTrainer):
     ``num_items_in_batch`` under gradient accumulation). The forward goes through the wrapped
     model, so DDP, FSDP, DeepSpeed and PEFT behave as usual."""
 
-    def __init__(self, *args, vocab_ids=None, **kwargs):
+    def __init__(self, *args, **kwargs):
         model = kwargs.get("model")
         if model is not None and not isinstance(model, str):
-            add_fast_lm_loss(model, vocab_ids=vocab_ids)  # before PEFT wraps it, like TRL's own fused head
+            add_fast_lm_loss(model)  # before PEFT wraps it, like TRL's own fused head
             if packed_attention.keeps_examples_apart(model) and model.config._attn_implementation in ("sdpa", "eager"):
                 model.set_attn_implementation(packed_attention.NAME)  # per-example attention in packed rows
         super().__init__(*args, **kwargs)
@@ -259,6 +259,7 @@ class TrainResult:
     seconds: float
     best_eval_loss: float | None
     log_history: list
+    eval_loss_before: float | None = None  # the validation loss of the untuned model: did training teach?
     processes: int = 1
     gradient_accumulation: int = 1
 
@@ -269,9 +270,21 @@ def last_checkpoint(output_dir: Path) -> str | None:
     return str(complete[-1]) if complete else None
 
 
+def _validation_loss_before(trainer, ckpt_dir: Path) -> float:
+    """The untuned model's validation loss, measured once and kept beside the checkpoints (a
+    resumed run reads it instead of measuring a half-trained model)."""
+    path = ckpt_dir / "validation_before.json"
+    if path.exists():
+        return json.loads(path.read_text())["eval_loss"]
+    loss = float(trainer.evaluate()["eval_loss"])
+    if trainer.is_world_process_zero():
+        atomic_write_json(path, {"eval_loss": loss})
+    return loss
+
+
 def train(model_spec: str, train_records: list[Record], validation_records: list[Record], cfg: TrainConfig,
           template: PromptTemplate, run_dir: str | Path, fast: bool | None = None,
-          callbacks: list | None = None, vocab_ids=None) -> TrainResult:
+          callbacks: list | None = None) -> TrainResult:
     """Fine-tune ``model_spec`` and save the result in ``run_dir/model``.
 
     Run it in every process of a data-parallel launch: all train, the main process writes
@@ -301,22 +314,13 @@ def train(model_spec: str, train_records: list[Record], validation_records: list
     if args.world_size != processes.count:  # the launcher's environment and the process group disagree
         raise RuntimeError(f"the launcher announced {processes.count} processes but training runs in "
                            f"{args.world_size}; launch with accelerate launch or torchrun (see book/rerun.md)")
-    extra = {}
-    if fast:
-        trainer_cls = FastSFTTrainer
-        if cfg.vocab_subset:
-            if vocab_ids is None:
-                raise ValueError(f"{cfg.method}.vocab_subset needs the vocabulary (polyalpaca.vocab.data_vocabulary)")
-            extra["vocab_ids"] = vocab_ids
-    elif cfg.vocab_subset:
-        raise ValueError(f"{cfg.method}.vocab_subset works only with the fast path ({cfg.method}.fast_path = true)")
-    else:
-        trainer_cls = SFTTrainer
-    trainer = trainer_cls(**extra, model=model, args=args, train_dataset=train_ds, eval_dataset=val_ds,
+    trainer_cls = FastSFTTrainer if fast else SFTTrainer
+    trainer = trainer_cls(model=model, args=args, train_dataset=train_ds, eval_dataset=val_ds,
                           processing_class=tokenizer, peft_config=build_peft_config(cfg),
                           callbacks=[_WallClock(), EpochLines(), *(callbacks or [])])
     trainer.remove_callback(PrinterCallback)
     start = time.time()
+    before = _validation_loss_before(trainer, ckpt_dir) if val_ds is not None else None
     trainer.train(resume_from_checkpoint=last_checkpoint(ckpt_dir))
     seconds = time.time() - start
     model_dir = run_dir / "model"
@@ -329,6 +333,7 @@ def train(model_spec: str, train_records: list[Record], validation_records: list
         steps=trainer.state.global_step, seconds=round(seconds, 1),
         best_eval_loss=None if best is None or math.isnan(best) else float(best),
         log_history=trainer.state.log_history, processes=args.world_size,
+        eval_loss_before=before,
         gradient_accumulation=args.gradient_accumulation_steps,
     )
     if trainer.is_world_process_zero():
@@ -358,8 +363,7 @@ def _launch_record(cfg: TrainConfig, processes: Processes, run_dir: Path) -> dic
 
 
 def train_run(run_dir: str | Path, model_spec: str, train_records: list[Record],
-              validation_records: list[Record], cfg: TrainConfig, template: PromptTemplate, record: dict,
-              vocab_ids=None) -> dict:
+              validation_records: list[Record], cfg: TrainConfig, template: PromptTemplate, record: dict) -> dict:
     """Train one grid run into ``run_dir`` unless it is marked done; returns its recorded result.
 
     Call it in every process of a launch. The main process writes ``run.json`` (``record`` and
@@ -375,14 +379,14 @@ def train_run(run_dir: str | Path, model_spec: str, train_records: list[Record],
         return json.loads((run_dir / "train_result.json").read_text())
     processes = launched_processes()
     if not processes.is_main:  # the main process holds the run folder's lock for the launch
-        return asdict(train(model_spec, train_records, validation_records, cfg, template, run_dir, vocab_ids=vocab_ids))
+        return asdict(train(model_spec, train_records, validation_records, cfg, template, run_dir))
     with folder_lock(run_dir, what="training it"):
         if (run_dir / "DONE").exists():  # trained by the process we waited for
             return json.loads((run_dir / "train_result.json").read_text())
         launch = _launch_record(cfg, processes, run_dir)  # checks a resumed run keeps its batch
         atomic_write_json(run_dir / "run.json", {**record, **launch})
         write_jsonl(run_dir / "train_ids.jsonl", [{"lang": r.lang, "id": r.id} for r in train_records])
-        result = train(model_spec, train_records, validation_records, cfg, template, run_dir, vocab_ids=vocab_ids)
+        result = train(model_spec, train_records, validation_records, cfg, template, run_dir)
         atomic_write_text(run_dir / "DONE", time.strftime("%Y-%m-%dT%H:%M:%S\n"))
         # The finished model is in run_dir/model; resumable checkpoints (optimizer states included)
         # are only needed while the run is unfinished.

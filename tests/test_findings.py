@@ -1,4 +1,5 @@
-"""Claims, the hierarchical bootstrap, Holm and tables on synthetic answer frames with known effects."""
+"""Measures, the claims table, its tuning rows and its simulated error rates, on synthetic answer
+frames with known effects."""
 import numpy as np
 import pandas as pd
 import pytest
@@ -35,60 +36,47 @@ def frame(quality: dict, robust: dict | None = None, langs=("en", "ru", "zh", "b
     return pd.DataFrame(rows)
 
 
-def test_bootstrap_is_seeded_and_centred():
-    a = np.tile(np.arange(20.0) + 2, (3, 1))
-    b = np.tile(np.arange(20.0), (3, 1))
-    e = F.hierarchical_bootstrap(a, b, seed=1)
-    assert e.mean == 2.0 and e.low == pytest.approx(2.0) and e.high == pytest.approx(2.0)
-    x = np.random.default_rng(0).normal(0, 1, (3, 40))
-    assert F.hierarchical_bootstrap(x, 0 * x, seed=3).low == F.hierarchical_bootstrap(x, 0 * x, seed=3).low
+def with_base(answers: pd.DataFrame, nll: float = 1.0) -> pd.DataFrame:
+    """``answers`` plus an untuned base model whose NLL per byte is ``nll`` on every prompt."""
+    one = answers[answers["seed"] == answers["seed"].min()].drop_duplicates(["prompt_id", "lang"]).copy()
+    one = one.assign(method="base", recipe="base", seed=np.nan, nll_per_byte=nll)
+    return pd.concat([answers, one], ignore_index=True)
 
 
-def test_a_prompt_is_one_cluster_across_its_languages():
-    """Prompt effects shared by all languages: the interval reflects 30 prompts, not 30 x 4 pairs."""
-    answers = frame({("lora", "multilingual"): 1.0, ("lora", "english-only"): 0.0}, prompt_sd=0.0, noise=1.0,
-                    seeds=(1,))
-    answers.loc[answers.recipe == "english-only", "nll_per_byte"] = answers.loc[
-        answers.recipe == "multilingual", "nll_per_byte"].to_numpy() + 1.0  # same noise: pure prompt-level
+def test_a_prompt_is_one_unit_across_its_languages():
+    """Differences shared by all languages of a prompt: the effect is measured over 30 prompts,
+    not 30 x 4 pairs, and prompt effects common to both recipes cancel."""
+    answers = frame({("lora", "multilingual"): 1.0, ("lora", "english-only"): 0.0}, prompt_sd=1.0, noise=0.01)
+    e = F.contrast(F.with_measures(answers), "lora", "multilingual", "english-only", ["ru", "zh", "bg"], "quality")
+    assert e.mean == pytest.approx(1.0, abs=0.01) and e.prompts == 30 and e.se < 0.01
+
+
+def test_quality_is_the_relative_gain_over_the_base_model():
+    answers = with_base(frame({("lora", "multilingual"): -0.8}, noise=0.0, seeds=(1,)), nll=1.0)
     data = F.with_measures(answers)
-    e = F.contrast(data, "lora", "multilingual", "english-only", ["ru", "zh", "bg"], "quality", seed=0)
-    assert e.mean == pytest.approx(1.0) and e.se == pytest.approx(0.0, abs=1e-9)
-    noisy = F.with_measures(frame({("lora", "multilingual"): 1.0, ("lora", "english-only"): 0.0}, prompt_sd=1.0,
-                                  noise=0.01, seeds=(1,)))
-    e = F.contrast(noisy, "lora", "multilingual", "english-only", ["ru", "zh", "bg"], "quality", seed=0)
-    # Prompt effects cancel in a paired contrast: the interval is narrow.
-    assert e.high - e.low < 0.05 and e.prompts == 30
-
-
-def test_seed_variance_widens_the_interval():
-    effects = {("lora", "multilingual"): 0.5, ("lora", "english-only"): 0.0}
-    calm = F.contrast(F.with_measures(frame(effects, seed_sd=0.0)), "lora", "multilingual", "english-only",
-                      ["ru"], "quality")
-    shaky = F.contrast(F.with_measures(frame(effects, seed_sd=0.5)), "lora", "multilingual", "english-only",
-                       ["ru"], "quality")
-    assert shaky.se > 5 * calm.se and shaky.seeds_a == 3
-
-
-def test_holm_adjustment():
-    assert F.holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    tuned = data[data["method"] == "lora"]
+    assert tuned["quality"].to_numpy() == pytest.approx(20.0)  # NLL 0.8 against 1.0: 20% lower
+    assert (data[data["method"] == "base"]["quality"] == 0).all()
+    assert F.measure_names(answers)["quality"].startswith("gain over the base model")
 
 
 def test_claims_follow_the_planted_effects_and_count_each_contrast_once():
     quality = {("lora", "monolingual"): 0.0, ("lora", "multilingual"): 0.3, ("lora", "english-only"): -0.5,
                ("lora", "downsampled"): 0.01, ("full", "monolingual"): 0.5, ("full", "multilingual"): 0.0,
-               ("full", "english-only"): -0.5, ("full", "downsampled"): 0.2}
+               ("full", "english-only"): -0.5, ("full", "downsampled"): -0.2}
     robust = {("lora", "english-only"): -5, ("lora", "downsampled"): 5, ("full", "english-only"): -5,
               ("full", "downsampled"): 5}
     claims = F.claims_table(frame(quality, robust), seen=["en", "ru", "zh"], unseen=["bg"],
-                            margins={"quality": 0.05})
-    assert not claims["contrast"].duplicated().any()
-    by = {(r["finding"], r["contrast"].split(",")[1].strip()): r for _, r in claims.iloc[:-1].iterrows()}
+                            margins={"quality": 0.3})
+    assert not claims["contrast"].duplicated().any() and set(claims["family"]) == {"claims"}  # no base model
+    by = {(r["finding"], r["method"], r["measure"]): r for _, r in claims.iloc[:-1].iterrows()}
+    by.update({(f, m): r for (f, m, measure), r in by.items() if measure != "answer_language"})
     assert by[("1", "lora")]["verdict"] == "agrees" and by[("1", "lora")]["test"] == "non-inferiority"
     assert by[("2", "full")]["verdict"] == "agrees"
     assert by[("3, 4", "lora")]["verdict"] == "agrees" and by[("3", "full")]["verdict"] == "agrees"
-    # downsampled vs monolingual, LoRA: +0.01 is within the 0.05 margin: non-inferior
+    # downsampled vs monolingual, LoRA: +0.01 is within the 0.3 margin: non-inferior
     assert by[("4 (headline)", "lora")]["verdict"] == "agrees"
-    # full: downsampled 0.2 below the English-heavy... here monolingual is 0.3 better: inferior
+    # full: monolingual is 0.7 better than downsampled, beyond the margin: inferior
     assert by[("4 (headline)", "full")]["verdict"] == "disagrees"
     assert claims.iloc[-1]["verdict"] == "not tested"
     assert (claims["detectable effect"].dropna() > 0).all()
@@ -128,6 +116,43 @@ def test_judge_totals_when_judged():
     assert F.measure_names(answers)["quality"] == "judge rating x language gate"
 
 
-def test_worked_bootstrap_is_small_and_reproducible():
-    table = F.worked_bootstrap([3, 2, 3, 1], [2, 2, 1, 1], n_boot=4, seed=0)
-    assert len(table) == 4 and table.equals(F.worked_bootstrap([3, 2, 3, 1], [2, 2, 1, 1], n_boot=4, seed=0))
+def test_worked_interval_is_the_textbook_t_interval():
+    table = F.worked_interval([3, 2, 3, 1], [2, 2, 1, 1]).iloc[0]
+    sd = np.std([1, 0, 2, 0], ddof=1)
+    assert table["mean difference"] == pytest.approx(0.75) and table["sd"] == pytest.approx(sd)
+    assert table["95% low"] == pytest.approx(0.75 - 3.182446 * sd / 2, rel=1e-5)
+
+
+def test_tuning_rows_and_not_assessable_quality_verdicts():
+    """Recipes that do not beat the base model on quality carry no quality verdict between them;
+    robustness rows are not affected."""
+    nothing = {("lora", r): -1.0 for r in RECIPES}  # NLL 1.0 everywhere: no gain over the base
+    robust = {("lora", "english-only"): -5, ("lora", "downsampled"): 5}
+    claims = F.claims_table(with_base(frame(nothing, robust, noise=0.01)), seen=["en", "ru", "zh"], unseen=["bg"])
+    tuning = claims[claims["family"] == "tuning"]
+    assert len(tuning) and (tuning[tuning["measure"] == "quality"]["verdict"] == "no detectable change").all()
+    rows = claims[(claims["family"] == "claims") & (claims["prompts"] > 0)]
+    assert rows[rows["measure"] == "quality"]["verdict"].str.startswith("not assessable").all()
+    assert (rows[rows["measure"] == "robustness"]["verdict"] == "agrees").all()
+    gains = {("lora", r): -0.8 for r in RECIPES}  # every recipe 20% better than the base
+    gains[("lora", "multilingual")] = -0.7
+    claims = F.claims_table(with_base(frame(gains, noise=0.01)), seen=["en", "ru", "zh"], unseen=["bg"],
+                            margins={"quality": 1.0})
+    tuning = claims[(claims["family"] == "tuning") & (claims["measure"] == "quality") & (claims["prompts"] > 0)]
+    assert (tuning["verdict"] == "improves").all()
+    row = claims[(claims["finding"] == "3") & (claims["method"] == "lora")].iloc[0]
+    assert row["verdict"] == "agrees" and row["effect"] == pytest.approx(10.0, abs=0.5)  # 30% vs 20% gain
+
+
+@pytest.mark.slow
+def test_simulated_false_verdict_rates_are_at_most_alpha():
+    """The claims family with no recipe effect, and with every non-inferiority row's true effect at
+    its margin, over enough simulated builds to tell 5% from 10% (seed-heavy spreads, twice the
+    seed spread of the default build's robustness)."""
+    components = {"quality": (3.0, 2.0, 3.0), "robustness": (1.5, 2.0, 1.5), "answer_language": (0.1, 0.1, 0.3)}
+    rates = F.simulate_error_rates(components, ["en", "ru"], ["bg"], [42, 43, 44], 30, alpha=0.05,
+                                   margins={"quality": 1.0, "robustness": 1.0, "answer_language": 0.05}, tables=300)
+    print(rates)
+    assert rates["false verdict rate, no effect"] <= 0.07
+    assert rates["non-inferiority agrees rate, effect at the margin"] <= 0.07
+

@@ -165,11 +165,21 @@ def test_grid_models_and_seeds():
 
 
 def test_findings():
-    p = tiny(findings__alpha="1", findings__margins='{"quality": -0.1, "gate": 0.05}', findings__n_boot="0")
+    p = tiny(findings__alpha="1", findings__margins='{"quality": -0.1, "gate": 0.05}', findings__min_seeds="0")
     assert pf.check_findings(p) == [
         "findings.alpha: must be > 0 and < 1, got 1",
         "findings.margins.quality: must be >= 0, got -0.1",
-        "findings.n_boot: must be >= 1, got 0",
+        "findings.margins.gate: not a measure; expected one of quality, answer_language, robustness",
+        "findings.min_seeds: must be >= 1, got 0",
+    ]
+
+
+def test_gate_and_likelihood_span():
+    p = tiny(eval__gate_languages="some", eval__english_answers="never", eval__likelihood_sentences="-1")
+    assert pf.check_gate(p) == [
+        "eval.gate_languages: expected study or all, got 'some'",
+        "eval.english_answers: expected every-seed or first-seed, got 'never'",
+        "eval.likelihood_sentences: must be >= 0, got -1",
     ]
 
 

@@ -40,10 +40,10 @@ def test_overrides_and_typos():
     assert err.value.problems == [
         "lora.epoch: unknown setting; known in [lora]: batch_size, best_by_validation, effective_batch, epochs, "
         "eval_every_epoch, fast_path, gradient_accumulation, gradient_checkpointing, learning_rate, logging_steps, "
-        "lora, loss_on, max_length, method, precision, scheduler, seed, template, use_validation, validation_limit, vocab_subset, "
+        "lora, loss_on, max_length, method, precision, scheduler, seed, template, use_validation, validation_limit, "
         "warmup_ratio, warmup_steps, weight_decay",
         "lorra: unknown setting; known at the top level: book, data, description, estimate, estimate_device, estimate_mfu, "
-        "estimate_tflops, eval, findings, full, grid, lora, name, tokens_per_second_estimate, translation",
+        "estimate_tflops, eval, findings, full, grid, lora, name, storage, tokens_per_second_estimate, translation",
     ]
     with pytest.raises(FileNotFoundError, match="available"):
         load_profile("nope")
@@ -61,7 +61,7 @@ def test_values_are_checked_against_the_declared_types():
     assert problems({"lora.batch_size": 2.5}) == ["lora.batch_size: expected a whole number, got 2.5"]
     assert problems({"lora.batch_size": True}) == ["lora.batch_size: expected a whole number, got True"]
     assert problems({"data.train_limit": "all"}) == ["data.train_limit: expected a whole number or none, got 'all'"]
-    assert problems({"lora.vocab_subset": "yes"}) == ["lora.vocab_subset: expected true or false, got 'yes'"]
+    assert problems({"lora.fast_path": "yes"}) == ["lora.fast_path: expected true or false, got 'yes'"]
     assert problems({"eval.judge.model": 3}) == ["eval.judge.model: expected a string, got 3"]
     assert problems({"data.train_languages": "en,ru"}) == ["data.train_languages: expected a list of strings, got 'en,ru'"]
     assert problems({"grid.seeds": '[1, "two"]'}) == ["grid.seeds: expected a list of whole numbers, got '[1, \"two\"]'"]
@@ -93,7 +93,7 @@ def test_every_problem_is_reported_at_once():
 
 def test_command_line_text_converts_where_unambiguous():
     p = load_profile("tiny", {"lora.epochs": "2", "lora.learning_rate": "1e-3", "lora.batch_size": "8",
-                              "lora.vocab_subset": "TRUE", "data.train_limit": "none", "data.test_limit": "null",
+                              "lora.fast_path": "TRUE", "data.train_limit": "none", "data.test_limit": "null",
                               "data.train_languages": '["en", "ru"]', "grid.seeds": "[1, 2]",
                               "findings.margins": '{"quality": 0.1}', "eval.decoding.stop_strings": '["###"]',
                               "eval.judge.model": "123", "eval.decoding_full": "none"})
@@ -101,7 +101,7 @@ def test_command_line_text_converts_where_unambiguous():
     # One setting, one run id: 0, 0.0 and "0" for a float field are the same value.
     same = [load_profile("tiny", {"lora.lora.dropout": v}).lora.lora.dropout for v in (0, 0.0, "0")]
     assert all(d == 0.0 and isinstance(d, float) for d in same)
-    assert p.lora.learning_rate == 0.001 and p.lora.batch_size == 8 and p.lora.vocab_subset is True
+    assert p.lora.learning_rate == 0.001 and p.lora.batch_size == 8 and p.lora.fast_path is True
     assert p.data.train_limit is None and p.data.test_limit is None
     assert p.data.train_languages == ["en", "ru"] and p.grid.seeds == [1, 2]
     assert p.findings.margins == {"quality": 0.1} and p.eval.decoding.stop_strings == ("###",)

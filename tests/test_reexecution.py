@@ -124,18 +124,6 @@ def test_the_judge_rates_the_answers_it_is_given(trained, double, monkeypatch):
     assert frame["judge"].notna().all()
 
 
-def test_training_vocabulary_ignores_test_data(trained, tmp_path):
-    exp = experiment(trained)
-    before = exp.vocabulary(exp.profile.grid.models[0]).tolist()
-    folder = tmp_path / "odd-tests"
-    folder.mkdir()
-    for lang in ("en", "ru"):
-        rows = [{"id": "t1", "prompt": "Ꙭ ꙮ 𓂀 ⟁ never seen ideograms 龘龘", "reference": "ꙮ 𓂀 answer"}]
-        (folder / f"test_{lang}.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
-    other = experiment(trained, **{"data.test_source": str(folder)})
-    assert other.vocabulary(other.profile.grid.models[0]).tolist() == before
-
-
 def test_clear_errors_for_what_users_do(trained, tmp_path):
     exp = experiment(trained, **{"grid.seeds": [7]})
     with pytest.raises(RunNotTrained, match=r"run lora-english-only-s7 is not trained yet .*polyalpaca train "
