@@ -141,9 +141,11 @@ def evaluation_estimate(exp: Experiment, readable: bool) -> dict:
     p, e = exp.profile, exp.profile.estimate
     if not (e.generation_tokens_per_second and readable):
         return {}
-    per_model: dict[str, set] = {}
+    per_model: dict[str, set] = {}  # languages scored per model
+    answered: dict[str, set] = {}  # languages answered per model (eval.english_answers)
     for run in exp.runs():
         per_model.setdefault(run.model_key, set()).update(run.eval_languages)
+        answered.setdefault(run.model_key, set()).update(l for l in run.eval_languages if exp.generates(run, l))
     prompts = {lang: len(exp.test_prompts(lang)) for lang in p.data.test_languages}
     lik_seconds = {}
     if p.eval.likelihood and e.likelihood_tokens_per_second and e.likelihood_scored_tokens_per_second:
@@ -156,9 +158,9 @@ def evaluation_estimate(exp: Experiment, readable: bool) -> dict:
             lik_seconds[lang] = (work.model_tokens / e.likelihood_tokens_per_second
                                  + work.scored_tokens / e.likelihood_scored_tokens_per_second)
     seconds = {"load": 0.0, "generation": 0.0, "likelihood": 0.0}
-    for langs in per_model.values():
+    for model_key, langs in per_model.items():
         seconds["load"] += e.model_load_s
-        new_tokens = sum(prompts[l] for l in langs) * p.eval.decoding.max_new_tokens
+        new_tokens = sum(prompts[l] for l in answered[model_key]) * p.eval.decoding.max_new_tokens
         seconds["generation"] += new_tokens / e.generation_tokens_per_second
         seconds["likelihood"] += sum(lik_seconds.get(l, 0.0) for l in langs)
     return {"models": len(per_model), **{k: round(v) for k, v in seconds.items()}}

@@ -352,6 +352,19 @@ def learning_rate_table(profile, counts: dict | None = None) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def learning_rate_check(profile: str) -> tuple[pd.DataFrame, dict] | None:
+    """The stored learning-rate check of ``profile`` (``benchmarks/lr_check.py``): one grid run
+    trained at a few learning rates per method, with its validation losses and score gains; None
+    when the check was not run for this profile."""
+    from .paths import PROJECT_ROOT
+
+    path = PROJECT_ROOT / "benchmarks" / "results" / f"lr_check_{profile}.json"
+    if not path.exists():
+        return None
+    record = json.loads(path.read_text())
+    return pd.DataFrame(record.pop("rows")), record
+
+
 def learning_rate_frame(exp) -> pd.DataFrame:
     """The learning rate at every logged step of every trained model, as the trainer recorded it
     (a model shared by two runs, like English-only and monolingual-en, once)."""
