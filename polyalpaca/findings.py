@@ -640,26 +640,30 @@ def plot_robustness(answers: pd.DataFrame):
                 ax.axhline(float(base.mean()), color="grey", linestyle="--", linewidth=1, label="base model")
             ax.set_xlabel("")
             ax.set_ylabel(label if j == 0 else "", fontsize=10)
-            ax.set_title(f"{lang} prompts" + (" (unseen in tuning)" if lang not in set(
-                data.loc[data["recipe"] == "monolingual", "lang"]) else ""), fontsize=11)
+            unseen = "seen" in data and not data.loc[data["lang"] == lang, "seen"].astype(bool).any()
+            ax.set_title(f"{lang} prompts" + (" (unseen in tuning)" if unseen else ""), fontsize=11)
             ax.tick_params(axis="x", labelrotation=20)
     handles, labels = axes[0, 0].get_legend_handles_labels()
     if axes[0, 0].get_legend():
         axes[0, 0].get_legend().remove()
-    fig.legend(handles, labels, loc="upper center", ncol=len(labels), bbox_to_anchor=(0.5, 1.04), frameon=False)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 0.94))
+    fig.legend(handles, labels, loc="upper center", ncol=len(labels), bbox_to_anchor=(0.5, 1.0), frameon=False)
     return fig
 
 
-def plot_forest(claims: pd.DataFrame, family: str = "claims"):
+def plot_forest(claims: pd.DataFrame, family: str = "claims", names: dict[str, str] | None = None):
     """The rows of one family as a forest plot, one panel per measure (their units differ): the
-    effect A - B, its family-adjusted interval, zero, and each non-inferiority row's margin."""
+    effect A - B, its family-adjusted interval, zero, and each non-inferiority row's margin (a grey
+    tick); green where the row agrees (or tuning improves), red where it disagrees (or worsens).
+    None when no row could be tested."""
     sns = _setup()
     import matplotlib.pyplot as plt
 
     rows = claims[(claims["family"] == family) & (claims["prompts"] > 0)].copy()
     measures = [m for m in MEASURES if m in set(rows["measure"])]
-    names = measure_names(pd.DataFrame(columns=["nll_per_byte", "method"]))
+    if not measures:
+        return None  # nothing could be tested (no artefacts yet)
+    names = names or {}
     sizes = [max(int((rows["measure"] == m).sum()), 1) for m in measures]
     fig, axes = plt.subplots(len(measures), 1, figsize=(9, 0.38 * sum(sizes) + 1.4 * len(measures)),
                              gridspec_kw={"height_ratios": sizes}, squeeze=False)
@@ -678,7 +682,8 @@ def plot_forest(claims: pd.DataFrame, family: str = "claims"):
         ax.axvline(0, color="black", linewidth=0.8)
         labels = sub["contrast"].str.replace(f", {measure.replace('_', ' ')}", "", regex=False)
         ax.set_yticks(y, [f"{l}  [{v}]" for l, v in zip(labels, sub["verdict"])], fontsize=8)
-        label = {"quality": "quality: " + names["quality"], "robustness": "robustness: language log-odds (nats)",
+        label = {"quality": "quality: " + names.get("quality", "the chapter's quality score"),
+                 "robustness": "robustness: " + names.get("robustness", "language log-odds (nats)"),
                  "answer_language": "answer language: share not in the wrong language"}[measure]
         ax.set_xlabel(f"{label}; A - B with its family-adjusted interval", fontsize=9)
     fig.tight_layout()
