@@ -691,10 +691,11 @@ def plot_forest(claims: pd.DataFrame, family: str = "claims", names: dict[str, s
 
 
 def plot_language_confusion(answers: pd.DataFrame):
-    """Prompt language vs detected answer language, per recipe (share of answers)."""
+    """Prompt language vs detected answer language, per recipe (share of the generated answers)."""
     sns = _setup()
     import matplotlib.pyplot as plt
 
+    answers = answers[answers["gate_reason"].notna()]  # rows with a generated answer (eval.english_answers)
     data = answers[answers["method"] != "base"] if (answers["method"] != "base").any() else answers
     recipes = [r for r in RECIPE_ORDER if r in set(answers["recipe"])]
     fig, axes = plt.subplots(1, len(recipes), figsize=(3.2 * len(recipes), 3.4), sharey=True, squeeze=False)
@@ -704,7 +705,8 @@ def plot_language_confusion(answers: pd.DataFrame):
         sub = sub[sub["recipe"] == recipe]
         table = pd.crosstab(sub["lang"], sub["detected"].fillna("none"), normalize="index")
         table = table.reindex(columns=detected_order, fill_value=0)
-        sns.heatmap(table, ax=ax, vmin=0, vmax=1, cmap="Blues", cbar=False, annot=table.shape[1] <= 8, fmt=".1f")
+        sns.heatmap(table, ax=ax, vmin=0, vmax=1, cmap="Blues", cbar=False, annot=table.shape[1] <= 8, fmt=".1f",
+                    xticklabels=True, yticklabels=True)  # every language labelled
         ax.set_title(recipe, fontsize=11)
         ax.set_xlabel("answer language")
         ax.set_ylabel("prompt language" if ax is axes[0][0] else "")

@@ -518,8 +518,9 @@ class Experiment:
             done = self.evaluate(run)
             cached = not (done["generated"] or done["likelihood_scored"])
             seen.add(run.model_key)
-            gate = self.run_answers(run)["gate"].mean() if run.eval_languages else float("nan")
-            progress.step(f"{run.label}: {len(run.eval_languages)} languages, gate pass {gate:.2f}"
+            gates = self.run_answers(run)["gate"].dropna().astype(float)
+            answered = f"gate pass {gates.mean():.2f}" if len(gates) else "likelihood only"
+            progress.step(f"{run.label}: {len(run.eval_languages)} languages, {answered}"
                           + (" (stored)" if cached else ""), cached=cached)
 
     def run_answers(self, run: GridRun):
@@ -534,7 +535,8 @@ class Experiment:
                 frame = pd.DataFrame(scores.read_rows() if scores.exists() else [])
             elif not self.generates(run, lang) and lik is not None and lik.exists():
                 # No answers by design (eval.english_answers): the likelihood rows alone.
-                frame = pd.DataFrame({"prompt_id": [p.id for p in self.test_prompts(lang) if p.reference], "lang": lang})
+                frame = pd.DataFrame({"prompt_id": [p.id for p in self.test_prompts(lang) if p.reference], "lang": lang,
+                                      "response": None, "detected": None, "gate": None, "gate_reason": None})
             else:
                 continue
             if lik is not None and lik.exists():
