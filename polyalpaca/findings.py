@@ -272,15 +272,19 @@ def paper_claims(seen: list[str], unseen: list[str], methods: list[str]) -> list
     return claims
 
 
-def tuning_rows(claims: list[Claim], recipes: dict[str, list[str]], seen: list[str], unseen: list[str]) -> list[Claim]:
+def tuning_rows(claims: list[Claim], recipes: dict[str, list[str]], seen: list[str], unseen: list[str],
+                answered: dict[tuple[str, str], set[str]] | None = None) -> list[Claim]:
     """Every recipe against the base model: quality on the seen languages and on the languages of
     each quality claim that names the recipe, robustness (log-odds) on the non-English test
-    languages. ``recipes`` maps each method to its recipes. (The answers' language against the
+    languages, each on the languages the recipe's models answer (``answered[(method, recipe)]``;
+    monolingual models answer only their own). ``recipes`` maps each method to its recipes. (The answers' language against the
     base is shown, not tested: every extra row makes the family's threshold stricter.)"""
     non_en = [l for l in seen if l != "en"] + list(unseen)
     rows: dict[tuple, Claim] = {}
 
     def add(method, recipe, langs, measure):
+        if answered is not None:
+            langs = [l for l in langs if l in answered.get((method, recipe), set())]
         k = (method, recipe, tuple(langs), measure)
         if langs and k not in rows:
             rows[k] = Claim("tuning", f"{recipe} tuning improves on the untuned base model", method, recipe, BASE,
@@ -330,7 +334,8 @@ def claims_table(answers: pd.DataFrame, seen: list[str], unseen: list[str], alph
     recipes = {m: [r for r in RECIPE_ORDER if ((data["method"] == m) & (data["recipe"] == r)).any()] for m in methods}
     claims = paper_claims(seen, unseen, methods)
     has_base = (data["method"] == BASE).any()
-    rows_spec = (tuning_rows(claims, recipes, seen, unseen) if has_base else []) + claims
+    answered = {k: set(g) for k, g in data.groupby(["method", "recipe"])["lang"]}
+    rows_spec = (tuning_rows(claims, recipes, seen, unseen, answered) if has_base else []) + claims
     cells = Cells(data)
     effects = [cells.contrast(c.method, c.a, c.b, c.langs, c.measure) for c in rows_spec]
     thresholds = np.array([-margins.get(c.measure, 0.0) if c.test == "non-inferiority" else 0.0 for c in rows_spec])
