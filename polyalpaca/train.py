@@ -31,10 +31,12 @@ import json
 import logging
 import math
 import os
+import random
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from datasets import Dataset
 from transformers import TrainerCallback
@@ -99,7 +101,9 @@ class EpochLines(TrainerCallback):
     def on_log(self, args, state, control, logs=None, **kwargs):
         if not state.is_world_process_zero or not logs:  # one line per launch, not one per node
             return
-        if "eval_loss" in logs:
+        if "eval_loss" in logs and not state.global_step:  # the untuned model (_validation_loss_before)
+            print(f"  before training: validation loss {logs['eval_loss']:.4f}", flush=True)
+        elif "eval_loss" in logs:
             print(f"  epoch {logs.get('epoch', 0):g}: validation loss {logs['eval_loss']:.4f}", flush=True)
         elif "train_loss" in logs:
             print(f"  trained {state.global_step} steps in {logs.get('train_runtime', 0):.0f} s, "
@@ -276,7 +280,15 @@ def _validation_loss_before(trainer, ckpt_dir: Path) -> float:
     path = ckpt_dir / "validation_before.json"
     if path.exists():
         return json.loads(path.read_text())["eval_loss"]
-    loss = float(trainer.evaluate()["eval_loss"])
+    # Measured without touching the random state training then draws from (dropout, order), so a
+    # run trains the same whether or not it measured this first (a resumed run reads it instead).
+    py_state, np_state = random.getstate(), np.random.get_state()
+    logged = len(trainer.state.log_history)
+    with torch.random.fork_rng(devices=[]):
+        loss = float(trainer.evaluate()["eval_loss"])
+    del trainer.state.log_history[logged:]  # kept in train_result.json as eval_loss_before, not as an epoch
+    random.setstate(py_state)
+    np.random.set_state(np_state)
     if trainer.is_world_process_zero():
         atomic_write_json(path, {"eval_loss": loss})
     return loss
@@ -320,7 +332,11 @@ def train(model_spec: str, train_records: list[Record], validation_records: list
                           callbacks=[_WallClock(), EpochLines(), *(callbacks or [])])
     trainer.remove_callback(PrinterCallback)
     start = time.time()
-    before = _validation_loss_before(trainer, ckpt_dir) if val_ds is not None else None
+    # One process without gradient accumulation only: measured first through the trainer, the
+    # evaluation shifted where an accumulating or data-parallel run's optimizer steps fall (the
+    # tests compare such runs step by step), so those record no value here.
+    measure_before = val_ds is not None and args.world_size == 1 and args.gradient_accumulation_steps == 1
+    before = _validation_loss_before(trainer, ckpt_dir) if measure_before else None
     trainer.train(resume_from_checkpoint=last_checkpoint(ckpt_dir))
     seconds = time.time() - start
     model_dir = run_dir / "model"

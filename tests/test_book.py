@@ -333,7 +333,10 @@ def _book_until(root: Path, overrides: dict, stop_at: str | None) -> dict:
     sets = sum((["-s", k, v] for k, v in overrides.items()), [])
     cmd = [sys.executable, "-m", "polyalpaca", "book", "--profile", "tiny", "--book-dir", str(root),
            "--artefacts", str(root / "artefacts"), *sets]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    # A terminal's Ctrl-C reaches a process that handles SIGINT; a test run started in the background
+    # of a non-interactive shell inherits SIGINT ignored, so the child is given the default back.
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     lines, stopped, family = [], None, []
     for line in proc.stdout:
         lines.append(line.rstrip("\n"))

@@ -97,7 +97,8 @@ def test_fast_and_plain_trl_agree(tmp_path, tiny_model_dir, template, method, lo
         check_loaded_from_the_resident_base(tmp_path / "True" / "model")
     printed = capsys.readouterr().out
     assert "{'loss'" not in printed  # no line per logging step in the chapters
-    assert printed.count("validation loss") == 2 and printed.count("mean training loss") == 2
+    assert printed.count("epoch 1: validation loss") == 2 and printed.count("mean training loss") == 2
+    assert printed.count("before training: validation loss") == 2  # the untuned model, once per run
 
 
 def check_loaded_from_the_resident_base(model_dir):
