@@ -39,7 +39,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from .inference import UNTESTED, Effect, crossed_effect, holm, one_sided_p
+from .inference import UNTESTED, Effect, crossed_effect, holm, one_sided_p_values
 
 RECIPE_ORDER = ["base", "monolingual", "multilingual", "english-only", "downsampled"]
 METHOD_ORDER = ["base", "lora", "full"]
@@ -298,18 +298,6 @@ def tuning_rows(claims: list[Claim], recipes: dict[str, list[str]], seen: list[s
                     add(method, recipe, c.langs, "quality")
             add(method, recipe, non_en, "robustness")
     return list(rows.values())
-
-
-def one_sided_p_values(effects: list[Effect], thresholds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """For each effect, the p-values of H0: effect <= threshold and of H0: effect >= threshold,
-    computed for all rows at once; NaN where the effect could not be tested."""
-    tested = np.array([e.tested for e in effects])
-    mean = np.array([e.mean for e in effects])
-    parts = (np.nan_to_num(np.array([e.se_seed for e in effects])), np.array([max(e.seeds - 1, 1) for e in effects]),
-             np.nan_to_num(np.array([e.se_prompt for e in effects])), np.array([max(e.prompts - 1, 1) for e in effects]))
-    claim = np.where(tested, one_sided_p(np.nan_to_num(mean - thresholds), *parts), np.nan)
-    opposite = np.where(tested, one_sided_p(np.nan_to_num(thresholds - mean), *parts), np.nan)
-    return claim, opposite
 
 
 def _verdict(row: dict, alpha: float, tuning: bool) -> str:

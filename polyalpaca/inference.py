@@ -79,8 +79,26 @@ class Effect:
         return self.margin_of_error(alpha) + float(stats.t.ppf(power, df)) * self.se
 
     def _parts(self):
-        return (np.array([self.se_seed]), np.array([max(self.seeds - 1, 1)]), np.array([self.se_prompt]),
-                np.array([self.prompts - 1]))
+        return test_parts([self])
+
+
+def test_parts(effects: list[Effect]):
+    """(se_seed, df_seed, se_prompt, df_prompt) arrays of ``effects``, as ``one_sided_p`` and
+    ``critical_gap`` take them (a missing part counts as 0)."""
+    return (np.nan_to_num(np.array([e.se_seed for e in effects], float)), np.array([max(e.seeds - 1, 1) for e in effects]),
+            np.nan_to_num(np.array([e.se_prompt for e in effects], float)),
+            np.array([max(e.prompts - 1, 1) for e in effects]))
+
+
+def one_sided_p_values(effects: list[Effect], thresholds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For each effect, the p-values of H0: effect <= threshold and of H0: effect >= threshold,
+    computed for all rows at once; NaN where the effect could not be tested."""
+    tested = np.array([e.tested for e in effects])
+    mean = np.array([e.mean for e in effects], float)
+    parts = test_parts(effects)
+    claim = np.where(tested, one_sided_p(np.nan_to_num(mean - thresholds), *parts), np.nan)
+    opposite = np.where(tested, one_sided_p(np.nan_to_num(thresholds - mean), *parts), np.nan)
+    return claim, opposite
 
 
 UNTESTED = Effect(float("nan"), float("nan"), float("nan"), 0, 0)
