@@ -394,6 +394,34 @@ def tuning_summary(claims: pd.DataFrame) -> pd.DataFrame:
               "verdict"]].rename(columns={"a": "recipe", "effect": "gain over base"})
 
 
+def power_by_seeds(claims: pd.DataFrame, alpha: float, seeds: tuple[int, ...] = (3, 5, 8),
+                   family: str = "tuning") -> pd.DataFrame:
+    """What another seed buys: for each tested row of ``family``, the detectable effect (80% power at
+    the family's strictest level, as in the table) with each number of ``seeds``, from this build's
+    standard errors (``Effect.with_seeds``), and whether the row's observed effect reaches it."""
+    rows = claims[(claims["family"] == family) & (claims["prompts"] > 1)]
+    out = []
+    for _, r in rows.iterrows():
+        e = Effect(r["effect"], r["se seeds"], r["se prompts"], int(r["seeds"]), int(r["prompts"]))
+        level = alpha / max(int(r["tests in family"]), 1)
+        line = {"method": r["method"], "contrast": r["contrast"], "measure": r["measure"], "languages": r["languages"],
+                "effect": r["effect"]}
+        for n in seeds:
+            line[f"detectable, {n} seeds"] = e.with_seeds(n).detectable(level)
+        out.append(line)
+    return pd.DataFrame(out)
+
+
+def power_summary(power: pd.DataFrame) -> dict[int, int]:
+    """How many rows of ``power_by_seeds`` have an observed effect at least as large as the
+    detectable effect, per number of seeds."""
+    counts = {}
+    for column in power.columns:
+        if column.startswith("detectable, "):
+            counts[int(column.split()[1])] = int((power["effect"].abs() >= power[column]).sum())
+    return counts
+
+
 # --- does the procedure keep its promises? ----------------------------------------------------
 
 def variance_components(answers: pd.DataFrame) -> pd.DataFrame:

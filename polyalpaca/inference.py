@@ -78,6 +78,12 @@ class Effect:
         df = self.seeds - 1 if self.seeds > 1 else self.prompts - 1
         return self.margin_of_error(alpha) + float(stats.t.ppf(power, df)) * self.se
 
+    def with_seeds(self, seeds: int) -> "Effect":
+        """The same effect as a design with ``seeds`` seeds would estimate it: the seed part's
+        standard error scales with one over the root of the seeds, the prompt part is kept (it
+        shrinks a little with more seeds, so this errs on the side of less power)."""
+        return Effect(self.mean, self.se_seed * float(np.sqrt(self.seeds / seeds)), self.se_prompt, seeds, self.prompts)
+
     def _parts(self):
         return test_parts([self])
 

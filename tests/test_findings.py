@@ -156,3 +156,19 @@ def test_simulated_false_verdict_rates_are_at_most_alpha():
     assert rates["false verdict rate, no effect"] <= 0.07
     assert rates["non-inferiority agrees rate, effect at the margin"] <= 0.07
 
+
+
+def test_more_seeds_shrink_the_detectable_effect_and_the_build_seeds_match_the_table():
+    """The power table reproduces the claims table's detectable effect at the build's own number of
+    seeds, falls with more seeds (the seed part's t quantile and standard error both fall), and
+    counts a row as found when its effect reaches the detectable effect."""
+    gains = {("lora", r): -0.8 for r in RECIPES}
+    claims = F.claims_table(with_base(frame(gains, seed_sd=0.02, noise=0.01)), seen=["en", "ru", "zh"], unseen=["bg"])
+    power = F.power_by_seeds(claims, alpha=0.05, seeds=(3, 5, 8))
+    tuning = claims[(claims["family"] == "tuning") & (claims["prompts"] > 1)]
+    assert len(power) == len(tuning)
+    assert power["detectable, 3 seeds"].to_numpy() == pytest.approx(tuning["detectable effect"].to_numpy())
+    assert (power["detectable, 5 seeds"] < power["detectable, 3 seeds"]).all()
+    assert (power["detectable, 8 seeds"] < power["detectable, 5 seeds"]).all()
+    found = F.power_summary(power)
+    assert set(found) == {3, 5, 8} and found[3] <= found[5] <= found[8] <= len(power)
