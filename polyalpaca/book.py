@@ -19,7 +19,7 @@ from pathlib import Path
 from .paths import PROJECT_ROOT
 
 NOTEBOOKS_DIR = PROJECT_ROOT / "notebooks"
-CHAPTERS = ["01_data", "02_translation", "03_training", "04_evaluation", "05_findings"]
+CHAPTERS = ["01_data", "02_translation", "03_training", "04_evaluation", "05_findings", "06_dose_response"]
 NOTEBOOK_PARAMETERS = ("profile", "artefacts_dir", "overrides")
 BOOK_FILES = ["_config.yml", "_toc.yml", "references.bib", "book"]
 

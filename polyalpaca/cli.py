@@ -318,7 +318,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_book)
 
     p = sub.add_parser("run", help="re-execute one chapter notebook with a profile and overrides")
-    p.add_argument("chapter", help="01_data, 02_translation, 03_training, 04_evaluation, 05_findings (or data, ...)")
+    p.add_argument("chapter", help="01_data, 02_translation, 03_training, 04_evaluation, 05_findings, 06_dose_response (or data, ...)")
     _profile_args(p, default=None)
     p.add_argument("-p", "--param", nargs=2, action="append", default=[], metavar=("KEY", "VALUE"),
                    help="a notebook parameter, the alias of the options above: -p profile NAME, "

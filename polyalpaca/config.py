@@ -169,12 +169,23 @@ class GridConfig:
     methods: list[str] = setting(["lora", "full"], "fine-tuning methods: lora, full")
     recipes: list[str] = setting(["monolingual", "multilingual", "english-only", "downsampled"],
                                  "tuning recipes (polyalpaca.recipes)")
+    doses: list[int] = setting([], "the dose recipe's doses: records of the English set replaced by the same "
+                                   "records in grid.dose_language (polyalpaca.dose)", keyed_at_default=False)
+    dose_language: str = setting("", "the dose recipe's other language ('' = the first non-English training "
+                                     "language)", keyed_at_default=False)
+    dose_seeds: int = setting(0, "train the dose runs for the first N of grid.seeds only (0 = every seed)",
+                              keyed_at_default=False)
     seeds: list[int] = setting([42], "training seeds: every grid cell is trained once per seed (LoRA "
                                      "initialisation, data order, dropout and the downsampled draw follow it)")
     compute_note: str = setting("", "free text about the compute used, shown in the book")
     records_per_language_estimate: int = setting(0, "for plan estimates when the data cannot be read here")
     tokens_per_example_estimate: int = setting(0, "for plan estimates when the data cannot be read here")
     model_params_billions: dict[str, float] = setting({}, "parameters per model spec, for GPU-hour and disk estimates")
+
+    def doses_at(self, seed: int) -> tuple[int, ...]:
+        """The dose recipe's doses trained with ``seed`` (none beyond the first ``dose_seeds`` seeds)."""
+        seeds = self.seeds[: self.dose_seeds] if self.dose_seeds else self.seeds
+        return tuple(self.doses) if seed in seeds else ()
 
 
 @dataclass
@@ -230,6 +241,8 @@ class FindingsConfig:
                                         "base; robustness: nats of log-odds; answer_language: share of answers): "
                                         "A is not worse than B when A - B is above -margin")
     min_seeds: int = setting(3, "fewer seeds than this: the verdict is exploratory and not counted")
+    dose_share: float = setting(0.5, "the dose-response chapter's target: the smallest dose reaching this share of "
+                                     "the multilingual recipe's gain over English-only (polyalpaca.dose)")
 
 
 @dataclass
@@ -283,6 +296,9 @@ class EvalConfig:
     english_answers: str = setting("every-seed", "which seeds' models generate answers to English prompts: "
                                                  "every-seed, or first-seed (the others only score the English "
                                                  "references' likelihood: no claim reads English answers)")
+    dose_answers: bool = setting(True, "whether the dose runs generate answers (false: they only score the "
+                                       "references' likelihood, and the dose chapter shows the log-odds and quality "
+                                       "curves but no wrong-language curve)", keyed_at_default=False)
     gate_languages: str = setting("study", "languages the gate's detector decides among: study (the profile's "
                                            "training and test languages and English) or all (langdetect's 55)")
     backend: str = setting("local", "local (transformers in this process) or server (eval.server)")

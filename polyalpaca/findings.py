@@ -70,6 +70,12 @@ def _relative_gain(answers: pd.DataFrame) -> pd.Series | None:
     return 100.0 * (joined - answers["nll_per_byte"].astype(float)) / joined
 
 
+def paper_runs(answers: pd.DataFrame) -> pd.DataFrame:
+    """The answers of the paper's recipes and the base model (without this book's own additions,
+    like the dose-response runs of ``polyalpaca.dose``)."""
+    return answers[answers["recipe"].isin(RECIPE_ORDER)] if len(answers) else answers
+
+
 def with_measures(answers: pd.DataFrame) -> pd.DataFrame:
     """``answers`` plus the columns ``quality``, ``robustness``, ``answer_language`` and
     ``wrong_language``."""

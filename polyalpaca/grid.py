@@ -179,7 +179,8 @@ class Experiment:
         """The training sets for one seed (default: the profile's first seed)."""
         d = self.profile.data
         seed = self.profile.grid.seeds[0] if seed is None else seed
-        return build_all(self.profile.grid.recipes, self.split(seed), d.train_languages, seed)
+        g = self.profile.grid
+        return build_all(g.recipes, self.split(seed), d.train_languages, seed, g.doses_at(seed), g.dose_language)
 
     def method_settings(self):
         """The training settings of each method of the grid, as a table (settings that do not
@@ -328,7 +329,10 @@ class Experiment:
 
     def generates(self, run: GridRun, lang: str) -> bool:
         """Whether ``run`` answers ``lang``'s prompts (``eval.english_answers``: with first-seed, the
-        models of later seeds only score the English references)."""
+        models of later seeds only score the English references; ``eval.dose_answers`` false: the
+        dose runs only score the references)."""
+        if run.recipe == "dose" and not self.profile.eval.dose_answers:
+            return False
         first = self.profile.grid.seeds[0] if self.profile.grid.seeds else None
         return not (lang == "en" and self.profile.eval.english_answers == "first-seed"
                     and run.seed is not None and run.seed != first)

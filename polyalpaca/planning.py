@@ -128,7 +128,7 @@ def _cells(exp: Experiment, readable: bool):
         for method in p.grid.methods:
             for seed in p.grid.seeds:
                 for recipe in p.grid.recipes:
-                    for cell in recipe_cells(recipe, langs, p.grid.recipes):
+                    for cell in recipe_cells(recipe, langs, p.grid.recipes, p.grid.doses_at(seed), p.grid.dose_language):
                         examples = round(cell.sets_of_one_language * per_lang)
                         key = f"{model}/{method}/{seed}/{cell.same_model_as or cell.name}"
                         yield (model, method, recipe, cell.name, list(cell.languages), examples,

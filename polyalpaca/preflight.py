@@ -24,7 +24,7 @@ from typing import Any, Callable
 
 from .config import FindingsConfig, Profile, SettingsError, read_profile
 from .data import EMBEDDED_TEST_LANGUAGES, EMBEDDED_TRAIN_LANGUAGES, LANGUAGES
-from .recipes import RECIPES
+from .recipes import RECIPES, dose_language
 
 METHODS = ("lora", "full")
 LOSS_ON = ("all", "response")
@@ -263,6 +263,31 @@ def check_recipes(p: Profile) -> list[str]:
     return problems
 
 
+def check_doses(p: Profile) -> list[str]:
+    """The dose recipe: English and the dose language among the training languages, doses between
+    0 and the English set's size (exclusive: dose 0 is the English-only model, the full dose uses
+    the monolingual model's records), distinct."""
+    g, langs = p.grid, p.data.train_languages
+    if "dose" not in g.recipes:
+        return ["grid.doses: set, but 'dose' is not in grid.recipes"] if g.doses else []
+    problems = [] if g.doses else ["grid.doses: empty; the dose recipe needs one or more doses (records replaced)"]
+    lang = dose_language(langs, g.dose_language)
+    if "en" not in langs:
+        problems.append("grid.recipes: dose needs 'en' in data.train_languages")
+    if not lang or lang == "en" or lang not in langs:
+        problems.append(f"grid.dose_language: {g.dose_language!r} is not a non-English training language "
+                        f"(data.train_languages: {', '.join(langs)})")
+    size = p.data.train_limit - p.data.validation_size if p.data.train_limit else None
+    for k in dict.fromkeys(g.doses):
+        if k <= 0 or (size is not None and k >= size):
+            upper = f"{size} (the English set's size)" if size is not None else "the English set's size"
+            problems.append(f"grid.doses: {k} is not between 0 and {upper}, exclusive: dose 0 is the English-only "
+                            "model and the full dose the monolingual model's records")
+    if not 0 <= g.dose_seeds <= len(g.seeds):
+        problems.append(f"grid.dose_seeds: {g.dose_seeds} is not between 0 (every seed) and {len(g.seeds)} (grid.seeds)")
+    return problems + _twice("grid.doses", g.doses)
+
+
 def check_grid(p: Profile) -> list[str]:
     """``grid.models`` and ``grid.seeds``: non-empty; seeds distinct."""
     problems = [] if p.grid.models else ["grid.models: empty; name at least one base model"]
@@ -417,7 +442,7 @@ def check_server_key(p: Profile) -> list[str]:
 SETTINGS_RULES: tuple[Rule, ...] = (
     check_methods, check_loss_on, check_scheduler, check_precision, check_gradient_checkpointing,
     check_training_numbers, check_templates, check_effective_batch, check_data_source, check_test_source, check_languages,
-    check_embedded_languages, check_unseen_languages, check_limits, check_recipes, check_grid, check_findings,
+    check_embedded_languages, check_unseen_languages, check_limits, check_recipes, check_doses, check_grid, check_findings,
     check_decoding, check_gate, check_eval_backend, check_likelihood_references, check_judge, check_translation, check_book,
 )
 # The endpoints whose API key a command may need in its environment, and each one's rule.

@@ -8,6 +8,10 @@ the method's epochs). With N training languages:
 | multilingual  | all N languages pooled and shuffled         | one           | N x C |
 | english-only  | the English set; answers every language     | one           | C     |
 | downsampled   | uniform sample of the pool, one set's size  | one           | C     |
+| dose (ours)   | the English set, k records in another lang  | one per dose  | C     |
+
+The dose recipe is not the paper's: it measures how much non-English data buys robustness at a
+fixed budget (``polyalpaca.dose``; ``grid.doses`` lists the k, ``grid.dose_language`` the language).
 
 A held-out validation split is drawn once, by id, before any recipe: no id used for
 validation is trained on in any language, so translations of validation items never leak.
@@ -19,7 +23,8 @@ from dataclasses import dataclass, field
 
 from .data import Record
 
-RECIPES = ("monolingual", "multilingual", "english-only", "downsampled")
+RECIPES = ("monolingual", "multilingual", "english-only", "downsampled", "dose")
+PAPER_RECIPES = RECIPES[:4]
 
 
 @dataclass
@@ -117,12 +122,23 @@ class RecipeCell:
     same_model_as: str = ""
 
 
-def recipe_cells(recipe: str, languages: list[str], recipes: list[str] | None = None) -> list[RecipeCell]:
+def dose_language(languages: list[str], chosen: str = "") -> str:
+    """The language a dose replaces English records with: ``chosen``, else the first non-English
+    training language."""
+    return chosen or next((lang for lang in languages if lang != "en"), "")
+
+
+def recipe_cells(recipe: str, languages: list[str], recipes: list[str] | None = None, doses: tuple[int, ...] = (),
+                 dose_lang: str = "") -> list[RecipeCell]:
     """The training sets of ``recipe`` over ``languages``: the one statement of the recipe rules
-    (``build_recipe`` fills them with records; ``planning`` sizes them)."""
+    (``build_recipe`` fills them with records; ``planning`` sizes them). ``doses`` and
+    ``dose_lang`` are the dose recipe's (``grid.doses``, ``grid.dose_language``)."""
     if recipe not in RECIPES:
         raise ValueError(f"unknown recipe {recipe!r}: expected one of {', '.join(RECIPES)}")
     n = len(languages)
+    if recipe == "dose":
+        lang = dose_language(languages, dose_lang)
+        return [RecipeCell(f"dose-{lang}-{k}", ("en", lang), 1.0, 1.0) for k in doses]
     if recipe == "monolingual":
         return [RecipeCell(f"monolingual-{lang}", (lang,), 1.0, 1.0) for lang in languages]
     if recipe == "english-only":
@@ -136,8 +152,11 @@ def recipe_cells(recipe: str, languages: list[str], recipes: list[str] | None = 
     return [RecipeCell("downsampled", tuple(languages), 1.0, 1.0)]
 
 
-def build_recipe(recipe: str, data: SplitData, languages: list[str], seed: int) -> list[TrainingSet]:
-    """The training sets one recipe produces (several for monolingual, one otherwise)."""
+def build_recipe(recipe: str, data: SplitData, languages: list[str], seed: int, doses: tuple[int, ...] = (),
+                 dose_lang: str = "") -> list[TrainingSet]:
+    """The training sets one recipe produces (several for monolingual and dose, one otherwise)."""
+    if recipe == "dose":
+        return [build_dose(data, dose_language(languages, dose_lang), k, seed) for k in doses]
     cells = recipe_cells(recipe, languages)
     missing = [lang for lang in languages if lang not in data.train]
     if missing:
@@ -158,8 +177,35 @@ def build_recipe(recipe: str, data: SplitData, languages: list[str], seed: int) 
     return out
 
 
-def build_all(recipes: list[str], data: SplitData, languages: list[str], seed: int) -> list[TrainingSet]:
-    return [ts for recipe in recipes for ts in build_recipe(recipe, data, languages, seed)]
+def dose_records(english: list[Record], other: list[Record], k: int, seed: int) -> list[Record]:
+    """English records in their order with ``k`` of them replaced by the same record (same id) in
+    ``other``'s language: the first ``k`` ids of a seeded order, so the doses of one seed are nested
+    (every record replaced at a smaller dose is replaced at a larger one)."""
+    by_id = {r.id: r for r in other}
+    missing = [r.id for r in english if r.id not in by_id]
+    if missing:
+        raise ValueError(f"a dose needs every English record in the other language; missing ids {missing[:5]}")
+    if not 0 <= k <= len(english):
+        raise ValueError(f"dose {k} is outside 0..{len(english)} (the English set's size)")
+    order = random.Random(f"dose-{seed}").sample(sorted(by_id.keys() & {r.id for r in english}), len(english))
+    swap = set(order[:k])
+    return [by_id[r.id] if r.id in swap else r for r in english]
+
+
+def build_dose(data: SplitData, language: str, k: int, seed: int) -> TrainingSet:
+    """The dose-``k`` training set: English-only's records with ``k`` of them in ``language``, and
+    its held-out records with the same share in ``language`` (dose 0 is the English-only set and
+    the full dose the same records as the monolingual set of ``language``)."""
+    n = len(data.train["en"])
+    k_val = round(k * len(data.validation["en"]) / n) if n else 0
+    train = dose_records(data.train["en"], data.train[language], k, seed)
+    val = dose_records(data.validation["en"], data.validation[language], k_val, seed)
+    return TrainingSet("dose", f"dose-{language}-{k}", ["en", language], train, val, 1.0, seed)
+
+
+def build_all(recipes: list[str], data: SplitData, languages: list[str], seed: int, doses: tuple[int, ...] = (),
+              dose_lang: str = "") -> list[TrainingSet]:
+    return [ts for recipe in recipes for ts in build_recipe(recipe, data, languages, seed, doses, dose_lang)]
 
 
 def recipe_costs(sets: list[TrainingSet]) -> dict[str, float]:

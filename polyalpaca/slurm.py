@@ -94,7 +94,8 @@ def _jobs_from_description(exp: Experiment) -> list[Job]:
                               and _plain(r["train_config"]) == train_config}
                 by_model: dict[str, int] = {}
                 for recipe in p.grid.recipes:
-                    for cell in recipe_cells(recipe, langs, list(p.grid.recipes)):
+                    for cell in recipe_cells(recipe, langs, list(p.grid.recipes), p.grid.doses_at(seed),
+                                             p.grid.dose_language):
                         label = f"{method}-{cell.name}-s{seed}"
                         same = cell.same_model_as or cell.name
                         if same in by_model:

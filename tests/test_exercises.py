@@ -49,7 +49,8 @@ TIERS = ("Read", "Change a parameter", "Extend the code", "Extend the run")
 SOLUTION = re.compile(r"^(?P<indent>[ \t]*)```python[ \t]*\n(?P=indent)# exercise-solution[ \t]*\n(?P<code>.*?)^(?P=indent)```",
                       re.MULTILINE | re.DOTALL)
 # What must be in the shared artefacts folder before a chapter's solutions run.
-PREPARE = {"04_evaluation": ("train", "evaluate"), "05_findings": ("train", "evaluate")}
+PREPARE = {"04_evaluation": ("train", "evaluate"), "05_findings": ("train", "evaluate"),
+           "06_dose_response": ("train", "evaluate")}
 
 
 def markdown(chapter: str) -> str:

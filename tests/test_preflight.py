@@ -153,7 +153,7 @@ def test_limits():
 
 def test_recipes():
     assert pf.check_recipes(tiny(grid__recipes='["bilingual"]')) == [
-        "grid.recipes: unknown recipe 'bilingual'; expected one of monolingual, multilingual, english-only, downsampled"]
+        "grid.recipes: unknown recipe 'bilingual'; expected one of monolingual, multilingual, english-only, downsampled, dose"]
     assert pf.check_recipes(tiny(data__train_languages='["ru", "zh"]')) == [
         "grid.recipes: english-only needs 'en' in data.train_languages"]
 
@@ -339,3 +339,17 @@ def test_chapter_setup_stops_before_loading_anything(tmp_path):
     assert out.returncode == 0, out.stderr
     assert out.stdout == "the profile has 1 problem:\n  - lora.epochs: expected a number, got 'abc'\n"
     assert list(tmp_path.iterdir()) == []
+
+
+def test_dose_settings_are_checked_together():
+    """The dose recipe's settings: every problem named with its key, at once."""
+    from polyalpaca.preflight import SettingsError, preflight
+
+    with pytest.raises(SettingsError) as err:
+        preflight("tiny", {"grid.doses": [0, 8, 8], "grid.dose_language": "en", "grid.dose_seeds": 3})
+    text = str(err.value)
+    assert "grid.dose_language: 'en' is not a non-English training language" in text
+    assert "grid.doses: 0 is not between 0 and 8" in text and "grid.doses: 8 is listed more than once" in text
+    assert "grid.dose_seeds: 3 is not between 0 (every seed) and 1" in text
+    with pytest.raises(SettingsError, match="'dose' is not in grid.recipes"):
+        preflight("tiny", {"grid.recipes": ["english-only"], "grid.doses": [2]})

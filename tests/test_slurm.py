@@ -31,7 +31,7 @@ def test_job_list_from_the_data_and_from_the_description(tmp_path, tiny_model_di
     assert [(j.index, j.label, j.status) for j in listing.jobs] == [
         (0, "lora-monolingual-en-s42", "todo"), (1, "lora-monolingual-ru-s42", "todo"),
         (2, "lora-monolingual-zh-s42", "todo"), (3, "lora-multilingual-s42", "todo"),
-        (4, "lora-downsampled-s42", "todo")]
+        (4, "lora-downsampled-s42", "todo"), (5, "lora-dose-ru-2-s42", "todo")]
     # English-only trains the English monolingual model: one job, never two tasks in one folder.
     assert listing.jobs[0].shared_with == ("lora-english-only-s42",)
     runs = {r.label: r for r in exp.runs(include_base=False)}
@@ -39,8 +39,8 @@ def test_job_list_from_the_data_and_from_the_description(tmp_path, tiny_model_di
 
     exp.train(runs["lora-monolingual-ru-s42"])
     listing = grid_jobs(Experiment(load_profile("tiny", SETTINGS), tmp_path))
-    assert [j.status for j in listing.jobs] == ["todo", "done", "todo", "todo", "todo"]
-    assert array_spec([j.index for j in listing.jobs if not j.done]) == "0,2-4"
+    assert [j.status for j in listing.jobs] == ["todo", "done", "todo", "todo", "todo", "todo"]
+    assert array_spec([j.index for j in listing.jobs if not j.done]) == "0,2-5"
 
     # The same list where the data cannot be read: same indices and labels, done from the records.
     unreadable = Experiment(load_profile("tiny", {**SETTINGS, "data.source": "files",

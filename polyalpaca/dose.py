@@ -1,0 +1,302 @@
+"""How much multilinguality is enough? The dose-response of non-English data at a fixed budget.
+
+Beyond the paper. A *dose* run trains on the English-only recipe's records of its seed with ``k``
+of them replaced by the same records in another training language (``recipes.build_dose``), at
+the budget of one language's set. Dose 0 is the English-only model and the full dose (every
+record) uses the same records as the monolingual model of that language, so the curve reuses both
+and needs runs only for the doses in between (``grid.doses``). Every dose of one seed trains on
+the same records, and the records replaced at a smaller dose are replaced at every larger one: the
+only thing that changes along the curve is the language of ``k`` records.
+
+Each point of a curve is the contrast dose k - English-only on one measure and language, paired
+by seed and prompt (``polyalpaca.inference``: a seeds x prompts t test), with an interval adjusted
+for the curve's doses (Bonferroni, each side at alpha / doses), so that the band holds for the
+whole curve at once. The **smallest sufficient dose** is the smallest dose that reaches a share
+``s`` of the multilingual recipe's gain over English-only: its contrast ``dose - EO - s (ML - EO)``
+uses the same seeds and prompts, so the uncertainty of the target is in its interval too. Its
+interval runs from the smallest dose that the data cannot rule out (upper bound >= 0) to the
+smallest dose shown to reach it (lower bound > 0). A saturating curve ``A (1 - exp(-k / tau))``,
+fitted to the points, draws the line between them and gives the dose where it crosses the target.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from .findings import BASE, Cells, method_colours, with_measures
+from .grid import model_short_name
+from .inference import crossed_effect
+from .recipes import dose_language
+
+ENGLISH_ONLY = "english-only"
+MULTILINGUAL = "multilingual"
+
+
+def dose_of(name: str, recipe: str, language: str, full_dose: int) -> float:
+    """The dose of a run (records in ``language`` out of ``full_dose``), NaN for runs off the curve."""
+    if recipe == ENGLISH_ONLY:
+        return 0.0
+    if name == f"monolingual-{language}":
+        return float(full_dose)
+    prefix = f"dose-{language}-"
+    if recipe == "dose" and name.startswith(prefix):
+        return float(name[len(prefix):])
+    return float("nan")
+
+
+def curve_frame(answers: pd.DataFrame, language: str, full_dose: int) -> pd.DataFrame:
+    """The measures of the runs on the curve, with a ``dose`` column, plus the multilingual
+    reference and the base model; the ``recipe`` column names each point (``dose 6``)."""
+    data = answers if "quality" in answers else with_measures(answers)
+    dose = np.array([dose_of(n, r, language, full_dose) for n, r in zip(data["name"], data["recipe"])])
+    keep = ~np.isnan(dose) | data["recipe"].isin([MULTILINGUAL, BASE]).to_numpy()
+    out = data[keep].assign(dose=dose[keep])
+    on_curve = out["dose"].notna()
+    out.loc[on_curve, "recipe"] = [f"dose {int(k)}" for k in out.loc[on_curve, "dose"]]
+    return out
+
+
+def _matrix(cells: Cells, method: str, recipe: str, langs: list[str], measure: str):
+    seeds, m = cells.matrix(method, recipe, langs, measure)
+    return {s: m[i] for i, s in enumerate(seeds)}
+
+
+def _combination(terms: list[tuple[float, dict]]):
+    """sum(weight x matrix) over the seeds every term has (a term with one unseeded row, the base
+    model, is used for every seed), prompts with a value in every term."""
+    seeded = [set(m) for _, m in terms if -1 not in m]
+    seeds = sorted(set.intersection(*seeded)) if seeded else []
+    if not seeds:
+        return np.empty((0, 0))
+    d = sum(w * np.stack([m[-1] if -1 in m else m[s] for s in seeds]) for w, m in terms)
+    return d[:, ~np.isnan(d).any(axis=0)]
+
+
+def dose_table(answers: pd.DataFrame, method: str, language: str, unseen: list[str], full_dose: int,
+               share: float = 0.5, alpha: float = 0.05) -> pd.DataFrame:
+    """One row per (measure, languages, dose): the effect dose - English-only with its interval
+    adjusted over the curve's doses, and the contrast with the target (``share`` of multilingual's
+    gain over English-only) with its interval. Measures: robustness (log-odds) and the answers'
+    language on ``language`` and on each unseen language; quality (gain over the base) on English,
+    ``language`` and the unseen languages (does English lose anything?)."""
+    data = curve_frame(answers, language, full_dose)
+    data = data[(data["method"] == method) | (data["method"] == BASE)]
+    if data.empty:
+        return pd.DataFrame()
+    cells = Cells(data)
+    doses = sorted({int(k) for k in data["dose"].dropna()})
+    level = alpha / max(len(doses) - 1, 1)
+    panels = [(m, [l]) for m in ("robustness", "answer_language") for l in [language, *unseen]]
+    panels += [("quality", [l]) for l in ["en", language, *unseen]]
+    rows = []
+    for measure, langs in panels:
+        eo = _matrix(cells, method, f"dose 0", langs, measure)
+        ml = _matrix(cells, method, MULTILINGUAL, langs, measure)
+        if not eo:
+            continue
+        ml_gain = crossed_effect(_combination([(1.0, ml), (-1.0, eo)])) if ml else None
+        for k in doses:
+            dk = _matrix(cells, method, f"dose {k}", langs, measure)
+            if not dk:
+                continue
+            effect = crossed_effect(_combination([(1.0, dk), (-1.0, eo)]))
+            row = {"measure": measure, "languages": "/".join(langs), "dose": k, "share of set": k / full_dose,
+                   "effect": effect.mean, "seeds": effect.seeds, "prompts": effect.prompts}
+            row["low"], row["high"] = effect.interval(level) if k else (0.0, 0.0)
+            if ml_gain is not None:
+                reach = crossed_effect(_combination([(1.0, dk), (share - 1.0, eo), (-share, ml)]))
+                row["multilingual gain"] = ml_gain.mean
+                row["target"] = share * ml_gain.mean
+                row["reach"] = reach.mean
+                row["reach low"], row["reach high"] = reach.interval(level)
+            rows.append(row)
+    out = pd.DataFrame(rows)
+    if out.empty:
+        return out
+    out = out[(out["dose"] == 0) | (out["prompts"] > 1)]  # a dose without scores here (eval.dose_answers)
+    measured = out[out["dose"] > 0].groupby(["measure", "languages"]).size()
+    keep = [(m, l) in measured.index for m, l in zip(out["measure"], out["languages"])]
+    return out[keep].reset_index(drop=True)
+
+
+def fit_saturating(doses: np.ndarray, effects: np.ndarray) -> tuple[float, float]:
+    """Least-squares ``A (1 - exp(-k / tau))`` through the points (tau on a log grid from a tenth of
+    the smallest positive dose to ten times the largest, A in closed form for each tau)."""
+    k, y = np.asarray(doses, float), np.asarray(effects, float)
+    positive = k[k > 0]
+    if len(positive) == 0:
+        return float("nan"), float("nan")
+    best = (np.inf, np.nan, np.nan)
+    for tau in np.geomspace(positive.min() / 10, positive.max() * 10, 400):
+        x = 1 - np.exp(-k / tau)
+        a = float(x @ y / (x @ x))
+        sse = float(((y - a * x) ** 2).sum())
+        if sse < best[0]:
+            best = (sse, a, tau)
+    return best[1], best[2]
+
+
+def sufficient_dose(table: pd.DataFrame, measure: str, languages: str) -> dict:
+    """The smallest dose reaching the target on one curve: the point estimate (smallest dose whose
+    estimate reaches it), the interval (smallest dose not ruled out, smallest dose shown), and the
+    fitted curve's crossing."""
+    t = table[(table["measure"] == measure) & (table["languages"] == languages)].sort_values("dose")
+    if t.empty or "reach" not in t:
+        return {}
+
+    def first(mask):
+        hits = t.loc[mask, "dose"]
+        return int(hits.iloc[0]) if len(hits) else None
+
+    t = t[t["prompts"] > 1]
+    a, tau = fit_saturating(t["dose"].to_numpy(), t["effect"].to_numpy())
+    target = float(t["target"].iloc[0]) if len(t) else float("nan")
+    out = {"measure": measure, "languages": languages, "target": target, "estimate": None, "not ruled out from": None,
+           "shown at": None, "fitted crossing": float("nan"), "fit A": a, "fit tau": tau,
+           "full dose": int(t["dose"].max()) if len(t) else 0, "note": ""}
+    if not target > 0:
+        out["note"] = "multilingual does not gain over English-only here: no target to reach"
+        return out
+    crossing = -tau * np.log(1 - target / a) if a == a and a > target else float("nan")
+    out.update({"estimate": first(t["reach"] >= 0), "not ruled out from": first(t["reach high"] >= 0),
+                "shown at": first(t["reach low"] > 0), "fitted crossing": float(crossing)})
+    if out["shown at"] is None:
+        out["note"] = "no dose is shown to reach the target"
+    return out
+
+
+def sufficient_doses(table: pd.DataFrame) -> pd.DataFrame:
+    """``sufficient_dose`` for every robustness curve of the table."""
+    if table.empty:
+        return pd.DataFrame()
+    keys = table[table["measure"].isin(["robustness", "answer_language"])][["measure", "languages"]].drop_duplicates()
+    return pd.DataFrame([d for m, l in keys.itertuples(index=False) if (d := sufficient_dose(table, m, l))])
+
+
+def plot_dose_response(table: pd.DataFrame, names: dict[str, str] | None = None):
+    """One panel per (measure, language): the effect of each dose over English-only with its
+    adjusted interval, the fitted saturating curve, and the multilingual recipe's gain and the
+    target share of it as horizontal lines. The x axis is the records replaced (square-root scale,
+    so that dose 0 stays on it)."""
+    import matplotlib.pyplot as plt
+
+    panels = table[["measure", "languages"]].drop_duplicates().itertuples(index=False)
+    panels = list(panels)
+    cols = min(3, len(panels)) or 1
+    rows = -(-len(panels) // cols) or 1
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.2 * rows), squeeze=False)
+    colour = method_colours(["lora", "full"])["lora"]
+    for ax, (measure, langs) in zip(axes.ravel(), panels):
+        t = table[(table["measure"] == measure) & (table["languages"] == langs)].sort_values("dose")
+        k = t["dose"].to_numpy(float)
+        ax.fill_between(k, t["low"], t["high"], color=colour, alpha=0.2, lw=0, label="adjusted interval")
+        ax.errorbar(k, t["effect"], yerr=[t["effect"] - t["low"], t["high"] - t["effect"]], fmt="o", color=colour,
+                    capsize=3, label="dose - English-only")
+        a, tau = fit_saturating(k, t["effect"].to_numpy())
+        if a == a:
+            grid = np.linspace(0, k.max(), 200)
+            ax.plot(grid, a * (1 - np.exp(-grid / tau)), color=colour, lw=1, label="fitted A(1 - exp(-k/tau))")
+        if "multilingual gain" in t and t["multilingual gain"].notna().any():
+            ax.axhline(t["multilingual gain"].iloc[0], color="0.3", ls=":", lw=1, label="multilingual - English-only")
+            if measure != "quality":
+                ax.axhline(t["target"].iloc[0], color="0.3", ls="--", lw=1, label="target share")
+        ax.axhline(0, color="0.6", lw=0.6)
+        ax.set_xscale("function", functions=(lambda x: np.sqrt(np.clip(x, 0, None)), np.square))
+        ax.set_xticks(k)
+        ax.set_xlabel("records in the other language (of the set)")
+        label = (names or {}).get(measure, measure.replace("_", " "))
+        ax.set_title(f"{measure.replace('_', ' ')}, {langs}", fontsize=10)
+        ax.set_ylabel("difference from English-only", fontsize=8)
+        ax.tick_params(labelsize=8)
+        ax.text(0.02, 0.98, label[:60], transform=ax.transAxes, fontsize=6, va="top", color="0.4")
+    for ax in axes.ravel()[len(panels):]:
+        ax.axis("off")
+    handles, labels = axes.ravel()[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=3, fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.08, 1, 1))
+    return fig
+
+
+LITERATURE = {
+    "study": "Shaham et al. 2024 (reported)",
+    "setting": "a large multilingual LLM, an English instruction-tuning set with multilingual examples mixed in, "
+               "answers judged",
+    "dose that helps": "about 40 multilingual examples",
+    "languages": "the tuning languages and unseen ones; 2-4 tuning languages for cross-lingual generalisation",
+}
+
+
+@dataclass
+class DoseStudy:
+    """The dose-response study of one build: which runs, which measures, and the tables."""
+
+    answers: pd.DataFrame
+    method: str
+    language: str
+    doses: list[int]
+    full_dose: int
+    unseen: list[str]
+    share: float
+    alpha: float
+    training_sets: list
+    model: str = ""
+
+    @classmethod
+    def of(cls, exp, share: float | None = None) -> DoseStudy:
+        """The study as ``exp``'s profile declares it (``grid.doses``, ``grid.dose_language``,
+        ``findings.dose_share``), on the first method of the grid (LoRA when it is there)."""
+        p = exp.profile
+        on = "dose" in p.grid.recipes and bool(p.grid.doses)
+        method = ("lora" if "lora" in p.grid.methods else p.grid.methods[0]) if on else ""
+        language = dose_language(p.data.train_languages, p.grid.dose_language) if on else ""
+        english = [r for r in exp.runs(include_base=False) if r.method == method and r.recipe == ENGLISH_ONLY]
+        answers = exp.answers_frame() if on else pd.DataFrame()
+        sets = [t for t in exp.training_sets() if t.recipe in ("dose", ENGLISH_ONLY) or t.name == f"monolingual-{language}"]
+        return cls(with_measures(answers) if len(answers) else answers, method, language, sorted(p.grid.doses) if on else [],
+                   english[0].train_examples if english else 0, list(p.data.unseen_languages),
+                   p.findings.dose_share if share is None else share, p.findings.alpha, sets if on else [],
+                   model_short_name(p.grid.models[0]))
+
+    def design_table(self) -> pd.DataFrame:
+        """Records per language of each set on the curve (first seed), in dose order."""
+        rows = []
+        for ts in self.training_sets:
+            counts = ts.counts()
+            k = dose_of(ts.name, ts.recipe, self.language, self.full_dose)
+            rows.append({"dose": int(k), "run": ts.name, "en": counts.get("en", 0),
+                         self.language: counts.get(self.language, 0), "held out": len(ts.validation)})
+        return pd.DataFrame(rows).sort_values("dose") if rows else pd.DataFrame()
+
+    def table(self) -> pd.DataFrame:
+        if not self.doses or self.answers.empty:
+            return pd.DataFrame()
+        return dose_table(self.answers, self.method, self.language, self.unseen, self.full_dose, self.share, self.alpha)
+
+    def sufficient(self) -> pd.DataFrame:
+        return sufficient_doses(self.table())
+
+    def headline(self, sufficient: pd.DataFrame) -> dict[str, str]:
+        """Glue values for the seen language's log-odds curve (text: a dose or "none of the doses")."""
+        row = sufficient[(sufficient["measure"] == "robustness") & (sufficient["languages"] == self.language)] \
+            if len(sufficient) else sufficient
+
+        def text(value):
+            return "none of the doses" if value is None or value != value else str(int(value))
+
+        if not len(row):
+            return {"headline_estimate": "not measured", "headline_shown": "not measured", "headline_low": "not measured"}
+        r = row.iloc[0]
+        return {"headline_estimate": text(r["estimate"]), "headline_shown": text(r["shown at"]),
+                "headline_low": text(r["not ruled out from"])}
+
+    def literature_table(self, headline: dict[str, str]) -> pd.DataFrame:
+        """Shaham et al.'s reported setting and number beside this build's."""
+        estimate = headline.get("headline_estimate", "")
+        share = f"{int(estimate) / self.full_dose:.0%} of the set" if estimate.isdigit() and self.full_dose else "-"
+        ours = {"study": "this build", "setting": f"{self.model} base, {self.method}, an English set of "
+                f"{self.full_dose} records with k of them in {self.language}", "dose that helps":
+                f"{estimate} records ({share}) reach {self.share:.0%} of the multilingual gain in log-odds",
+                "languages": f"{self.language} (seen); {', '.join(self.unseen) or 'no'} unseen"}
+        return pd.DataFrame([LITERATURE, ours])
