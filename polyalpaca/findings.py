@@ -463,7 +463,7 @@ def variance_components(answers: pd.DataFrame) -> pd.DataFrame:
 
 def simulated_answers(components: dict[str, tuple[float, float, float]], seen: list[str], unseen: list[str],
                       seeds: list[int], prompts: int, rng: np.random.Generator, shifts: dict | None = None,
-                      tuning_gain: float = 10.0) -> pd.DataFrame:
+                      tuning_gain: float = 10.0, methods: tuple[str, ...] = ("lora", "full")) -> pd.DataFrame:
     """A measures frame (as ``with_measures`` returns) with the grid's shape and no recipe effect:
     every tuned model gains ``tuning_gain`` quality over the base and the recipes are equal,
     except for ``shifts[(method, recipe, measure)]``. ``components[measure]`` = (prompt sd, seed
@@ -473,7 +473,7 @@ def simulated_answers(components: dict[str, tuple[float, float, float]], seen: l
     langs = list(seen) + list(unseen)
     non_en = [l for l in langs if l != "en"]
     columns: dict[str, list] = {k: [] for k in ("method", "recipe", "seed", "lang", "prompt_id", *MEASURES)}
-    cells = [(BASE, BASE, [np.nan])] + [(m, r, list(seeds)) for m in ("lora", "full") for r in RECIPE_ORDER[1:]]
+    cells = [(BASE, BASE, [np.nan])] + [(m, r, list(seeds)) for m in methods for r in RECIPE_ORDER[1:]]
     pid = np.array([f"p{i}" for i in range(prompts)])
     for method, recipe, cell_seeds in cells:
         cell_langs = list(seen) if recipe == "monolingual" else langs  # monolingual models answer their own
@@ -509,25 +509,25 @@ def _at_margin_shifts(claims: list[Claim], margins: dict[str, float]) -> dict:
 
 def simulate_error_rates(components: dict[str, tuple[float, float, float]], seen: list[str], unseen: list[str],
                          seeds: list[int], prompts: int, alpha: float = 0.05, margins: dict[str, float] | None = None,
-                         tables: int = 400, rng_seed: int = 0) -> dict:
+                         tables: int = 400, rng_seed: int = 0, methods: tuple[str, ...] = ("lora", "full")) -> dict:
     """Run ``claims_table`` on ``tables`` simulated builds and count false verdicts of the claims
     family: with no recipe effect (any superiority verdict, or a non-inferiority "disagrees"), and
     with every non-inferiority row's true effect at its margin (a non-inferiority "agrees"). Both
     rates should be at most ``alpha``."""
     margins = dict(margins or {})
     rng = np.random.default_rng(rng_seed)
-    claims = paper_claims(seen, unseen, ["lora", "full"])
+    claims = paper_claims(seen, unseen, list(methods))
     shifts = _at_margin_shifts(claims, margins)
     null_false = margin_false = 0
     for _ in range(tables):
-        table = claims_table(simulated_answers(components, seen, unseen, seeds, prompts, rng), seen, unseen, alpha,
-                             margins, min_seeds=1)
+        null = simulated_answers(components, seen, unseen, seeds, prompts, rng, methods=methods)
+        table = claims_table(null, seen, unseen, alpha, margins, min_seeds=1)
         rows = table[(table["family"] == "claims") & (table["prompts"] > 0)]
         sup = rows["test"] == "superiority"
         v = rows["verdict"].str.replace(r"^not assessable \((.*)\)$", r"\1", regex=True)
         null_false += bool((sup & v.isin(["agrees", "disagrees"])).any() or (~sup & (v == "disagrees")).any())
-        table = claims_table(simulated_answers(components, seen, unseen, seeds, prompts, rng, shifts), seen, unseen,
-                             alpha, margins, min_seeds=1)
+        at_margin = simulated_answers(components, seen, unseen, seeds, prompts, rng, shifts, methods=methods)
+        table = claims_table(at_margin, seen, unseen, alpha, margins, min_seeds=1)
         rows = table[(table["family"] == "claims") & (table["test"] == "non-inferiority") & (table["prompts"] > 0)]
         v = rows["verdict"].str.replace(r"^not assessable \((.*)\)$", r"\1", regex=True)
         margin_false += bool((v == "agrees").any())
