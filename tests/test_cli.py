@@ -160,7 +160,7 @@ def test_plan_tiny_and_paper(tiny_model_dir, capsys):
     assert "gpu hours" in out.stdout and "bloom-7b1" in out.stdout and "estimates" in out.stdout
     # Offline, the paper's cells come from the recipes' own rules (recipes.recipe_cells).
     assert "full-english-only-s42" in out.stdout and "(the same model as monolingual-en" in out.stdout
-    assert "total: 120 runs (1 seeds), 110 models trained" in out.stdout  # 5 models x 2 methods x 12 cells
+    assert "total: 150 runs (1 seeds), 140 models trained" in out.stdout  # 5 models x 2 methods x 15 cells
 
 
 RATES = {"estimate.generation_tokens_per_second": 80.0, "estimate.likelihood_tokens_per_second": 300.0,

@@ -62,14 +62,16 @@ def test_paper_job_list_offline(tmp_path):
     out = subprocess.run([sys.executable, "-m", "polyalpaca.slurm", "jobs", "--profile", "paper"], env=env,
                          capture_output=True, text=True, timeout=120, check=True)
     rows = [line.split("\t") for line in out.stdout.splitlines()]
-    # 5 BLOOM sizes x 2 methods x (9 monolingual + multilingual + downsampled; English-only shares monolingual-en)
-    assert len(rows) == 110 and [int(r[0]) for r in rows] == list(range(110))
+    # 5 BLOOM sizes x 2 methods x (9 monolingual + multilingual + downsampled + 3 doses; English-only shares
+    # monolingual-en)
+    assert len(rows) == 140 and [int(r[0]) for r in rows] == list(range(140))
     assert rows[0] == ["0", "lora-monolingual-en-s42", "todo", "same model: lora-english-only-s42"]
-    assert rows[9][:3] == ["9", "lora-multilingual-s42", "todo"] and rows[109][1] == "full-downsampled-s42"
+    assert rows[9][:3] == ["9", "lora-multilingual-s42", "todo"] and rows[136][1] == "full-downsampled-s42"
+    assert rows[139][1] == "full-dose-ru-5176-s42"
     assert "not readable here" in out.stderr
     array = subprocess.run([sys.executable, "-m", "polyalpaca.slurm", "array", "--profile", "paper",
                             "--max-parallel", "8"], env=env, capture_output=True, text=True, timeout=120, check=True)
-    assert array.stdout.strip() == "0-109%8"
+    assert array.stdout.strip() == "0-139%8"
 
 
 def _executable(path: Path, text: str) -> None:
@@ -147,6 +149,7 @@ def _paper_in_miniature(tmp_path: Path, double, key_env: str) -> list[str]:
         "lora.effective_batch": "8", "full.epochs": "1", "full.max_length": "64", "full.effective_batch": "8",
         "eval.decoding.max_new_tokens": "6", "eval.decoding_full.max_new_tokens": "6",
         "eval.judge.base_url": double.base_url, "eval.judge.model": "judge-double", "eval.judge.api_key_env": key_env,
+        "grid.doses": "[2]",
     }
     return [a for key, value in settings.items() for a in ("-s", key, value)]
 
@@ -171,7 +174,7 @@ def test_paper_profile_in_miniature(tmp_path, tiny_model_dir, double, monkeypatc
     assert (profile.eval.decoding.num_beams, profile.eval.decoding.no_repeat_ngram_size) == (4, 6)
     exp = Experiment(profile, artefacts)
     listing = grid_jobs(exp)
-    assert listing.from_data and len(listing.jobs) == 10  # 2 methods x (3 monolingual + multilingual + downsampled)
+    assert listing.from_data and len(listing.jobs) == 12  # 2 methods x (3 monolingual + multilingual + downsampled + 1 dose)
     job = next(j for j in listing.jobs if j.label == "lora-multilingual-s42")
     assert cli(["train", *common, "--run", job.run_id]) == 0
     assert [j.index for j in grid_jobs(Experiment(profile, artefacts)).jobs if j.done] == [job.index]
