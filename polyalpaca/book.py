@@ -314,6 +314,7 @@ def design_page(profile_name: str, overrides: dict, artefacts_dir: str = "") -> 
     import dataclasses
 
     from .config import load_profile
+    from .design import examples_per_step, optimizer_steps
     from .grid import Experiment
     from .planning import plan_table
     from .recipes import category_mix
@@ -337,14 +338,15 @@ def design_page(profile_name: str, overrides: dict, artefacts_dir: str = "") -> 
              f"| task categories in each language's sample | {len(categories)}: "
              + ", ".join(f"{c} {n}" for c, n in sorted(categories.items())) + " |",
              f"| test prompts per language | {', '.join(f'{l} {len(exp.test_prompts(l))}' for l in d.test_languages)} |"]
+    first = [r for r in exp.runs(include_base=False) if r.model == p.grid.models[0] and r.seed == p.grid.seeds[0]]
     for method in p.grid.methods:
         cfg = p.train_config(method)
-        steps = {ts.name: -(-len(ts.train) // (cfg.batch_size * max(cfg.gradient_accumulation, 1))) * cfg.epochs
-                 for ts in sets}
+        # As training counts them: examples per optimizer step from the effective batch (one process).
+        steps = {r.name: optimizer_steps(r.train_examples, cfg) for r in first if r.method == method}
         loss = "prompt and response (as the paper's LoRA recipe)" if cfg.loss_on == "all" else \
             "the response only, prompt masked (as the paper's full fine-tuning)"
         lines.append(f"| {method}: steps per run | " + ", ".join(f"{k} {v:g}" for k, v in steps.items()) +
-                     f" (batch {cfg.batch_size}, {cfg.epochs:g} epoch{'' if cfg.epochs == 1 else 's'}, learning rate {cfg.learning_rate:g}) |")
+                     f" (batch {examples_per_step(cfg)}, {cfg.epochs:g} epoch{'' if cfg.epochs == 1 else 's'}, learning rate {cfg.learning_rate:g}) |")
         lines.append(f"| {method}: loss on | {loss}, softmax over the whole vocabulary |")
     decoding = dataclasses.asdict(p.eval.decoding)
     lines.append(f"| decoding | greedy, {decoding['max_new_tokens']} new tokens, no_repeat_ngram_size "

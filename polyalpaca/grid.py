@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 
+from . import design
 from .config import Profile, TrainConfig, keyed_settings
 from .data import Record, TestPrompt, load_test_prompts, load_training_records
 from .paths import PROJECT_ROOT, artefacts_root
@@ -35,7 +36,6 @@ from .files import atomic_write_json
 from .store import Cached, key, text_digest
 
 log = logging.getLogger(__name__)
-BASE_RECIPE = "base"  # the untuned model, answering zero-shot
 
 
 class UnknownRun(ValueError):
@@ -44,10 +44,6 @@ class UnknownRun(ValueError):
 
 class RunNotTrained(ValueError):
     pass
-
-
-def model_short_name(spec: str) -> str:
-    return spec.split(":")[-1].rstrip("/").split("/")[-1]
 
 
 @dataclass
@@ -74,7 +70,7 @@ class GridRun:
     @property
     def label(self) -> str:
         """The name users type: METHOD-NAME-sSEED (``lora-multilingual-s42``), or ``base``."""
-        return "base" if self.method == "base" else f"{self.method}-{self.name}-s{self.seed}"
+        return design.run_label(self.method, self.name, self.seed)
 
     @property
     def model_key(self) -> str:
@@ -229,30 +225,31 @@ class Experiment:
 
     # --- the grid -----------------------------------------------------------------------
     def runs(self, include_base: bool | None = None) -> list[GridRun]:
+        """The grid's runs (``design.cells``), each filled with its seed's training set and keyed by
+        everything that shapes its trained model."""
         p = self.profile
-        include_base = p.eval.evaluate_base_model if include_base is None else include_base
-        tests = p.data.test_languages
         out: list[GridRun] = []
-        for model in p.grid.models:
-            short = model_short_name(model)
-            if include_base:
-                out.append(GridRun(f"{short}-base", model, "base", BASE_RECIPE, "base", [], list(tests), 0, 0, 0.0, 0))
-            for method in p.grid.methods:
-                for seed in p.grid.seeds:
-                    cfg = dataclasses.replace(p.train_config(method), seed=seed)
-                    template = self.train_template(method)
-                    for ts in (self.method_data(t, cfg) for t in self.training_sets(seed)):
-                        digest = key({"model": model, "method": method, "train": keyed_settings(cfg),
-                                      "ids": [(r.lang, r.id) for r in ts.train],
-                                      "val": [(r.lang, r.id) for r in ts.validation],
-                                      "texts": text_digest(t for r in ts.train + ts.validation
-                                                           for t in (r.instruction, r.input, r.output)),
-                                      "template": dataclasses.asdict(template)})
-                        evals = [l for l in tests if l in ts.languages] if ts.recipe == "monolingual" else list(tests)
-                        out.append(GridRun(f"{short}-{method}-{ts.name}-s{seed}-{digest}", model, method, ts.recipe,
-                                           ts.name, ts.languages, evals, len(ts.train), len(ts.validation),
-                                           ts.budget_units, cfg.epochs, seed, ts,
-                                           train_key=f"{short}-{method}-s{seed}-{digest}"))
+        sets: dict[tuple, dict[str, TrainingSet]] = {}
+        for cell in design.cells(p, include_base):
+            short = cell.short_model
+            if cell.method == design.BASE:
+                out.append(GridRun(f"{short}-base", cell.model, cell.method, cell.recipe, cell.name, [],
+                                   list(cell.eval_languages), 0, 0, 0.0, 0))
+                continue
+            cfg = dataclasses.replace(p.train_config(cell.method), seed=cell.seed)
+            if (cell.method, cell.seed) not in sets:
+                sets[cell.method, cell.seed] = {t.name: self.method_data(t, cfg) for t in self.training_sets(cell.seed)}
+            ts = sets[cell.method, cell.seed][cell.name]
+            digest = key({"model": cell.model, "method": cell.method, "train": keyed_settings(cfg),
+                          "ids": [(r.lang, r.id) for r in ts.train],
+                          "val": [(r.lang, r.id) for r in ts.validation],
+                          "texts": text_digest(t for r in ts.train + ts.validation
+                                               for t in (r.instruction, r.input, r.output)),
+                          "template": dataclasses.asdict(self.train_template(cell.method))})
+            out.append(GridRun(f"{short}-{cell.method}-{ts.name}-s{cell.seed}-{digest}", cell.model, cell.method,
+                               ts.recipe, ts.name, ts.languages, list(cell.eval_languages), len(ts.train),
+                               len(ts.validation), ts.budget_units, cfg.epochs, cell.seed, ts,
+                               train_key=f"{short}-{cell.method}-s{cell.seed}-{digest}"))
         return out
 
     def find_runs(self, name: str) -> list[GridRun]:
@@ -624,7 +621,7 @@ class Experiment:
             if frame.empty:
                 continue
             frames.append(frame.assign(run=run.label, recipe=run.recipe, method=run.method, seed=run.seed,
-                                       model=model_short_name(run.model), name=run.name,
+                                       model=design.model_short_name(run.model), name=run.name,
                                        seen=frame["lang"].isin(self.profile.data.train_languages)))
         if not frames:
             return pd.DataFrame()

@@ -24,6 +24,7 @@ from typing import Any, Callable
 
 from .config import FindingsConfig, Profile, SettingsError, read_profile
 from .data import EMBEDDED_TEST_LANGUAGES, EMBEDDED_TRAIN_LANGUAGES, LANGUAGES
+from .design import model_short_name
 from .recipes import RECIPES
 
 METHODS = ("lora", "full")
@@ -455,7 +456,7 @@ def model_params_billions(profile: Profile, model: str) -> float | None:
     bloom-7b1: 7.1); None when neither says."""
     if model in profile.grid.model_params_billions:
         return profile.grid.model_params_billions[model]
-    match = _SIZE_IN_NAME.search(model.split(":")[-1].rstrip("/").split("/")[-1])
+    match = _SIZE_IN_NAME.search(model_short_name(model))
     if not match:
         return None
     whole, unit, fraction = match.groups()
@@ -481,7 +482,7 @@ def disk_estimate(profile: Profile, plan: dict, folder: str | Path | None = None
     copy. Models of unknown size are listed, not counted. With ``folder`` (the artefacts folder)
     the free space on its disk is added."""
     sizes = {model: model_params_billions(profile, model) for model in profile.grid.models}
-    by_short = {model.split(":")[-1].rstrip("/").split("/")[-1]: model for model in profile.grid.models}
+    by_short = {model_short_name(model): model for model in profile.grid.models}
     written_gb, peak_gb, unknown = 0.0, 0.0, sorted(m for m, s in sizes.items() if s is None)
     for row in plan["runs"]:
         billions = sizes.get(by_short.get(row["model"], row["model"]))

@@ -12,11 +12,11 @@ model (the English-only run *is* the English monolingual run) are one job, so no
 train into the same folder. A task that is stopped resumes from its last checkpoint when it runs
 again; a job that is done is skipped.
 
-The list is built from the grid (``Experiment.runs``) where the training data can be read. Where
-they cannot (the paper's data are on the Hugging Face Hub), it is built from the profile's grid
-description with the same recipe rules (``polyalpaca.recipes.recipe_cells``) in the same order,
-so the indices are the same on a machine without the data and in the array tasks that have them;
-"done" is then read from the run records (``run.json`` and ``DONE``) in the artefacts folder.
+The jobs are the grid's trained models (``polyalpaca.design.trained_models``: the recipes' rules,
+in grid order), so the indices are the same on a machine without the data and in the array tasks
+that have them. Where the training data can be read, each job also carries its run id and "done"
+comes from the run folder; where they cannot (the paper's data are on the Hugging Face Hub),
+"done" is read from the run records (``run.json`` and ``DONE``) in the artefacts folder.
 """
 from __future__ import annotations
 
@@ -29,8 +29,8 @@ from pathlib import Path
 
 from .config import load_profile
 from .data import DataError
+from . import design
 from .grid import Experiment
-from .recipes import recipe_cells
 
 
 @dataclass(frozen=True)
@@ -59,51 +59,39 @@ class JobList:
 
 
 def grid_jobs(exp: Experiment) -> JobList:
-    """The jobs of ``exp``'s grid, in grid order (models, methods, seeds, recipes)."""
+    """The jobs of ``exp``'s grid, one per trained model (``design.trained_models``), in grid order
+    (models, methods, seeds, recipes). Where the training data can be read, each job carries the
+    run id that ``polyalpaca train --run`` is given."""
+    models = design.trained_models(exp.profile)
     try:
-        runs = exp.runs(include_base=False)
+        runs = {run.label: run for run in exp.runs(include_base=False)}
     except (OSError, DataError) as exc:  # e.g. the Hub is unreachable: ConnectionError is an OSError
-        return JobList(_jobs_from_description(exp), from_data=False,
+        return JobList(_jobs_from_records(exp, models), from_data=False,
                        note=f"training data not readable here ({type(exc).__name__}: {exc}); jobs from the "
                             "profile's grid description, done from the run records")
-    jobs: list[Job] = []
-    by_key: dict[str, int] = {}
-    for run in runs:
-        if run.model_key in by_key:
-            first = jobs[by_key[run.model_key]]
-            jobs[by_key[run.model_key]] = dataclasses.replace(first, shared_with=(*first.shared_with, run.label))
-            continue
-        by_key[run.model_key] = len(jobs)
-        jobs.append(Job(len(jobs), run.label, run.model, run.method, run.seed, exp.is_trained(run), run.run_id))
+    jobs = []
+    for cells in models:
+        run = runs[cells[0].label]
+        jobs.append(Job(len(jobs), run.label, run.model, run.method, run.seed, exp.is_trained(run), run.run_id,
+                        tuple(c.label for c in cells[1:])))
     return JobList(jobs, from_data=True)
 
 
-def _jobs_from_description(exp: Experiment) -> list[Job]:
-    """The same jobs from the profile alone: cells from the recipe rules; a cell that trains the
-    same model as an earlier one joins that job, as identical training ids do with the data."""
+def _jobs_from_records(exp: Experiment, models: list[list[design.Cell]]) -> list[Job]:
+    """The same jobs without the data: done when a finished run record (``run.json`` and
+    ``DONE``) has the job's model, method, seed, settings and one of its cells' names."""
     p = exp.profile
-    langs = list(p.data.train_languages)
     finished = _finished_runs(exp.root / "runs")
     jobs: list[Job] = []
-    for model in p.grid.models:
-        for method in p.grid.methods:
-            cfg = p.train_config(method)
-            for seed in p.grid.seeds:
-                train_config = _plain(dataclasses.asdict(dataclasses.replace(cfg, seed=seed)))
-                done_names = {r["name"] for r in finished if (r["model"], r["method"], r["seed"]) == (model, method, seed)
-                              and _plain(r["train_config"]) == train_config}
-                by_model: dict[str, int] = {}
-                for recipe in p.grid.recipes:
-                    for cell in recipe_cells(recipe, langs, list(p.grid.recipes)):
-                        label = f"{method}-{cell.name}-s{seed}"
-                        same = cell.same_model_as or cell.name
-                        if same in by_model:
-                            first = jobs[by_model[same]]
-                            jobs[by_model[same]] = dataclasses.replace(first, shared_with=(*first.shared_with, label))
-                            continue
-                        by_model[cell.name] = by_model[same] = len(jobs)
-                        done = cell.name in done_names or same in done_names
-                        jobs.append(Job(len(jobs), label, model, method, seed, done))
+    for cells in models:
+        first = cells[0]
+        train_config = _plain(dataclasses.asdict(dataclasses.replace(p.train_config(first.method), seed=first.seed)))
+        done_names = {r["name"] for r in finished
+                      if (r["model"], r["method"], r["seed"]) == (first.model, first.method, first.seed)
+                      and _plain(r["train_config"]) == train_config}
+        done = any(c.name in done_names for c in cells)
+        jobs.append(Job(len(jobs), first.label, first.model, first.method, first.seed, done,
+                        shared_with=tuple(c.label for c in cells[1:])))
     return jobs
 
 

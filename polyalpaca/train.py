@@ -45,6 +45,7 @@ from trl import SFTConfig, SFTTrainer
 
 from .config import TrainConfig
 from .data import Record
+from .design import gradient_accumulation_steps
 from .files import atomic_write_json, atomic_write_text, folder_lock, write_jsonl
 from . import packed_attention
 from .fused_loss import add_fast_lm_loss
@@ -166,20 +167,6 @@ def hardware() -> dict:
         "device": torch.cuda.get_device_name(0) if cuda else "cpu",
         "world_size": launched_processes().count,
     }
-
-
-def gradient_accumulation_steps(cfg: TrainConfig, processes: int) -> int:
-    """Steps accumulated per optimizer step: ``effective_batch / (batch_size x processes)`` when
-    the profile declares an effective batch, else ``cfg.gradient_accumulation`` as given."""
-    if cfg.effective_batch <= 0:
-        return cfg.gradient_accumulation
-    per_step = cfg.batch_size * processes
-    if cfg.effective_batch % per_step:
-        raise ValueError(
-            f"{cfg.method}.effective_batch = {cfg.effective_batch} is not a multiple of {cfg.method}.batch_size "
-            f"({cfg.batch_size}) x {processes} process{'es' if processes != 1 else ''} = {per_step}: change "
-            f"{cfg.method}.batch_size or the number of processes so that the effective batch divides evenly")
-    return cfg.effective_batch // per_step
 
 
 def resolve_precision(cfg: TrainConfig, hw: dict) -> str:

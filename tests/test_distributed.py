@@ -30,7 +30,8 @@ from safetensors.torch import load_file
 
 from polyalpaca.config import TrainConfig, load_profile
 from polyalpaca.grid import Experiment
-from polyalpaca.train import gradient_accumulation_steps, launched_processes
+from polyalpaca.design import gradient_accumulation_steps
+from polyalpaca.train import launched_processes
 
 MULTI_CPU = Path(__file__).resolve().parents[1] / "polyalpaca" / "accelerate" / "multi_cpu.yaml"
 # Strings, as the command line passes them: the in-process run reads them the same way, so both
