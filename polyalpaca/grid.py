@@ -355,8 +355,8 @@ class Experiment:
     def _results_stored(self, run: GridRun) -> bool:
         """Whether the answers, scores and likelihoods of every test language of ``run`` are stored."""
         for lang in run.eval_languages:
-            answers, lik = self._answers(run, lang), self._likelihood(run, lang)
-            answered = not self.generates(run, lang) or (answers.exists() and self._scores(run, lang, answers).exists())
+            answers, lik = self.answers_of(run, lang), self.likelihood_of(run, lang)
+            answered = not self.generates(run, lang) or (answers.exists() and self.scores_of(run, lang, answers).exists())
             if not (answered and (lik is None or lik.exists())):
                 return False
         return True
@@ -377,7 +377,8 @@ class Experiment:
         return results
 
     # --- evaluation -----------------------------------------------------------------------
-    def _answers(self, run: GridRun, lang: str) -> Cached:
+    def answers_of(self, run: GridRun, lang: str) -> Cached:
+        """Where ``run``'s answers to ``lang``'s test prompts are stored, keyed by what makes them."""
         prompts = self.test_prompts(lang)
         return Cached(self.root / "answers" / run.model_key, lang, {
             "model": run.model_key, "base_model": run.model, "decoding": keyed_settings(self.decoding(run.method)),
@@ -391,7 +392,8 @@ class Experiment:
         # Greedy answers depend on the output layer's float rounding (models.weight_first_output).
         return {"backend": "local", "output_layer": "weight-first on CPU"}
 
-    def _scores(self, run: GridRun, lang: str, answers: Cached) -> Cached:
+    def scores_of(self, run: GridRun, lang: str, answers: Cached) -> Cached:
+        """Where the offline scores of ``answers`` are stored."""
         from .evaluate import SCORER_VERSION
 
         prompts = self.test_prompts(lang)
@@ -418,16 +420,19 @@ class Experiment:
         prompts = [p for p in self.test_prompts(lang) if p.reference]
         pairs = [(p.id, p.prompt, first_sentences(p.reference, n)) for p in prompts]
         if lang != "en":
-            english = {p.id: first_sentences(p.reference, n) for p in self._english_references()}
+            english = {p.id: first_sentences(p.reference, n) for p in self.english_references()}
             pairs += [(f"{p.id}@en", p.prompt, english[p.id]) for p in prompts if english.get(p.id)]
         return pairs
 
-    def _english_references(self) -> list[TestPrompt]:
+    def english_references(self) -> list[TestPrompt]:
+        """The English test prompts that have a reference answer (every one of the source's)."""
         d = self.profile.data
         res = load_test_prompts("en", d.test_source, d.skip_bad_records)
         return [p for p in res.items if p.reference]
 
-    def _likelihood(self, run: GridRun, lang: str) -> Cached | None:
+    def likelihood_of(self, run: GridRun, lang: str) -> Cached | None:
+        """Where ``run``'s likelihood scores of ``lang``'s references are stored (None when the
+        profile scores none: ``eval.likelihood`` off, a server backend, no references)."""
         e = self.profile.eval
         if not e.likelihood or e.backend != "local":
             return None
@@ -477,7 +482,7 @@ class Experiment:
         from .likelihood import answer_likelihoods
 
         self._require_trained(run)
-        work = {lang: (self._answers(run, lang), self._likelihood(run, lang)) for lang in run.eval_languages}
+        work = {lang: (self.answers_of(run, lang), self.likelihood_of(run, lang)) for lang in run.eval_languages}
         need_gen = [lang for lang, (a, _) in work.items() if self.generates(run, lang) and not a.exists()]
         need_lik = [lang for lang, (_, l) in work.items() if l is not None and not l.exists()]
         loaded = bool(need_lik) or (bool(need_gen) and self.profile.eval.backend == "local")
@@ -496,7 +501,7 @@ class Experiment:
                                      for (pid, _, _), s in zip(pairs, scored))
         del model
         for lang, (answers, _) in work.items():
-            scores = self._scores(run, lang, answers)
+            scores = self.scores_of(run, lang, answers)
             if answers.exists() and not scores.exists():
                 rows = answers.read_rows()
                 prompts = {p.id: p for p in self.test_prompts(lang)}
@@ -526,9 +531,9 @@ class Experiment:
 
         frames = []
         for lang in run.eval_languages:
-            answers, lik = self._answers(run, lang), self._likelihood(run, lang)
+            answers, lik = self.answers_of(run, lang), self.likelihood_of(run, lang)
             if answers.exists():
-                scores = self._scores(run, lang, answers)
+                scores = self.scores_of(run, lang, answers)
                 frame = pd.DataFrame(scores.read_rows() if scores.exists() else [])
             elif not self.generates(run, lang) and lik is not None and lik.exists():
                 # No answers by design (eval.english_answers): the likelihood rows alone.
@@ -538,7 +543,7 @@ class Experiment:
                 continue
             if lik is not None and lik.exists():
                 frame = frame.merge(likelihood_columns(pd.DataFrame(lik.read_rows())), on="prompt_id", how="left")
-            verdicts = self._judge(run, lang, answers)
+            verdicts = self.verdicts_of(run, lang, answers)
             if verdicts is not None and verdicts.exists():
                 frame = frame.merge(pd.DataFrame(verdicts.read_rows())[["prompt_id", "judge", "judge_status"]],
                                     on="prompt_id", how="left")
@@ -551,7 +556,8 @@ class Experiment:
 
         return judge_config(self.profile.eval.judge)
 
-    def _judge(self, run: GridRun, lang: str, answers: Cached) -> Cached | None:
+    def verdicts_of(self, run: GridRun, lang: str, answers: Cached) -> Cached | None:
+        """Where the judge's verdicts on ``answers`` are stored (None without a judge)."""
         j = self.profile.eval.judge
         if not (j.base_url and j.model):
             return None
@@ -578,10 +584,10 @@ class Experiment:
         config, counts = self.judge_config(), Counter()
         for run in self.runs():
             for lang in run.eval_languages:
-                answers = self._answers(run, lang)
+                answers = self.answers_of(run, lang)
                 if not answers.exists():
                     continue
-                verdicts = self._judge(run, lang, answers)
+                verdicts = self.verdicts_of(run, lang, answers)
                 if verdicts.exists():
                     rows = verdicts.read_rows()
                 else:

@@ -40,7 +40,7 @@ from typing import Any
 
 from .config import DecodingConfig, ServerSettings
 from .data import TestPrompt
-from .llm_client import ChatClient, ChatRequest, EndpointConfig, EndpointError, _MalformedReply
+from .llm_client import ChatClient, ChatRequest, EndpointConfig, EndpointError, MalformedReply
 from .prompts import PromptTemplate
 
 
@@ -134,7 +134,7 @@ class CompletionClient(ChatClient):
                                                    **self.config.request_params())
         choices = getattr(response, "choices", None)
         if not choices or not isinstance(getattr(choices[0], "text", None), str):
-            raise _MalformedReply("no text choice in the body")
+            raise MalformedReply("no text choice in the body")
         if self.config.beams > 1 and len(choices) != self.config.beams:
             raise EndpointError(
                 f"asked {self.config.base_url} for beam search with {self.config.beams} beams (use_beam_search, "
@@ -147,9 +147,9 @@ class CompletionClient(ChatClient):
 
 def answer_from_continuation(template: PromptTemplate, continuation: str, stop_strings) -> str:
     """The answer in a generated continuation, cut as the in-process backend cuts it."""
-    from .generate import _cut_at_stop
+    from .generate import cut_at_stop
 
-    return template.extract_response(template.response_marker + "\n" + _cut_at_stop(continuation, stop_strings))
+    return template.extract_response(template.response_marker + "\n" + cut_at_stop(continuation, stop_strings))
 
 
 def answer_prompts_via_server(prompts: list[TestPrompt], template: PromptTemplate, decoding: DecodingConfig,

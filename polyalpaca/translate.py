@@ -34,7 +34,7 @@ from typing import Any, Mapping, Protocol, Sequence
 from .data import LANGUAGES, check_language, load_training_records
 from .files import JsonlError, iter_jsonl
 from .files import write_jsonl as _write_jsonl  # the name translate_command uses
-from .langid import _LETTER, detect_language
+from .langid import LETTER, detect_language
 from .llm_client import (ChatClient, ChatPrompt, ChatRequest, EndpointConfig, EndpointError, InvalidReply,
                          load_prompt)
 from .metrics import chrf_by_language
@@ -156,7 +156,7 @@ def to_translate(text: str) -> Protected | None:
     """The protected form of ``text``, or None when there is nothing to translate (an empty
     field, or one made only of code, numbers, links and placeholders: it is kept as is)."""
     protected = protect(text)
-    return protected if _LETTER.search(_MARKER.sub("", protected.text)) else None
+    return protected if LETTER.search(_MARKER.sub("", protected.text)) else None
 
 
 @dataclass(frozen=True)
@@ -187,7 +187,7 @@ class TranslationJob:
             raise InvalidReply("empty <translation> block")
         self.protected.restore(body)  # raises unless every marker is there exactly once
         words = _MARKER.sub(" ", body)
-        if len(_LETTER.findall(words)) >= self.language_check_min_letters:
+        if len(LETTER.findall(words)) >= self.language_check_min_letters:
             with _LANGDETECT_LOCK:
                 detected = detect_language(words, seed=0)
             if detected != self.target_language:

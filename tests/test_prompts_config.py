@@ -216,10 +216,10 @@ def test_per_method_template_validation_and_decoding_are_keyed(tmp_path):
     assert paper_like.train_template("full").name == "alpaca-full"
     assert paper_like.decoding_template("full").name == "alpaca-full-inference"
     assert paper_like.decoding_template("lora").name == "alpaca"
-    answers = paper_like._answers(full_after, "ru")
+    answers = paper_like.answers_of(full_after, "ru")
     assert answers.inputs["template"]["name"] == "alpaca-full-inference"
     assert answers.inputs["decoding"]["skip_special_tokens"] is False
-    assert paper_like._answers(after["lora-monolingual-en-s42"], "en").inputs["template"]["name"] == "alpaca"
+    assert paper_like.answers_of(after["lora-monolingual-en-s42"], "en").inputs["template"]["name"] == "alpaca"
 
 
 def test_paper_profile_follows_the_released_code_per_method():

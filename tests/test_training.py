@@ -170,7 +170,7 @@ def test_grid_caches_finished_runs(tmp_path, tiny_model_dir):
     assert set(done["generated"]) == set(profile.data.test_languages) and done["loaded"]
     answers = exp.run_answers(run)
     assert set(answers["lang"]) == set(profile.data.test_languages)
-    stored = exp._answers(run, "ru")
+    stored = exp.answers_of(run, "ru")
     stamp = stored.path.stat().st_mtime
     again = exp.evaluate(run)
     assert again == {"generated": [], "likelihood_scored": [], "loaded": False}
