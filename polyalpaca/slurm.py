@@ -1,9 +1,9 @@
 """A profile's grid as a SLURM array job: one array task trains one model of the grid.
 
-    python -m polyalpaca.slurm jobs --profile paper     index<TAB>run<TAB>done|todo, one line a job
-                                                        (a 4th column names runs sharing the model)
-    python -m polyalpaca.slurm array --profile paper    the indices still to train, for sbatch --array
-    python -m polyalpaca.slurm run --profile paper --index 7    the run id of job 7 (for polyalpaca train)
+    polyalpaca slurm jobs --profile paper      index<TAB>run<TAB>done|todo, one line a job
+                                               (a 4th column names runs sharing the model)
+    polyalpaca slurm array --profile paper     the indices still to train, for sbatch --array
+    polyalpaca slurm run --profile paper --index 7    the run id of job 7 (for polyalpaca train)
 
 ``scripts/slurm/train_grid.sbatch`` uses them: each array task trains its job with ``accelerate
 launch ... -m polyalpaca train --run RUN_ID`` on N nodes x G GPUs, into the shared artefacts
@@ -20,16 +20,13 @@ comes from the run folder; where they cannot (the paper's data are on the Huggin
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import load_profile
-from .data import DataError
 from . import design
+from .data import DataError
 from .grid import Experiment
 
 
@@ -121,54 +118,3 @@ def array_spec(indices: list[int]) -> str:
         parts.append(str(ordered[start]) if start == end else f"{ordered[start]}-{ordered[end]}")
         start = end + 1
     return ",".join(parts)
-
-
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m polyalpaca.slurm", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = parser.add_subparsers(dest="command", required=True)
-    for name, text in (("jobs", "list the jobs: index, run, done|todo"),
-                       ("array", "the indices still to train, in sbatch --array syntax"),
-                       ("run", "the run id of one job, for polyalpaca train --run")):
-        p = sub.add_parser(name, help=text)
-        p.add_argument("--profile", default="paper", help="profile name or TOML file (default: paper)")
-        p.add_argument("--artefacts", default=None, help="artefacts folder (default: $POLYALPACA_ARTEFACTS/<profile>)")
-        p.add_argument("-s", "--set", nargs=2, action="append", default=[], metavar=("KEY", "VALUE"),
-                       help="override a profile setting, as for polyalpaca train (repeatable)")
-        if name == "array":
-            p.add_argument("--max-parallel", type=int, default=0, help="at most this many tasks at a time (%%N)")
-        if name == "run":
-            p.add_argument("--index", type=int, required=True, help="the job's index ($SLURM_ARRAY_TASK_ID)")
-    return parser
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    exp = Experiment(load_profile(args.profile, dict(args.set)), args.artefacts)
-    listing = grid_jobs(exp)
-    if listing.note:
-        print(f"polyalpaca.slurm: {listing.note}", file=sys.stderr)
-    if args.command == "jobs":
-        for job in listing.jobs:
-            shared = f"\tsame model: {', '.join(job.shared_with)}" if job.shared_with else ""
-            print(f"{job.index}\t{job.label}\t{job.status}{shared}")
-        return 0
-    if args.command == "array":
-        todo = array_spec([job.index for job in listing.jobs if not job.done])
-        if not todo:
-            print("polyalpaca.slurm: every job is done", file=sys.stderr)
-            return 0
-        print(todo + (f"%{args.max_parallel}" if args.max_parallel else ""))
-        return 0
-    if not 0 <= args.index < len(listing.jobs):
-        print(f"polyalpaca.slurm: no job {args.index}; the grid has jobs 0-{len(listing.jobs) - 1}", file=sys.stderr)
-        return 2
-    if not listing.from_data:
-        print("polyalpaca.slurm: the run id needs the training data, which cannot be read here", file=sys.stderr)
-        return 2
-    print(listing.jobs[args.index].run_id)
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -15,8 +15,8 @@ Two backends share one interface (``TranslationBackend.translate(jobs, prompt, c
   Decoding is greedy, so a rejected reply would come back identical: one try per job.
 
 ``translate_records`` returns one ``TranslatedRecord`` per (language, record), languages in the
-configured order and records in input order. ``translate_main`` is the ``polyalpaca translate``
-command. ``chrf_for_translations`` scores translations against references with chrF
+configured order and records in input order. ``translate_command`` runs the ``polyalpaca translate``
+command (its options are parsed in ``polyalpaca.cli``). ``chrf_for_translations`` scores translations against references with chrF
 (``polyalpaca.metrics``).
 """
 from __future__ import annotations
@@ -566,14 +566,3 @@ def translate_command(args: argparse.Namespace, config: TranslationConfig) -> in
           f"{len(failures)} field(s) failed" + (f" (see {failures_path})" if failures else "") +
           f"; wrote {args.output}", file=sys.stderr)
     return 1 if failures else 0
-
-
-def translate_main(argv: Sequence[str] | None = None) -> int:
-    """``polyalpaca translate ARGS``: the same command through the project's one parser."""
-    from .cli import main
-
-    return main(["translate", *(sys.argv[1:] if argv is None else argv)])
-
-
-if __name__ == "__main__":
-    raise SystemExit(translate_main())
