@@ -21,8 +21,9 @@ command within seconds with one line that says where it stopped; the same comman
 """
 from __future__ import annotations
 
-# Only light modules here: `polyalpaca --help` must start in well under a second. Everything
-# that imports torch, transformers or openai is imported inside the command that needs it.
+# Only light modules at the top: `polyalpaca --help` must start in well under a second. What
+# imports torch, transformers or openai (train, models, serving, translate) is imported inside the
+# command that needs it (tests/test_layers.py checks that none is loaded with this module).
 import argparse
 import json
 import logging
@@ -30,8 +31,17 @@ import shlex
 import sys
 from pathlib import Path
 
-from .book import ChapterError, ChapterInterrupted
+from .book import (PROJECT_ROOT, ChapterError, ChapterInterrupted, build_book, chapter_path, execute_chapter,
+                   split_parameters)
 from .config import SettingsError, available_profiles, load_profile, settings_help
+from .files import FolderBusy
+from .grid import Experiment
+from .paths import artefacts_root
+from .planning import data_stats, format_plan, format_stats, machine_speed, plan_table
+from .preflight import disk_estimate, format_check, preflight
+from .progress import quiet_library_warnings
+from .slurm import array_spec, grid_jobs
+from .store import remove_artefacts
 
 
 def _profile_args(p: argparse.ArgumentParser, default: str | None = "cpu") -> None:
@@ -52,14 +62,11 @@ def _overrides(args) -> dict[str, str]:
 def _checked_profile(profile: str, overrides: dict, endpoints: tuple[str, ...] | None = None):
     """The profile after the preflight (polyalpaca.preflight): every problem at once, as a
     SettingsError. ``endpoints``: whose API keys must be set (default: all)."""
-    from .preflight import preflight
-
     return preflight(profile, overrides, endpoints)
 
 
 def _experiment(args, endpoints: tuple[str, ...] = ()):
     profile = _checked_profile(args.profile, _overrides(args), endpoints)
-    from .grid import Experiment  # after the check: this imports torch
 
     return Experiment(profile, args.artefacts or None)
 
@@ -71,9 +78,6 @@ def cmd_check(args) -> int:
             print(f"{key} = {value}    # {kind}" + (f": {text}" if text else ""))
         return 0
     profile = _checked_profile(args.profile, _overrides(args))
-    from .grid import Experiment
-    from .planning import plan_table
-    from .preflight import disk_estimate, format_check
 
     exp = Experiment(profile, args.artefacts or None)
     plan = plan_table(exp)
@@ -84,7 +88,6 @@ def cmd_check(args) -> int:
 def cmd_book(args) -> int:
     overrides = _overrides(args)
     _checked_profile(args.profile, overrides)
-    from .book import build_book
 
     index = build_book(args.profile, args.book_dir or None, args.artefacts or "", overrides,
                        args.chapters or None, strict=not args.no_strict, execute=not args.no_execute)
@@ -95,8 +98,6 @@ def cmd_book(args) -> int:
 def run_parameters(args) -> dict:
     """The notebook parameters of ``polyalpaca run``: --profile, --artefacts and -s, or their
     aliases -p profile NAME, -p artefacts_dir DIR, -p DOTTED.KEY VALUE and -p overrides JSON."""
-    from .book import split_parameters
-
     pairs = []
     for key, value in args.param:
         if key == "overrides":
@@ -122,8 +123,6 @@ def run_parameters(args) -> dict:
 
 
 def cmd_run(args) -> int:
-    from .book import PROJECT_ROOT, chapter_path, execute_chapter
-
     params = run_parameters(args)
     chapter = chapter_path(args.chapter)  # an unknown chapter is reported before the profile
     profile = _checked_profile(params["profile"], params["overrides"])
@@ -134,7 +133,6 @@ def cmd_run(args) -> int:
 
 def cmd_plan(args) -> int:
     exp = _experiment(args)
-    from .planning import format_plan, machine_speed, plan_table
 
     table = plan_table(exp, machine_speed() if args.measure_speed else 0.0)
     print(json.dumps(table, indent=2) if args.json else format_plan(table))
@@ -143,7 +141,6 @@ def cmd_plan(args) -> int:
 
 def cmd_data(args) -> int:
     exp = _experiment(args)
-    from .planning import data_stats, format_stats
 
     stats = data_stats(exp)
     print(json.dumps(stats, indent=2, ensure_ascii=False) if args.json else format_stats(stats))
@@ -181,10 +178,6 @@ def cmd_prepare_model(args) -> int:
 
 
 def cmd_clean(args) -> int:
-    from .files import FolderBusy
-    from .paths import artefacts_root
-    from .store import remove_artefacts
-
     profile = load_profile(args.profile, _overrides(args))
     root = Path(args.artefacts) if args.artefacts else artefacts_root() / profile.name
     try:
@@ -206,8 +199,6 @@ def cmd_clean(args) -> int:
 def cmd_slurm(args) -> int:
     """The grid as a SLURM array (``polyalpaca.slurm``): the job list, the indices still to train,
     or one job's run id."""
-    from .slurm import array_spec, grid_jobs
-
     listing = grid_jobs(_experiment(args))
     if listing.note:
         print(f"polyalpaca slurm: {listing.note}", file=sys.stderr)
@@ -432,7 +423,6 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(name)s: %(message)s")
-    from .progress import quiet_library_warnings
 
     quiet_library_warnings()
     again = shlex.join(["polyalpaca", *(sys.argv[1:] if argv is None else argv)])

@@ -40,6 +40,10 @@ import numpy as np
 import pandas as pd
 
 from .inference import UNTESTED, Effect, crossed_effect, holm, one_sided_p_values
+from .langid import detect_language, detect_language_fasttext
+
+# judge (openai), scipy, seaborn and matplotlib are imported by the measures and figures that use
+# them.
 
 RECIPE_ORDER = ["base", "monolingual", "multilingual", "english-only", "downsampled"]
 METHOD_ORDER = ["base", "lora", "full"]
@@ -719,8 +723,6 @@ def plot_losses(histories: pd.DataFrame):
 def detector_agreement(answers: pd.DataFrame) -> pd.DataFrame:
     """Per test language: how often langdetect (the gate's detector) and fastText (lid.176) agree
     on the answers, and how often fastText alone would have passed them."""
-    from .langid import detect_language_fasttext
-
     rows = []
     for lang, group in answers[answers["detected"].notna()].groupby("lang"):
         second = group["response"].map(detect_language_fasttext)
@@ -735,8 +737,6 @@ def gate_language_changes(answers: pd.DataFrame, candidates: tuple[str, ...] | N
     choose any of its 55 languages, and when it decides among ``candidates`` (the study's languages
     and English, ``eval.gate_languages = study``), and which languages the unrestricted detector
     named instead. The stored answers' gate used ``candidates``."""
-    from .langid import detect_language
-
     rows = []
     texts = answers[answers["detected"].notna()]
     for lang, group in texts.groupby("lang"):

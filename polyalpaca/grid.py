@@ -17,11 +17,14 @@ later step needs them (``Experiment.model_dir``). Answers, scores, likelihoods a
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import platform
 import random
+import shutil
 import subprocess
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -29,11 +32,17 @@ from pathlib import Path
 from . import design
 from .config import Profile, TrainConfig, keyed_settings
 from .data import Record, TestPrompt, load_test_prompts, load_training_records
+from .files import atomic_write_json, folder_lock
+from .metrics import gated_score
 from .paths import PROJECT_ROOT, artefacts_root
+from .progress import Progress, report
 from .prompts import PromptTemplate, load_template
 from .recipes import SplitData, TrainingSet, build_all, select_records, split_validation
-from .files import atomic_write_json
 from .store import Cached, key, text_digest
+
+# The stages that load torch, transformers or openai (train, evaluate, likelihood, models, serving,
+# judge, llm_client, translate) and pandas are imported in the methods that run them: planning,
+# SLURM, `polyalpaca check` and the book's pages build an Experiment without loading a model.
 
 log = logging.getLogger(__name__)
 
@@ -294,11 +303,6 @@ class Experiment:
         (``storage.keep_full_models``) or was removed (``polyalpaca clean --models-only``) is first
         retrained from its recorded settings: training is seeded, so the weights are the same, and
         the losses are checked against the recorded ones (a difference is reported)."""
-        import json
-        import shutil
-
-        from .files import folder_lock
-        from .progress import report
         from .train import train
 
         self._require_trained(run)
@@ -334,10 +338,6 @@ class Experiment:
         """Remove a fully fine-tuned model's weights once every run that shares it has its answers,
         scores and likelihoods stored, unless the profile keeps them (``storage.keep_full_models``)
         or a server reads them (``eval.backend = server``). Returns whether it removed them."""
-        import shutil
-
-        from .files import folder_lock
-
         folder = self.run_dir(run) / "model"
         if (run.method != "full" or self.profile.storage.keep_full_models or self.profile.eval.backend != "local"
                 or not folder.exists()):
@@ -363,8 +363,6 @@ class Experiment:
 
     def train_all(self) -> list[dict]:
         """Train every run of the grid (finished ones are reused), reporting progress."""
-        from .progress import Progress
-
         runs = self.runs(include_base=False)
         progress, results, done_keys = Progress(len(runs), "training"), [], set()
         for run in runs:
@@ -512,8 +510,6 @@ class Experiment:
 
     def evaluate_all(self) -> None:
         """Evaluate every trained run (the base model included), reporting progress."""
-        from .progress import Progress
-
         runs = [r for r in self.runs() if self.is_trained(r)]
         progress, seen = Progress(len(runs), "evaluation"), set()
         for run in runs:
@@ -573,8 +569,6 @@ class Experiment:
         """Rate every stored answer with the configured judge (the paper's protocol); replies are
         cached and stored raw. Without an endpoint, or without its key in the environment, nothing
         is judged and the message says so."""
-        from collections import Counter
-
         from .judge import JudgeItem, judge_responses, judge_summary, judge_unavailable, verdict_rows
 
         j = self.profile.eval.judge
@@ -635,7 +629,6 @@ class Experiment:
         for column in ("judge", "judge_status"):
             if column not in out:
                 out[column] = None
-        from .metrics import gated_score
 
         out["gated_judge"] = [None if pd.isna(j) else gated_score(int(j), bool(g)) for j, g in zip(out["judge"], out["gate"])]
         return out

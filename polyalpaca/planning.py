@@ -8,13 +8,15 @@ from functools import lru_cache
 
 from . import design
 from .grid import Experiment
+from .prompts import tokenize_example
+
+# models, likelihood (torch, transformers) and pandas are imported where a count or table needs
+# them: `polyalpaca check` and the offline plan run without them.
 
 
 def _token_lengths(exp: Experiment, model: str, records, memo: dict | None = None) -> list[int]:
     """Tokens of each record as trained (prompt + response). ``memo`` keeps the counts across
     calls: the grid trains the same records under several methods, recipes and seeds."""
-    from .prompts import tokenize_example
-
     tok = _tokenizer(model)
     cfg = exp.profile.lora
     memo = {} if memo is None else memo

@@ -25,7 +25,11 @@ from typing import Any, Callable
 from .config import FindingsConfig, Profile, SettingsError, read_profile
 from .data import EMBEDDED_TEST_LANGUAGES, EMBEDDED_TRAIN_LANGUAGES, LANGUAGES
 from .design import model_short_name
+from .files import JsonlError, iter_jsonl
+from .prompts import load_template
 from .recipes import RECIPES
+
+# serving (openai) is imported only for a profile with the server backend.
 
 METHODS = ("lora", "full")
 LOSS_ON = ("all", "response")
@@ -134,8 +138,6 @@ def check_training_numbers(p: Profile) -> list[str]:
 
 def check_templates(p: Profile) -> list[str]:
     """Each method's and each decoding's prompt template exists; ``validation_limit`` >= 0."""
-    from .prompts import load_template
-
     named = [(f"{m}.template", p.train_config(m).template) for m in METHODS]
     named += [(f"{key}.template", d.template) for key, d in (("eval.decoding", p.eval.decoding),
                                                              ("eval.decoding_full", p.eval.decoding_full)) if d]
@@ -326,8 +328,6 @@ def check_eval_backend(p: Profile) -> list[str]:
 
 def _has_references(path: Path) -> str:
     """'' when every prompt in the JSONL file has a non-empty reference, else where the first does not."""
-    from .files import JsonlError, iter_jsonl
-
     for lineno, row in iter_jsonl(path):
         if isinstance(row, JsonlError):
             return f"{path}:{lineno} is not valid JSON"

@@ -32,6 +32,7 @@ writes those commands from the grid's trained runs:
 """
 from __future__ import annotations
 
+import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,6 +42,8 @@ from .data import TestPrompt
 from .llm_client import ChatClient, ChatRequest, EndpointConfig, EndpointError, MalformedReply
 from .prompts import PromptTemplate
 
+# generate and models (torch, transformers) are imported only when an answer is cut or a
+# command names a converted model: the client side needs neither.
 
 
 @dataclass(frozen=True)
@@ -191,8 +194,6 @@ def vllm_serve_commands(exp, port: int = 8000) -> list[str]:
     finished full fine-tune. Each run is served under its model key, the name the evaluation asks
     for; the base model under ``eval.server.model`` or its spec (``pypi:`` and ``tiny-`` specs are
     given as their converted folder, converted once if needed)."""
-    import shlex
-
     from .models import resolve_model
 
     p = exp.profile

@@ -17,8 +17,10 @@ Training runs are folders marked finished by a ``DONE`` file (``polyalpaca.train
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
+import shutil
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -29,8 +31,6 @@ KEY_LENGTH = 12
 
 def canonical(obj: Any) -> str:
     """The canonical JSON text of ``obj`` (sorted keys, tuples as lists, dataclasses as dicts)."""
-    import dataclasses
-
     def default(o):
         if dataclasses.is_dataclass(o):
             return dataclasses.asdict(o)
@@ -106,8 +106,6 @@ def remove_artefacts(root: str | Path, models_only: bool = False) -> tuple[int, 
     checkpoints (records, losses, answers and scores stay; a step that needs a model retrains it
     from its recorded settings). Returns (bytes freed, folders removed). A run folder that another
     process is writing raises ``FolderBusy`` and nothing of it is removed."""
-    import shutil
-
     root = Path(root)
     if not root.exists():
         return 0, 0

@@ -32,6 +32,7 @@ import logging
 import math
 import os
 import random
+import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -39,15 +40,16 @@ from pathlib import Path
 import numpy as np
 import torch
 from datasets import Dataset
+from peft import LoraConfig
 from transformers import TrainerCallback
 from transformers.trainer_callback import PrinterCallback
 from trl import SFTConfig, SFTTrainer
 
+from . import packed_attention
 from .config import TrainConfig
 from .data import Record
 from .design import gradient_accumulation_steps
 from .files import atomic_write_json, atomic_write_text, folder_lock, write_jsonl
-from . import packed_attention
 from .fused_loss import add_fast_lm_loss
 from .models import load_model, load_tokenizer, load_trained  # noqa: F401  (load_trained: re-exported)
 from .prompts import PromptTemplate, tokenize_example  # noqa: F401  (tokenize_example: re-exported)
@@ -231,7 +233,6 @@ def build_sft_config(cfg: TrainConfig, output_dir: Path, *, has_validation: bool
 def build_peft_config(cfg: TrainConfig):
     if cfg.method != "lora":
         return None
-    from peft import LoraConfig
 
     return LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
                       target_modules=list(cfg.lora.target_modules), bias="none", task_type="CAUSAL_LM")
@@ -375,8 +376,6 @@ def train_run(run_dir: str | Path, model_spec: str, train_records: list[Record],
     model is saved, the ``DONE`` marker; resumable checkpoints are removed once the run is done.
     The main process holds the run folder's lock (``files.folder_lock``) while it writes: a second
     process training the same run waits, then finds it done."""
-    import shutil
-
     run_dir = Path(run_dir)
     if (run_dir / "DONE").exists():
         return json.loads((run_dir / "train_result.json").read_text())

@@ -32,12 +32,15 @@ from pathlib import Path
 from typing import Any, Mapping, Protocol, Sequence
 
 from .data import LANGUAGES, check_language, load_training_records
-from .files import JsonlError, iter_jsonl
-from .files import write_jsonl as _write_jsonl  # the name translate_command uses
+from .files import JsonlError, iter_jsonl, write_jsonl as _write_jsonl  # the name translate_command uses
 from .langid import LETTER, detect_language
-from .llm_client import (ChatClient, ChatPrompt, ChatRequest, EndpointConfig, EndpointError, InvalidReply,
-                         load_prompt)
+from .llm_client import ChatClient, ChatPrompt, ChatRequest, EndpointConfig, EndpointError, InvalidReply, load_prompt
 from .metrics import chrf_by_language
+from .paths import cache_dir
+from .store import Cached, text_digest
+
+# generate, models and llm_client (torch, transformers, openai), tqdm and pandas are imported
+# by the backend or table that uses them: the API path never loads torch.
 
 ALPACA_FIELDS = ("instruction", "input", "output")
 LANGUAGE_NAMES = LANGUAGES  # one table for the whole project
@@ -366,8 +369,6 @@ def chrf_for_translations(translated: Sequence[TranslatedRecord],
 def translation_study(t, root) -> dict:
     """Translate the first ``translation.records`` English records into ``translation.languages``
     and score them with chrF against our reference translations; stored and reused."""
-    from .store import Cached, text_digest
-
     root = Path(root)
     fields = ALPACA_FIELDS
     english = load_training_records("en", "embedded").items
@@ -530,8 +531,6 @@ def translate_command(args: argparse.Namespace, config: TranslationConfig) -> in
     client: ChatClient | None = None
     try:
         if args.backend == "api":
-            from .paths import cache_dir
-
             endpoint = EndpointConfig(base_url=args.base_url, model=args.model, api_key_env=args.api_key_env,
                                       max_concurrency=args.concurrency, max_retries=args.max_retries,
                                       timeout_s=args.timeout)
