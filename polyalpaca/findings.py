@@ -33,7 +33,6 @@ Two families, declared before any run, each with Holm's correction at ``findings
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 
 import numpy as np
@@ -526,10 +525,9 @@ def loss_history_frame(exp) -> pd.DataFrame:
     untuned model's validation loss at epoch 0)."""
     rows = []
     for run in exp.runs(include_base=False):
-        path = exp.run_dir(run) / "train_result.json"
-        if not path.exists():
+        result = exp.train_result(run)
+        if result is None:
             continue
-        result = json.loads(path.read_text())
         if result.get("eval_loss_before") is not None:
             rows.append({"run": run.name, "seed": run.seed, "method": run.method, "recipe": run.recipe, "epoch": 0.0,
                          "step": 0, "loss": result["eval_loss_before"], "split": "validation"})
@@ -547,8 +545,7 @@ def runs_frame(exp) -> pd.DataFrame:
     """One row per trained run: size, budget, seed, steps, time and best validation loss."""
     rows = []
     for run in exp.runs(include_base=False):
-        path = exp.run_dir(run) / "train_result.json"
-        result = json.loads(path.read_text()) if path.exists() else {}
+        result = exp.train_result(run) or {}
         rows.append({"run": run.name, "method": run.method, "recipe": run.recipe, "seed": run.seed,
                      "languages": " ".join(run.languages), "examples": run.train_examples,
                      "budget units": run.budget_units, "epochs": run.epochs, "tokens": result.get("train_tokens"),

@@ -17,7 +17,6 @@ later step needs them (``Experiment.model_dir``). Answers, scores, likelihoods a
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import platform
 import random
@@ -29,7 +28,7 @@ from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 
-from . import design
+from . import design, store
 from .config import Profile, TrainConfig, keyed_settings
 from .data import Record, TestPrompt, load_test_prompts, load_training_records
 from .files import atomic_write_json, folder_lock
@@ -276,10 +275,15 @@ class Experiment:
 
     def run_dir(self, run: GridRun) -> Path:
         """Where the run's model is trained and kept (shared by runs with identical training)."""
-        return self.root / "runs" / run.model_key
+        return store.run_folder(self.root, run.model_key)
 
     def is_trained(self, run: GridRun) -> bool:
-        return run.method == "base" or (self.run_dir(run) / "DONE").exists()
+        return run.method == "base" or store.is_done(self.run_dir(run))
+
+    def train_result(self, run: GridRun) -> dict | None:
+        """The run's recorded training result (losses, steps, time; ``train.TrainResult``), None
+        while it is not trained (the base model has none)."""
+        return None if run.method == "base" else store.read_train_result(self.run_dir(run))
 
     # --- training -------------------------------------------------------------------------
     def train(self, run: GridRun) -> dict:
@@ -306,10 +310,10 @@ class Experiment:
         from .train import train
 
         self._require_trained(run)
-        folder = self.run_dir(run) / "model"
+        folder = store.model_folder(self.run_dir(run))
         if folder.exists():
             return folder
-        recorded = json.loads((self.run_dir(run) / "train_result.json").read_text())
+        recorded = self.train_result(run)
         with folder_lock(self.run_dir(run), what="retraining its model"):
             if folder.exists():  # retrained by the process we waited for
                 return folder
@@ -320,7 +324,7 @@ class Experiment:
             shutil.rmtree(scratch, ignore_errors=True)
             result = train(run.model, run.training_set.train, run.training_set.validation,
                            self._training_settings(run), self.train_template(run.method), scratch)
-            (scratch / "model").rename(folder)
+            store.model_folder(scratch).rename(folder)
             shutil.rmtree(scratch)
         if _losses(result.log_history) != _losses(recorded["log_history"]):
             report(f"[polyalpaca] warning: {run.label}: the retrained model's losses differ from the recorded "
@@ -338,7 +342,7 @@ class Experiment:
         """Remove a fully fine-tuned model's weights once every run that shares it has its answers,
         scores and likelihoods stored, unless the profile keeps them (``storage.keep_full_models``)
         or a server reads them (``eval.backend = server``). Returns whether it removed them."""
-        folder = self.run_dir(run) / "model"
+        folder = store.model_folder(self.run_dir(run))
         if (run.method != "full" or self.profile.storage.keep_full_models or self.profile.eval.backend != "local"
                 or not folder.exists()):
             return False
@@ -468,7 +472,7 @@ class Experiment:
     def _require_trained(self, run: GridRun) -> None:
         if not self.is_trained(run):
             raise RunNotTrained(
-                f"run {run.label} is not trained yet (no {self.run_dir(run) / 'DONE'}). Train it first: "
+                f"run {run.label} is not trained yet (no {store.done_marker(self.run_dir(run))}). Train it first: "
                 f"`polyalpaca train --profile {self.profile.name} --run {run.label}`, or execute the training "
                 f"chapter (`polyalpaca run training --profile {self.profile.name}`).")
 

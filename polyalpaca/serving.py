@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from . import store
 from .config import DecodingConfig, ServerSettings
 from .data import TestPrompt
 from .llm_client import ChatClient, ChatRequest, EndpointConfig, EndpointError, MalformedReply
@@ -211,11 +212,11 @@ def vllm_serve_commands(exp, port: int = 8000) -> list[str]:
         cmd = ["vllm", "serve", resolve_model(model), "--served-model-name", served, "--port", str(port), "--dtype", "auto"]
         if lora and server.lora_adapters:
             cmd += ["--enable-lora", "--max-lora-rank", str(p.lora.lora.r), "--max-loras", str(min(len(lora), 8)),
-                    "--lora-modules", *[f"{r.model_key}={exp.run_dir(r) / 'model'}" for r in lora]]
+                    "--lora-modules", *[f"{r.model_key}={store.model_folder(exp.run_dir(r))}" for r in lora]]
         commands.append(shlex.join(cmd))
         for run in trained.get(model, {}).get("full", []):
             # A run folder holds no copy of the tokenizer: it is the base model's.
-            commands.append(shlex.join(["vllm", "serve", str(exp.run_dir(run) / "model"), "--tokenizer",
+            commands.append(shlex.join(["vllm", "serve", str(store.model_folder(exp.run_dir(run))), "--tokenizer",
                                         resolve_model(model), "--served-model-name", run.model_key, "--port",
                                         str(port), "--dtype", "auto"]))
         if lora and not server.lora_adapters:

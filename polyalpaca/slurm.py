@@ -23,9 +23,8 @@ from __future__ import annotations
 import dataclasses
 import json
 from dataclasses import dataclass
-from pathlib import Path
 
-from . import design
+from . import design, store
 from .data import DataError
 from .grid import Experiment
 
@@ -78,7 +77,7 @@ def _jobs_from_records(exp: Experiment, models: list[list[design.Cell]]) -> list
     """The same jobs without the data: done when a finished run record (``run.json`` and
     ``DONE``) has the job's model, method, seed, settings and one of its cells' names."""
     p = exp.profile
-    finished = _finished_runs(exp.root / "runs")
+    finished = store.finished_run_records(exp.root)
     jobs: list[Job] = []
     for cells in models:
         first = cells[0]
@@ -95,15 +94,6 @@ def _jobs_from_records(exp: Experiment, models: list[list[design.Cell]]) -> list
 def _plain(value) -> str:
     """A canonical text of JSON-like data (tuples and lists alike), for comparing settings."""
     return json.dumps(value, sort_keys=True)
-
-
-def _finished_runs(runs_dir: Path) -> list[dict]:
-    """The records (``run.json``) of the run folders marked ``DONE``."""
-    out = []
-    for record in sorted(runs_dir.glob("*/run.json")):
-        if (record.parent / "DONE").exists():
-            out.append(json.loads(record.read_text(encoding="utf-8")))
-    return out
 
 
 def array_spec(indices: list[int]) -> str:

@@ -369,11 +369,11 @@ def learning_rate_frame(exp) -> pd.DataFrame:
     (a model shared by two runs, like English-only and monolingual-en, once)."""
     rows, seen = [], set()
     for run in exp.runs(include_base=False):
-        path = exp.run_dir(run) / "train_result.json"
-        if not path.exists() or path in seen:
+        result = exp.train_result(run)
+        if result is None or run.model_key in seen:
             continue
-        seen.add(path)
-        history = [h for h in json.loads(path.read_text())["log_history"] if "learning_rate" in h]
+        seen.add(run.model_key)
+        history = [h for h in result["log_history"] if "learning_rate" in h]
         last = max((h["step"] for h in history), default=1)
         rows += [{"run": run.name, "method": METHOD_NAMES.get(run.method, run.method), "step": h["step"],
                   "progress": h["step"] / last, "learning rate": h["learning_rate"]} for h in history]
