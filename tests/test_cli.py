@@ -119,6 +119,7 @@ def test_run_takes_the_same_options_and_the_p_aliases():
         run_parameters(args)
 
 
+@pytest.mark.slow
 def test_a_chapter_with_a_bad_override_stops_in_its_first_cell(tmp_path):
     """What papermill shows when a chapter is run with a mistyped override (bypassing the
     command line's own check): the first code cell fails with the preflight's message."""

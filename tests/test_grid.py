@@ -2,6 +2,8 @@
 keyed by everything that shapes them, finished runs reused, each seed its own sample."""
 import json
 
+import pytest
+
 from polyalpaca.config import load_profile
 from polyalpaca.grid import Experiment
 
@@ -33,6 +35,7 @@ def test_per_method_template_validation_and_decoding_are_keyed(tmp_path):
     assert paper_like.answers_of(after["lora-monolingual-en-s42"], "en").inputs["template"]["name"] == "alpaca"
 
 
+@pytest.mark.slow
 def test_grid_caches_finished_runs(tmp_path, tiny_model_dir):
     profile = load_profile("tiny", {"grid.methods": ["lora"], "grid.recipes": ["english-only"], "data.train_limit": 6})
     exp = Experiment(profile, tmp_path)

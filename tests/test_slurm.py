@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from polyalpaca.config import load_profile
 from polyalpaca.grid import Experiment
 from polyalpaca.slurm import array_spec, grid_jobs
@@ -151,6 +153,7 @@ def _paper_in_miniature(tmp_path: Path, double, key_env: str) -> list[str]:
     return [a for key, value in settings.items() for a in ("-s", key, value)]
 
 
+@pytest.mark.slow
 def test_paper_profile_in_miniature(tmp_path, tiny_model_dir, double, monkeypatch, capsys):
     """The paper profile's own settings on miniature data: check and plan, the array's job list
     from the data, one job trained as a task trains it, evaluated with the paper's beam search and

@@ -80,6 +80,7 @@ def test_fast_loss_matches_model_loss_on_padded_batch(tiny_model_dir, tokenizer,
 
 
 @pytest.mark.parametrize("method, loss_on", [("lora", "all"), ("full", "response")])
+@pytest.mark.slow
 def test_fast_and_plain_trl_agree(tmp_path, tiny_model_dir, template, method, loss_on, capsys):
     cfg = TrainConfig(method=method, epochs=1, batch_size=4, gradient_accumulation=1, warmup_steps=0,
                       learning_rate=1e-3, loss_on=loss_on, max_length=64, lora=TrainConfig().lora)
@@ -121,6 +122,7 @@ class Interrupt(Exception):
     pass
 
 
+@pytest.mark.slow
 def test_resume_after_interruption(tmp_path, tiny_model_dir, template):
     """A run killed after its first epoch checkpoint resumes there and ends as an uninterrupted run."""
     from transformers import TrainerCallback
@@ -196,6 +198,7 @@ def test_bloom_cannot_keep_packed_examples_apart(template):
     assert abs(padded - packed) > 1e-2
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["lora", "full"])
 def test_fast_path_on_bloom_trains_as_padded(tmp_path, template, method):
     """The fast path on BLOOM (padded batches there, the fused loss) trains the same model as
