@@ -17,9 +17,10 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
+from .config import Recipe, allowed
 from .data import Record
 
-RECIPES = ("monolingual", "multilingual", "english-only", "downsampled")
+RECIPES = allowed(Recipe)  # declared on the setting grid.recipes
 
 
 @dataclass

@@ -6,7 +6,8 @@ import sys
 
 import pytest
 
-from polyalpaca.config import DecodingConfig, SettingsError, available_profiles, load_profile, settings_help
+from polyalpaca.config import (DecodingConfig, Scheduler, SettingsError, allowed, available_profiles, describe_type,
+                               load_profile, settings_help)
 
 
 def test_profiles_load_and_differ():
@@ -148,3 +149,32 @@ def test_paper_profile_follows_the_released_code_per_method():
     assert p.eval.decoding.repetition_penalty == 1.0 and p.eval.decoding_full.repetition_penalty == 1.1
     assert p.eval.decoding_full.template == "alpaca-full-inference" and not p.eval.decoding_full.skip_special_tokens
     assert p.eval.decoding_full.stop_strings == ("### Response:",) and p.eval.decoding.stop_strings == ("\n### ",)
+
+
+def test_allowed_values_are_declared_on_the_fields_and_checked_with_the_types():
+    """One home per setting: a value outside a field's ``Literal`` is a problem of its type."""
+    assert problems({"grid.methods": '["lora", "lorra"]'}) == [
+        'grid.methods: expected a list of values among lora, full, got \'["lora", "lorra"]\'']
+    assert problems({"grid.recipes": '["bilingual"]'}) == [
+        "grid.recipes: expected a list of values among monolingual, multilingual, english-only, downsampled, "
+        "got '[\"bilingual\"]'"]
+    assert problems({"lora.loss_on": "everything"}) == ["lora.loss_on: expected all or response, got 'everything'"]
+    assert problems({"full.scheduler": "cosin"}) == [f"full.scheduler: expected {describe_type(Scheduler)}, got 'cosin'"]
+    assert problems({"lora.precision": "fp16"}) == ["lora.precision: expected auto, fp32 or bf16, got 'fp16'"]
+    assert problems({"full.gradient_checkpointing": "yes"}) == [
+        "full.gradient_checkpointing: expected auto, on or off, got 'yes'"]
+    assert problems({"data.source": "disk"}) == ["data.source: expected embedded, hub or files, got 'disk'"]
+    assert problems({"eval.gate_languages": "some", "eval.english_answers": "never"}) == [
+        "eval.gate_languages: expected study or all, got 'some'",
+        "eval.english_answers: expected every-seed or first-seed, got 'never'"]
+    assert problems({"eval.backend": "vllm"}) == ["eval.backend: expected local or server, got 'vllm'"]
+    assert problems({"translation.backend": "cloud"}) == ["translation.backend: expected local or api, got 'cloud'"]
+    assert load_profile("tiny", {"lora.loss_on": "response"}).lora.loss_on == "response"
+    help_kinds = {key: kind for key, kind, _, _ in settings_help(load_profile("tiny"))}
+    assert help_kinds["lora.precision"] == "auto, fp32 or bf16"
+
+
+def test_scheduler_names_are_transformers_own():
+    from transformers.trainer_utils import SchedulerType
+
+    assert set(allowed(Scheduler)) == {s.value for s in SchedulerType}
