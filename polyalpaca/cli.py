@@ -15,7 +15,7 @@
 
 Every command that reads a profile takes --profile and -s/--set KEY VALUE (repeatable) to
 override one setting by its dotted key (polyalpaca check --list-settings lists them). Before long
-work (book, run, train, evaluate) and for plan and data, the whole profile is checked first and
+work (book, run, train, evaluate) and for plan, data, slurm and serve, the whole profile is checked first and
 every problem is listed at once (exit status 2), before any model is loaded. Ctrl-C stops any
 command within seconds with one line that says where it stopped; the same command goes on from there.
 """

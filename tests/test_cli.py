@@ -16,7 +16,8 @@ def run_cli(*args, env=None):
 
 def test_help_lists_every_command():
     text = build_parser().format_help()
-    for command in ("check", "book", "run", "plan", "data", "train", "evaluate", "translate", "prepare-model"):
+    for command in ("check", "book", "run", "plan", "data", "train", "evaluate", "translate", "slurm", "serve",
+                    "prepare-model", "clean"):
         assert command in text
 
 
