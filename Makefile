@@ -1,6 +1,7 @@
 # PolyAlpaca: two commands do all the set-up on a fresh machine with Python 3.11.
 #   make book   install everything, execute every chapter on the offline CPU default, build _build/html
 #   make test   install everything, run the test suite (the tiny-profile book build included)
+#   make quick  the quick loop while developing: every test not marked slow (no book build, no real training)
 #   make clean  remove the built book (`polyalpaca clean --profile P` removes a profile's artefacts)
 
 PYTHON ?= python3.11
@@ -9,7 +10,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.polyalpaca-installed
 PROFILE ?= cpu
 
-.PHONY: book test install system-deps bench clean clean-book
+.PHONY: book test quick install system-deps bench clean clean-book
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +35,9 @@ book: $(STAMP)
 
 test: $(STAMP) system-deps
 	$(BIN)/python -m pytest -q
+
+quick: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow"
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_train.py --method lora

@@ -66,10 +66,11 @@ def verify(run_dir: Path, method: str, processes: int) -> tuple[int, float, str]
     """(steps, final loss, problem or "") for a finished run folder."""
     import torch
 
-    if not (run_dir / "DONE").exists():
+    from polyalpaca import store
+
+    if not store.is_done(run_dir):
         return 0, math.nan, "no DONE marker"
-    result = json.loads((run_dir / "train_result.json").read_text())
-    record = json.loads((run_dir / "run.json").read_text())
+    result, record = store.read_train_result(run_dir), store.read_run_record(run_dir)
     losses = [h["loss"] for h in result["log_history"] if "loss" in h]
     final = losses[-1] if losses else math.nan
     if record.get("processes") != processes:

@@ -7,16 +7,31 @@ of the book's own pages and configuration, so a test build never touches the rea
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+from . import datacheck
+from .config import available_profiles, load_profile
+from .data import EMBEDDED_TEST_LANGUAGES, EMBEDDED_TRAIN_LANGUAGES, embedded_test, embedded_train
+from .design import examples_per_step, optimizer_steps
+from .files import atomic_write_text
+from .grid import Experiment
 from .paths import PROJECT_ROOT
+from .planning import plan_table
+from .preflight import disk_estimate, disk_shortfall
+from .progress import PROGRESS_FILE_ENV
+from .recipes import category_mix
+
+# papermill, psutil and pandas are imported where a chapter runs or a page needs them: the
+# command line imports this module on every start.
 
 NOTEBOOKS_DIR = PROJECT_ROOT / "notebooks"
 CHAPTERS = ["01_data", "02_translation", "03_training", "04_evaluation", "05_findings", "06_dose_response"]
@@ -124,8 +139,6 @@ def execute_chapter(name: str, parameters: dict, output: Path, kernel: str = "py
     and reported by name (``ChapterError``), as is a chapter whose cell fails. Ctrl-C stops the
     chapter's executor and kernel (each in a process group of its own) within seconds and raises
     ``ChapterInterrupted``, which says where it stopped."""
-    from .progress import PROGRESS_FILE_ENV
-
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     progress_file = output.with_name(output.stem + ".progress")
@@ -231,8 +244,6 @@ def build_book(profile: str = "cpu", book_dir: str | Path | None = None, artefac
     params = {"profile": profile, "artefacts_dir": str(artefacts_dir or ""), "overrides": overrides or {}}
     timings = {}
     if execute:
-        from .config import load_profile
-
         settings = load_profile(profile, overrides or {})
         warn_if_disk_is_short(settings, artefacts_dir)
         timeout = settings.book.chapter_timeout_s
@@ -251,10 +262,6 @@ def warn_if_disk_is_short(profile, artefacts_dir: str | Path = "") -> str:
     """Print (and return) a warning before the chapters run when the artefacts folder's disk has
     less free space than the plan's fully fine-tuned models need: better said now than as a full
     disk in the training chapter. Only a warning: a resumed build needs less than the estimate."""
-    from .grid import Experiment
-    from .planning import plan_table
-    from .preflight import disk_estimate, disk_shortfall
-
     exp = Experiment(profile, artefacts_dir or None)
     short = disk_shortfall(disk_estimate(profile, plan_table(exp), exp.root))
     if short:
@@ -272,10 +279,6 @@ def _md_table(header: list[str], rows: list[list]) -> str:
 
 def settings_table() -> str:
     """Every profile setting with its value in each shipped profile."""
-    import dataclasses
-
-    from .config import available_profiles, load_profile
-
     profiles = {name: load_profile(name) for name in available_profiles()}
     flat: dict[str, dict[str, object]] = {}
 
@@ -297,8 +300,6 @@ def settings_table() -> str:
 def write_generated_pages(book_dir: Path, timings: dict[str, float] | None = None, profile: str = "cpu",
                           overrides: dict | None = None, artefacts_dir: str = "") -> None:
     """Pages made from code and artefacts, included by the hand-written pages."""
-    from .files import atomic_write_text
-
     out = book_dir / "book" / "chapters" / "generated"
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "settings.md", settings_table())
@@ -311,13 +312,6 @@ def design_page(profile_name: str, overrides: dict, artefacts_dir: str = "") -> 
     """The scope page's facts about this build's grid, from the profile, the plan and the
     artefacts: seeds, steps per run, sample sizes, task categories, the training loss, and what
     the claims table could detect."""
-    import dataclasses
-
-    from .config import load_profile
-    from .grid import Experiment
-    from .planning import plan_table
-    from .recipes import category_mix
-
     p = load_profile(profile_name, overrides)
     exp = Experiment(p, artefacts_dir or None)
     d = p.data
@@ -337,14 +331,15 @@ def design_page(profile_name: str, overrides: dict, artefacts_dir: str = "") -> 
              f"| task categories in each language's sample | {len(categories)}: "
              + ", ".join(f"{c} {n}" for c, n in sorted(categories.items())) + " |",
              f"| test prompts per language | {', '.join(f'{l} {len(exp.test_prompts(l))}' for l in d.test_languages)} |"]
+    first = [r for r in exp.runs(include_base=False) if r.model == p.grid.models[0] and r.seed == p.grid.seeds[0]]
     for method in p.grid.methods:
         cfg = p.train_config(method)
-        steps = {ts.name: -(-len(ts.train) // (cfg.batch_size * max(cfg.gradient_accumulation, 1))) * cfg.epochs
-                 for ts in sets}
+        # As training counts them: examples per optimizer step from the effective batch (one process).
+        steps = {r.name: optimizer_steps(r.train_examples, cfg) for r in first if r.method == method}
         loss = "prompt and response (as the paper's LoRA recipe)" if cfg.loss_on == "all" else \
             "the response only, prompt masked (as the paper's full fine-tuning)"
         lines.append(f"| {method}: steps per run | " + ", ".join(f"{k} {v:g}" for k, v in steps.items()) +
-                     f" (batch {cfg.batch_size}, {cfg.epochs:g} epoch{'' if cfg.epochs == 1 else 's'}, learning rate {cfg.learning_rate:g}) |")
+                     f" (batch {examples_per_step(cfg)}, {cfg.epochs:g} epoch{'' if cfg.epochs == 1 else 's'}, learning rate {cfg.learning_rate:g}) |")
         lines.append(f"| {method}: loss on | {loss}, softmax over the whole vocabulary |")
     decoding = dataclasses.asdict(p.eval.decoding)
     lines.append(f"| decoding | greedy, {decoding['max_new_tokens']} new tokens, no_repeat_ngram_size "
@@ -385,8 +380,6 @@ def record_timings(path: Path, timings: dict[str, float], profile: str) -> str:
     table for that profile: the last build (fast when the artefacts were reused) and the slowest
     recorded one (the build that computed them: what a first run costs). Each profile has its own
     record, so a quick lab build never stands in for the default's time."""
-    from .files import atomic_write_text
-
     known = json.loads(path.read_text()) if path.exists() else {}
     mine = known.setdefault("profiles", {}).setdefault(profile, {})
     mine.setdefault("last", {}).update(timings)
@@ -405,11 +398,6 @@ def record_timings(path: Path, timings: dict[str, float], profile: str) -> str:
 
 def data_stats_page() -> str:
     """Counts, lengths, categories and langdetect agreement of the embedded data."""
-    import statistics
-
-    from . import datacheck
-    from .data import EMBEDDED_TEST_LANGUAGES, EMBEDDED_TRAIN_LANGUAGES, embedded_test, embedded_train
-
     agreement = datacheck.langdetect_agreement()
     rows = []
     for lang in EMBEDDED_TEST_LANGUAGES:

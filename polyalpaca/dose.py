@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 
 from .findings import BASE, Cells, method_colours, with_measures
-from .grid import model_short_name
+from .design import model_short_name
 from .inference import crossed_effect
 from .recipes import dose_language
 

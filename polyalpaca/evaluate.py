@@ -7,6 +7,7 @@ accuracy are gated: an answer in the wrong language scores 0, as in the paper's 
 from __future__ import annotations
 
 import re
+import re as _re
 import unicodedata
 from dataclasses import asdict, dataclass
 
@@ -14,6 +15,8 @@ from .data import TestPrompt
 from .langid import language_gate
 from .metrics import gated_score, sentence_chrf
 from .prompts import PromptTemplate
+
+# generate (torch) is imported where answers are generated: scoring stored answers needs no model.
 
 # The version of the offline scorer (gate rules, echo and loop detection, chrF, accuracy): bump it
 # when scoring changes, and every stored score is recomputed from the stored answers.
@@ -95,8 +98,6 @@ def worked_scores(prompt: TestPrompt, english: TestPrompt, seed: int = 0) -> lis
     another order, the same correct answer in English, and the question repeated. chrF rewards
     length and copied words; the gate catches the English answer and the echo; the likelihood
     score does not look at generated answers at all."""
-    import re as _re
-
     first = _re.split(r"(?<=[.!?。！？])\s*", prompt.reference.strip())[0]
     words = prompt.reference.split()
     shuffled = " ".join(words[len(words) // 2:] + words[:len(words) // 2])

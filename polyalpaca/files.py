@@ -7,6 +7,7 @@ converted model) are built under ``NAME.partial`` and renamed when complete.
 """
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
@@ -132,8 +133,6 @@ def folder_lock(folder: str | Path, wait: bool = True, what: str = "writing") ->
     ``with`` block. The operating system releases it when the holder ends, however it ends (a
     kill included), so a stale lock never blocks. A second process waits, saying once why
     (``wait=True``), or gets ``FolderBusy`` at once (``wait=False``)."""
-    import fcntl
-
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     with open(folder / ".lock", "a+", encoding="utf-8") as fh:

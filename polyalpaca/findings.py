@@ -33,13 +33,16 @@ Two families, declared before any run, each with Holm's correction at ``findings
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
 from .inference import UNTESTED, Effect, crossed_effect, holm, one_sided_p_values
+from .langid import detect_language, detect_language_fasttext
+
+# judge (openai), scipy, seaborn and matplotlib are imported by the measures and figures that use
+# them.
 
 RECIPE_ORDER = ["base", "monolingual", "multilingual", "english-only", "downsampled"]
 METHOD_ORDER = ["base", "lora", "full"]
@@ -556,10 +559,9 @@ def loss_history_frame(exp) -> pd.DataFrame:
     untuned model's validation loss at epoch 0)."""
     rows = []
     for run in exp.runs(include_base=False):
-        path = exp.run_dir(run) / "train_result.json"
-        if not path.exists():
+        result = exp.train_result(run)
+        if result is None:
             continue
-        result = json.loads(path.read_text())
         if result.get("eval_loss_before") is not None:
             rows.append({"run": run.name, "seed": run.seed, "method": run.method, "recipe": run.recipe, "epoch": 0.0,
                          "step": 0, "loss": result["eval_loss_before"], "split": "validation"})
@@ -577,8 +579,7 @@ def runs_frame(exp) -> pd.DataFrame:
     """One row per trained run: size, budget, seed, steps, time and best validation loss."""
     rows = []
     for run in exp.runs(include_base=False):
-        path = exp.run_dir(run) / "train_result.json"
-        result = json.loads(path.read_text()) if path.exists() else {}
+        result = exp.train_result(run) or {}
         rows.append({"run": run.name, "method": run.method, "recipe": run.recipe, "seed": run.seed,
                      "languages": " ".join(run.languages), "examples": run.train_examples,
                      "budget units": run.budget_units, "epochs": run.epochs, "tokens": result.get("train_tokens"),
@@ -753,8 +754,6 @@ def plot_losses(histories: pd.DataFrame):
 def detector_agreement(answers: pd.DataFrame) -> pd.DataFrame:
     """Per test language: how often langdetect (the gate's detector) and fastText (lid.176) agree
     on the answers, and how often fastText alone would have passed them."""
-    from .langid import detect_language_fasttext
-
     rows = []
     for lang, group in answers[answers["detected"].notna()].groupby("lang"):
         second = group["response"].map(detect_language_fasttext)
@@ -769,8 +768,6 @@ def gate_language_changes(answers: pd.DataFrame, candidates: tuple[str, ...] | N
     choose any of its 55 languages, and when it decides among ``candidates`` (the study's languages
     and English, ``eval.gate_languages = study``), and which languages the unrestricted detector
     named instead. The stored answers' gate used ``candidates``."""
-    from .langid import detect_language
-
     rows = []
     texts = answers[answers["detected"].notna()]
     for lang, group in texts.groupby("lang"):

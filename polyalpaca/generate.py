@@ -51,14 +51,15 @@ def _generate_batch(model, tokenizer, prompts: Sequence[str], decoding: Decoding
         texts = tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
     else:  # special tokens stay in the text, up to the first eos (what follows it is padding)
         texts = [tokenizer.decode(_through_eos(row.tolist(), tokenizer.eos_token_id)) for row in new_tokens]
-    return [_cut_at_stop(t, decoding.stop_strings) for t in texts]
+    return [cut_at_stop(t, decoding.stop_strings) for t in texts]
 
 
 def _through_eos(ids: list[int], eos: int | None) -> list[int]:
     return ids[:ids.index(eos) + 1] if eos in ids else ids
 
 
-def _cut_at_stop(text: str, stops: Sequence[str]) -> str:
+def cut_at_stop(text: str, stops: Sequence[str]) -> str:
+    """``text`` up to the first of ``stops`` that occurs in it (all of it when none does)."""
     for stop in stops:
         if stop in text:
             text = text.split(stop, 1)[0]

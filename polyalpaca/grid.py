@@ -20,22 +20,30 @@ import dataclasses
 import logging
 import platform
 import random
+import shutil
 import subprocess
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 
+from . import design, store
 from .config import Profile, TrainConfig, keyed_settings
 from .data import Record, TestPrompt, load_test_prompts, load_training_records
+from .files import atomic_write_json, folder_lock
+from .metrics import gated_score
 from .paths import PROJECT_ROOT, artefacts_root
+from .progress import Progress, report
 from .prompts import PromptTemplate, load_template
 from .recipes import SplitData, TrainingSet, build_all, select_records, split_validation
-from .files import atomic_write_json
 from .store import Cached, key, text_digest
 
+# The stages that load torch, transformers or openai (train, evaluate, likelihood, models, serving,
+# judge, llm_client, translate) and pandas are imported in the methods that run them: planning,
+# SLURM, `polyalpaca check` and the book's pages build an Experiment without loading a model.
+
 log = logging.getLogger(__name__)
-BASE_RECIPE = "base"  # the untuned model, answering zero-shot
 
 
 class UnknownRun(ValueError):
@@ -44,10 +52,6 @@ class UnknownRun(ValueError):
 
 class RunNotTrained(ValueError):
     pass
-
-
-def model_short_name(spec: str) -> str:
-    return spec.split(":")[-1].rstrip("/").split("/")[-1]
 
 
 @dataclass
@@ -74,7 +78,7 @@ class GridRun:
     @property
     def label(self) -> str:
         """The name users type: METHOD-NAME-sSEED (``lora-multilingual-s42``), or ``base``."""
-        return "base" if self.method == "base" else f"{self.method}-{self.name}-s{self.seed}"
+        return design.run_label(self.method, self.name, self.seed)
 
     @property
     def model_key(self) -> str:
@@ -230,30 +234,31 @@ class Experiment:
 
     # --- the grid -----------------------------------------------------------------------
     def runs(self, include_base: bool | None = None) -> list[GridRun]:
+        """The grid's runs (``design.cells``), each filled with its seed's training set and keyed by
+        everything that shapes its trained model."""
         p = self.profile
-        include_base = p.eval.evaluate_base_model if include_base is None else include_base
-        tests = p.data.test_languages
         out: list[GridRun] = []
-        for model in p.grid.models:
-            short = model_short_name(model)
-            if include_base:
-                out.append(GridRun(f"{short}-base", model, "base", BASE_RECIPE, "base", [], list(tests), 0, 0, 0.0, 0))
-            for method in p.grid.methods:
-                for seed in p.grid.seeds:
-                    cfg = dataclasses.replace(p.train_config(method), seed=seed)
-                    template = self.train_template(method)
-                    for ts in (self.method_data(t, cfg) for t in self.training_sets(seed)):
-                        digest = key({"model": model, "method": method, "train": keyed_settings(cfg),
-                                      "ids": [(r.lang, r.id) for r in ts.train],
-                                      "val": [(r.lang, r.id) for r in ts.validation],
-                                      "texts": text_digest(t for r in ts.train + ts.validation
-                                                           for t in (r.instruction, r.input, r.output)),
-                                      "template": dataclasses.asdict(template)})
-                        evals = [l for l in tests if l in ts.languages] if ts.recipe == "monolingual" else list(tests)
-                        out.append(GridRun(f"{short}-{method}-{ts.name}-s{seed}-{digest}", model, method, ts.recipe,
-                                           ts.name, ts.languages, evals, len(ts.train), len(ts.validation),
-                                           ts.budget_units, cfg.epochs, seed, ts,
-                                           train_key=f"{short}-{method}-s{seed}-{digest}"))
+        sets: dict[tuple, dict[str, TrainingSet]] = {}
+        for cell in design.cells(p, include_base):
+            short = cell.short_model
+            if cell.method == design.BASE:
+                out.append(GridRun(f"{short}-base", cell.model, cell.method, cell.recipe, cell.name, [],
+                                   list(cell.eval_languages), 0, 0, 0.0, 0))
+                continue
+            cfg = dataclasses.replace(p.train_config(cell.method), seed=cell.seed)
+            if (cell.method, cell.seed) not in sets:
+                sets[cell.method, cell.seed] = {t.name: self.method_data(t, cfg) for t in self.training_sets(cell.seed)}
+            ts = sets[cell.method, cell.seed][cell.name]
+            digest = key({"model": cell.model, "method": cell.method, "train": keyed_settings(cfg),
+                          "ids": [(r.lang, r.id) for r in ts.train],
+                          "val": [(r.lang, r.id) for r in ts.validation],
+                          "texts": text_digest(t for r in ts.train + ts.validation
+                                               for t in (r.instruction, r.input, r.output)),
+                          "template": dataclasses.asdict(self.train_template(cell.method))})
+            out.append(GridRun(f"{short}-{cell.method}-{ts.name}-s{cell.seed}-{digest}", cell.model, cell.method,
+                               ts.recipe, ts.name, ts.languages, list(cell.eval_languages), len(ts.train),
+                               len(ts.validation), ts.budget_units, cfg.epochs, cell.seed, ts,
+                               train_key=f"{short}-{cell.method}-s{cell.seed}-{digest}"))
         return out
 
     def find_runs(self, name: str) -> list[GridRun]:
@@ -271,10 +276,15 @@ class Experiment:
 
     def run_dir(self, run: GridRun) -> Path:
         """Where the run's model is trained and kept (shared by runs with identical training)."""
-        return self.root / "runs" / run.model_key
+        return store.run_folder(self.root, run.model_key)
 
     def is_trained(self, run: GridRun) -> bool:
-        return run.method == "base" or (self.run_dir(run) / "DONE").exists()
+        return run.method == "base" or store.is_done(self.run_dir(run))
+
+    def train_result(self, run: GridRun) -> dict | None:
+        """The run's recorded training result (losses, steps, time; ``train.TrainResult``), None
+        while it is not trained (the base model has none)."""
+        return None if run.method == "base" else store.read_train_result(self.run_dir(run))
 
     # --- training -------------------------------------------------------------------------
     def train(self, run: GridRun) -> dict:
@@ -298,18 +308,13 @@ class Experiment:
         (``storage.keep_full_models``) or was removed (``polyalpaca clean --models-only``) is first
         retrained from its recorded settings: training is seeded, so the weights are the same, and
         the losses are checked against the recorded ones (a difference is reported)."""
-        import json
-        import shutil
-
-        from .files import folder_lock
-        from .progress import report
         from .train import train
 
         self._require_trained(run)
-        folder = self.run_dir(run) / "model"
+        folder = store.model_folder(self.run_dir(run))
         if folder.exists():
             return folder
-        recorded = json.loads((self.run_dir(run) / "train_result.json").read_text())
+        recorded = self.train_result(run)
         with folder_lock(self.run_dir(run), what="retraining its model"):
             if folder.exists():  # retrained by the process we waited for
                 return folder
@@ -320,7 +325,7 @@ class Experiment:
             shutil.rmtree(scratch, ignore_errors=True)
             result = train(run.model, run.training_set.train, run.training_set.validation,
                            self._training_settings(run), self.train_template(run.method), scratch)
-            (scratch / "model").rename(folder)
+            store.model_folder(scratch).rename(folder)
             shutil.rmtree(scratch)
         if _losses(result.log_history) != _losses(recorded["log_history"]):
             report(f"[polyalpaca] warning: {run.label}: the retrained model's losses differ from the recorded "
@@ -341,11 +346,7 @@ class Experiment:
         """Remove a fully fine-tuned model's weights once every run that shares it has its answers,
         scores and likelihoods stored, unless the profile keeps them (``storage.keep_full_models``)
         or a server reads them (``eval.backend = server``). Returns whether it removed them."""
-        import shutil
-
-        from .files import folder_lock
-
-        folder = self.run_dir(run) / "model"
+        folder = store.model_folder(self.run_dir(run))
         if (run.method != "full" or self.profile.storage.keep_full_models or self.profile.eval.backend != "local"
                 or not folder.exists()):
             return False
@@ -362,16 +363,14 @@ class Experiment:
     def _results_stored(self, run: GridRun) -> bool:
         """Whether the answers, scores and likelihoods of every test language of ``run`` are stored."""
         for lang in run.eval_languages:
-            answers, lik = self._answers(run, lang), self._likelihood(run, lang)
-            answered = not self.generates(run, lang) or (answers.exists() and self._scores(run, lang, answers).exists())
+            answers, lik = self.answers_of(run, lang), self.likelihood_of(run, lang)
+            answered = not self.generates(run, lang) or (answers.exists() and self.scores_of(run, lang, answers).exists())
             if not (answered and (lik is None or lik.exists())):
                 return False
         return True
 
     def train_all(self) -> list[dict]:
         """Train every run of the grid (finished ones are reused), reporting progress."""
-        from .progress import Progress
-
         runs = self.runs(include_base=False)
         progress, results, done_keys = Progress(len(runs), "training"), [], set()
         for run in runs:
@@ -384,7 +383,8 @@ class Experiment:
         return results
 
     # --- evaluation -----------------------------------------------------------------------
-    def _answers(self, run: GridRun, lang: str) -> Cached:
+    def answers_of(self, run: GridRun, lang: str) -> Cached:
+        """Where ``run``'s answers to ``lang``'s test prompts are stored, keyed by what makes them."""
         prompts = self.test_prompts(lang)
         return Cached(self.root / "answers" / run.model_key, lang, {
             "model": run.model_key, "base_model": run.model, "decoding": keyed_settings(self.decoding(run.method)),
@@ -398,7 +398,8 @@ class Experiment:
         # Greedy answers depend on the output layer's float rounding (models.weight_first_output).
         return {"backend": "local", "output_layer": "weight-first on CPU"}
 
-    def _scores(self, run: GridRun, lang: str, answers: Cached) -> Cached:
+    def scores_of(self, run: GridRun, lang: str, answers: Cached) -> Cached:
+        """Where the offline scores of ``answers`` are stored."""
         from .evaluate import SCORER_VERSION
 
         prompts = self.test_prompts(lang)
@@ -425,16 +426,19 @@ class Experiment:
         prompts = [p for p in self.test_prompts(lang) if p.reference]
         pairs = [(p.id, p.prompt, first_sentences(p.reference, n)) for p in prompts]
         if lang != "en":
-            english = {p.id: first_sentences(p.reference, n) for p in self._english_references()}
+            english = {p.id: first_sentences(p.reference, n) for p in self.english_references()}
             pairs += [(f"{p.id}@en", p.prompt, english[p.id]) for p in prompts if english.get(p.id)]
         return pairs
 
-    def _english_references(self) -> list[TestPrompt]:
+    def english_references(self) -> list[TestPrompt]:
+        """The English test prompts that have a reference answer (every one of the source's)."""
         d = self.profile.data
         res = load_test_prompts("en", d.test_source, d.skip_bad_records)
         return [p for p in res.items if p.reference]
 
-    def _likelihood(self, run: GridRun, lang: str) -> Cached | None:
+    def likelihood_of(self, run: GridRun, lang: str) -> Cached | None:
+        """Where ``run``'s likelihood scores of ``lang``'s references are stored (None when the
+        profile scores none: ``eval.likelihood`` off, a server backend, no references)."""
         e = self.profile.eval
         if not e.likelihood or e.backend != "local":
             return None
@@ -472,7 +476,7 @@ class Experiment:
     def _require_trained(self, run: GridRun) -> None:
         if not self.is_trained(run):
             raise RunNotTrained(
-                f"run {run.label} is not trained yet (no {self.run_dir(run) / 'DONE'}). Train it first: "
+                f"run {run.label} is not trained yet (no {store.done_marker(self.run_dir(run))}). Train it first: "
                 f"`polyalpaca train --profile {self.profile.name} --run {run.label}`, or execute the training "
                 f"chapter (`polyalpaca run training --profile {self.profile.name}`).")
 
@@ -484,7 +488,7 @@ class Experiment:
         from .likelihood import answer_likelihoods
 
         self._require_trained(run)
-        work = {lang: (self._answers(run, lang), self._likelihood(run, lang)) for lang in run.eval_languages}
+        work = {lang: (self.answers_of(run, lang), self.likelihood_of(run, lang)) for lang in run.eval_languages}
         need_gen = [lang for lang, (a, _) in work.items() if self.generates(run, lang) and not a.exists()]
         need_lik = [lang for lang, (_, l) in work.items() if l is not None and not l.exists()]
         loaded = bool(need_lik) or (bool(need_gen) and self.profile.eval.backend == "local")
@@ -503,7 +507,7 @@ class Experiment:
                                      for (pid, _, _), s in zip(pairs, scored))
         del model
         for lang, (answers, _) in work.items():
-            scores = self._scores(run, lang, answers)
+            scores = self.scores_of(run, lang, answers)
             if answers.exists() and not scores.exists():
                 rows = answers.read_rows()
                 prompts = {p.id: p for p in self.test_prompts(lang)}
@@ -514,8 +518,6 @@ class Experiment:
 
     def evaluate_all(self) -> None:
         """Evaluate every trained run (the base model included), reporting progress."""
-        from .progress import Progress
-
         runs = [r for r in self.runs() if self.is_trained(r)]
         progress, seen = Progress(len(runs), "evaluation"), set()
         for run in runs:
@@ -533,9 +535,9 @@ class Experiment:
 
         frames = []
         for lang in run.eval_languages:
-            answers, lik = self._answers(run, lang), self._likelihood(run, lang)
+            answers, lik = self.answers_of(run, lang), self.likelihood_of(run, lang)
             if answers.exists():
-                scores = self._scores(run, lang, answers)
+                scores = self.scores_of(run, lang, answers)
                 frame = pd.DataFrame(scores.read_rows() if scores.exists() else [])
             elif not self.generates(run, lang) and lik is not None and lik.exists():
                 # No answers by design (eval.english_answers): the likelihood rows alone.
@@ -545,7 +547,7 @@ class Experiment:
                 continue
             if lik is not None and lik.exists():
                 frame = frame.merge(likelihood_columns(pd.DataFrame(lik.read_rows())), on="prompt_id", how="left")
-            verdicts = self._judge(run, lang, answers)
+            verdicts = self.verdicts_of(run, lang, answers)
             if verdicts is not None and verdicts.exists():
                 frame = frame.merge(pd.DataFrame(verdicts.read_rows())[["prompt_id", "judge", "judge_status"]],
                                     on="prompt_id", how="left")
@@ -558,7 +560,8 @@ class Experiment:
 
         return judge_config(self.profile.eval.judge)
 
-    def _judge(self, run: GridRun, lang: str, answers: Cached) -> Cached | None:
+    def verdicts_of(self, run: GridRun, lang: str, answers: Cached) -> Cached | None:
+        """Where the judge's verdicts on ``answers`` are stored (None without a judge)."""
         j = self.profile.eval.judge
         if not (j.base_url and j.model):
             return None
@@ -574,8 +577,6 @@ class Experiment:
         """Rate every stored answer with the configured judge (the paper's protocol); replies are
         cached and stored raw. Without an endpoint, or without its key in the environment, nothing
         is judged and the message says so."""
-        from collections import Counter
-
         from .judge import JudgeItem, judge_responses, judge_summary, judge_unavailable, verdict_rows
 
         j = self.profile.eval.judge
@@ -585,10 +586,10 @@ class Experiment:
         config, counts = self.judge_config(), Counter()
         for run in self.runs():
             for lang in run.eval_languages:
-                answers = self._answers(run, lang)
+                answers = self.answers_of(run, lang)
                 if not answers.exists():
                     continue
-                verdicts = self._judge(run, lang, answers)
+                verdicts = self.verdicts_of(run, lang, answers)
                 if verdicts.exists():
                     rows = verdicts.read_rows()
                 else:
@@ -628,7 +629,7 @@ class Experiment:
             if frame.empty:
                 continue
             frames.append(frame.assign(run=run.label, recipe=run.recipe, method=run.method, seed=run.seed,
-                                       model=model_short_name(run.model), name=run.name,
+                                       model=design.model_short_name(run.model), name=run.name,
                                        seen=frame["lang"].isin(self.profile.data.train_languages)))
         if not frames:
             return pd.DataFrame()
@@ -636,7 +637,6 @@ class Experiment:
         for column in ("judge", "judge_status"):
             if column not in out:
                 out[column] = None
-        from .metrics import gated_score
 
         out["gated_judge"] = [None if pd.isna(j) else gated_score(int(j), bool(g)) for j, g in zip(out["judge"], out["gate"])]
         return out

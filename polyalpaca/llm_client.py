@@ -332,7 +332,7 @@ class ReplyCache:
 # --------------------------------------------------------------------------------------------
 # Client
 # --------------------------------------------------------------------------------------------
-class _MalformedReply(Exception):
+class MalformedReply(Exception):
     """The server answered 200 but the body is not a usable chat completion."""
 
 
@@ -509,7 +509,7 @@ class ChatClient:
                 kind, last_error = "timeout", f"no reply from {cfg.base_url} within {cfg.timeout_s} s"
             except openai.APIConnectionError as exc:
                 kind, last_error = "connection", self.redact(f"connection to {cfg.base_url} failed: {exc}")
-            except (json.JSONDecodeError, openai.APIResponseValidationError, _MalformedReply) as exc:
+            except (json.JSONDecodeError, openai.APIResponseValidationError, MalformedReply) as exc:
                 kind, last_error = "malformed", self.redact(f"malformed reply from {cfg.base_url}: {exc}")
             self.ledger.add_error(kind)
             if retry == cfg.max_retries:
@@ -525,11 +525,11 @@ class ChatClient:
 def _reply_content(response: Any) -> tuple[str, int, int]:
     choices = getattr(response, "choices", None)
     if not choices:
-        raise _MalformedReply("no choices in the body")
+        raise MalformedReply("no choices in the body")
     message = getattr(choices[0], "message", None)
     content = getattr(message, "content", None)
     if not isinstance(content, str):
-        raise _MalformedReply("the first choice has no text content")
+        raise MalformedReply("the first choice has no text content")
     usage = getattr(response, "usage", None)
     return (content, int(getattr(usage, "prompt_tokens", 0) or 0),
             int(getattr(usage, "completion_tokens", 0) or 0))

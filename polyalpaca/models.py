@@ -14,6 +14,7 @@ A model is named by a *spec*:
 """
 from __future__ import annotations
 
+import copy
 import logging
 from contextlib import contextmanager
 from functools import lru_cache
@@ -22,6 +23,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from .data import EMBEDDED_TRAIN_LANGUAGES, load_training_records
 from .files import atomic_folder
 from .paths import cache_dir
 
@@ -105,8 +107,6 @@ def tiny_bloom_folder(seed: int = 0) -> Path:
     def build(out: Path) -> None:
         from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
         from transformers import BloomConfig, BloomForCausalLM, PreTrainedTokenizerFast
-
-        from .data import EMBEDDED_TRAIN_LANGUAGES, load_training_records
 
         texts = [t for lang in EMBEDDED_TRAIN_LANGUAGES for r in load_training_records(lang, "embedded").items
                  for t in (r.instruction, r.input, r.output)]
@@ -203,8 +203,6 @@ def _resident_base(spec: str):
 
 def load_base_copy(spec: str):
     """A fresh, independent copy of the base model ``spec`` (see ``_resident_base``)."""
-    import copy
-
     return copy.deepcopy(_resident_base(spec))
 
 

@@ -6,15 +6,17 @@ import statistics
 import time
 from functools import lru_cache
 
-from .grid import Experiment, model_short_name
-from .recipes import recipe_cells
+from . import design
+from .grid import Experiment
+from .prompts import tokenize_example
+
+# models, likelihood (torch, transformers) and pandas are imported where a count or table needs
+# them: `polyalpaca check` and the offline plan run without them.
 
 
 def _token_lengths(exp: Experiment, model: str, records, memo: dict | None = None) -> list[int]:
     """Tokens of each record as trained (prompt + response). ``memo`` keeps the counts across
     calls: the grid trains the same records under several methods, recipes and seeds."""
-    from .prompts import tokenize_example
-
     tok = _tokenizer(model)
     cfg = exp.profile.lora
     memo = {} if memo is None else memo
@@ -110,29 +112,21 @@ def format_stats(stats: dict) -> str:
 
 
 def _cells(exp: Experiment, readable: bool):
-    """(model, method, recipe, name, languages, examples, tokens per epoch, budget units, trained
-    model key, seed) per grid run and seed. Readable data: the real training sets. Otherwise (the
-    Hub is unreachable) the recipes' own cell rules (``recipes.recipe_cells``) sized by the
-    profile's estimates, so a recipe cannot be planned by rules other than its own."""
+    """(cell, examples, tokens per epoch, trained model's identity) per run of the grid
+    (``design.cells``). Readable data: the real training sets and run keys. Otherwise (the Hub is
+    unreachable) the cells sized by the profile's estimates and identified by the recipes' rules."""
     p = exp.profile
+    cells = design.cells(p, include_base=False)
     if readable:
         memo: dict = {}
-        for run in exp.runs(include_base=False):
-            yield (run.model, run.method, run.recipe, run.name, run.languages, run.train_examples,
-                   sum(_token_lengths(exp, run.model, run.training_set.train, memo)), run.budget_units,
-                   run.model_key, run.seed)
+        for cell, run in zip(cells, exp.runs(include_base=False), strict=True):
+            yield (cell, run.train_examples, sum(_token_lengths(exp, run.model, run.training_set.train, memo)),
+                   run.model_key)
         return
-    langs = p.data.train_languages
     per_lang = p.grid.records_per_language_estimate - p.data.validation_size
-    for model in p.grid.models:
-        for method in p.grid.methods:
-            for seed in p.grid.seeds:
-                for recipe in p.grid.recipes:
-                    for cell in recipe_cells(recipe, langs, p.grid.recipes, p.grid.doses_at(seed), p.grid.dose_language):
-                        examples = round(cell.sets_of_one_language * per_lang)
-                        key = f"{model}/{method}/{seed}/{cell.same_model_as or cell.name}"
-                        yield (model, method, recipe, cell.name, list(cell.languages), examples,
-                               examples * p.grid.tokens_per_example_estimate, cell.budget_units, key, seed)
+    for cell in cells:
+        examples = round(cell.sets_of_one_language * per_lang)
+        yield cell, examples, examples * p.grid.tokens_per_example_estimate, cell.model_id
 
 
 def evaluation_estimate(exp: Experiment, readable: bool) -> dict:
@@ -224,13 +218,14 @@ def plan_table(exp: Experiment, gflops: float = 0.0) -> dict:
     except Exception as exc:  # the Hub is unreachable: estimate from the profile's stated sizes
         readable, reason = False, f"{type(exc).__name__}: {exc}"
     rows = []
-    seen_keys: set[str] = set()
-    for model, method, recipe, name, langs, examples, tokens, units, key, seed in _cells(exp, readable):
+    seen_keys: set = set()
+    for cell, examples, tokens, key in _cells(exp, readable):
+        method, model = cell.method, cell.model
         cfg = p.train_config(method)
         processed = tokens * cfg.epochs
-        row = {"run": f"{method}-{name}-s{seed}", "model": model_short_name(model), "method": method,
-               "recipe": recipe, "seed": seed, "languages": langs, "examples_per_epoch": examples,
-               "epochs": cfg.epochs, "tokens_processed": int(processed), "budget_units": units,
+        row = {"run": cell.label, "model": cell.short_model, "method": method,
+               "recipe": cell.recipe, "seed": cell.seed, "languages": list(cell.languages), "examples_per_epoch": examples,
+               "epochs": cfg.epochs, "tokens_processed": int(processed), "budget_units": cell.budget_units,
                "trains_new_model": key not in seen_keys}
         seen_keys.add(key)
         if p.tokens_per_second_estimate:

@@ -22,33 +22,20 @@ import shutil
 from pathlib import Path
 from typing import Any, Callable
 
-from .config import FindingsConfig, Profile, SettingsError, read_profile
+from .config import FindingsConfig, Method, Profile, SettingsError, allowed, read_profile
 from .data import EMBEDDED_TEST_LANGUAGES, EMBEDDED_TRAIN_LANGUAGES, LANGUAGES
+from .design import model_short_name
+from .files import JsonlError, iter_jsonl
+from .prompts import load_template
 from .recipes import RECIPES, dose_language
 
-METHODS = ("lora", "full")
-LOSS_ON = ("all", "response")
-# transformers' SchedulerType values (transformers 5.x); tests/test_preflight.py compares them with
-# the installed transformers, which is not imported here because it takes seconds.
-SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup",
-              "inverse_sqrt", "reduce_lr_on_plateau", "cosine_with_min_lr", "cosine_warmup_with_min_lr",
-              "warmup_stable_decay", "greedy")
-PRECISIONS = ("auto", "fp32", "bf16")
-CHECKPOINTING = ("auto", "on", "off")
-DATA_SOURCES = ("embedded", "hub", "files")
-EVAL_BACKENDS = ("local", "server")
-GATE_LANGUAGES = ("study", "all")
-ENGLISH_ANSWERS = ("every-seed", "first-seed")
-TRANSLATION_BACKENDS = ("local", "api")
+# serving (openai) is imported only for a profile with the server backend.
+
+# The allowed values of a setting are declared on its field (``polyalpaca.config``, as ``Literal``)
+# and checked where its type is; the rules here are those that a type cannot state.
+METHODS = allowed(Method)
 
 Rule = Callable[[Profile], list[str]]
-
-
-def _one_of(key: str, value: str, allowed: tuple[str, ...]) -> list[str]:
-    if value in allowed:
-        return []
-    names = ", ".join(allowed[:-1]) + " or " + allowed[-1] if len(allowed) > 1 else allowed[0]
-    return [f"{key}: expected {names}, got {value!r}"]
 
 
 def _number(value) -> str:
@@ -79,33 +66,10 @@ def _key_missing(key: str, env_name: str, why: str) -> list[str]:
 # --- training -----------------------------------------------------------------------------------
 
 def check_methods(p: Profile) -> list[str]:
-    """``grid.methods``: one or more of lora, full."""
+    """``grid.methods``: one or more, each once."""
     if not p.grid.methods:
-        return ["grid.methods: empty; expected one or more of lora, full"]
-    return [f"grid.methods: unknown method {m!r}; expected lora or full"
-            for m in p.grid.methods if m not in METHODS] + _twice("grid.methods", p.grid.methods)
-
-
-def check_loss_on(p: Profile) -> list[str]:
-    """``loss_on``: all (prompt and response) or response (prompt masked)."""
-    return [msg for m in METHODS for msg in _one_of(f"{m}.loss_on", p.train_config(m).loss_on, LOSS_ON)]
-
-
-def check_scheduler(p: Profile) -> list[str]:
-    """``scheduler``: a learning-rate schedule transformers knows."""
-    return [f"{m}.scheduler: unknown schedule {p.train_config(m).scheduler!r}; expected one of {', '.join(SCHEDULERS)}"
-            for m in METHODS if p.train_config(m).scheduler not in SCHEDULERS]
-
-
-def check_precision(p: Profile) -> list[str]:
-    """``precision``: auto, fp32 or bf16."""
-    return [msg for m in METHODS for msg in _one_of(f"{m}.precision", p.train_config(m).precision, PRECISIONS)]
-
-
-def check_gradient_checkpointing(p: Profile) -> list[str]:
-    """``gradient_checkpointing``: auto, on or off."""
-    return [msg for m in METHODS
-            for msg in _one_of(f"{m}.gradient_checkpointing", p.train_config(m).gradient_checkpointing, CHECKPOINTING)]
+        return [f"grid.methods: empty; expected one or more of {', '.join(METHODS)}"]
+    return _twice("grid.methods", p.grid.methods)
 
 
 def check_training_numbers(p: Profile) -> list[str]:
@@ -133,8 +97,6 @@ def check_training_numbers(p: Profile) -> list[str]:
 
 def check_templates(p: Profile) -> list[str]:
     """Each method's and each decoding's prompt template exists; ``validation_limit`` >= 0."""
-    from .prompts import load_template
-
     named = [(f"{m}.template", p.train_config(m).template) for m in METHODS]
     named += [(f"{key}.template", d.template) for key, d in (("eval.decoding", p.eval.decoding),
                                                              ("eval.decoding_full", p.eval.decoding_full)) if d]
@@ -167,7 +129,7 @@ def check_data_source(p: Profile) -> list[str]:
     """``data.source``: embedded, hub or files; files needs a ``files_pattern`` whose files exist."""
     d = p.data
     if d.source != "files":
-        return _one_of("data.source", d.source, DATA_SOURCES)
+        return []
     if not d.files_pattern:
         return ["data.files_pattern: empty; data.source = 'files' needs a pattern such as data/alpaca_{lang}.json"]
     if "{lang}" not in d.files_pattern:
@@ -252,12 +214,10 @@ def check_limits(p: Profile) -> list[str]:
 # --- the grid -----------------------------------------------------------------------------------
 
 def check_recipes(p: Profile) -> list[str]:
-    """``grid.recipes``: known recipes; english-only needs English training data."""
+    """``grid.recipes``: one or more, each once; english-only needs English training data."""
     if not p.grid.recipes:
         return [f"grid.recipes: empty; expected one or more of {', '.join(RECIPES)}"]
-    problems = [f"grid.recipes: unknown recipe {r!r}; expected one of {', '.join(RECIPES)}"
-                for r in p.grid.recipes if r not in RECIPES]
-    problems += _twice("grid.recipes", p.grid.recipes)
+    problems = _twice("grid.recipes", p.grid.recipes)
     if "english-only" in p.grid.recipes and "en" not in p.data.train_languages:
         problems.append("grid.recipes: english-only needs 'en' in data.train_languages")
     return problems
@@ -269,7 +229,7 @@ def check_doses(p: Profile) -> list[str]:
     the monolingual model's records), distinct."""
     g, langs = p.grid, p.data.train_languages
     if "dose" not in g.recipes:
-        return ["grid.doses: set, but 'dose' is not in grid.recipes"] if g.doses else []
+        return []  # the doses are the dose recipe's: without it they train nothing
     problems = [] if g.doses else ["grid.doses: empty; the dose recipe needs one or more doses (records replaced)"]
     lang = dose_language(langs, g.dose_language)
     if "en" not in langs:
@@ -326,18 +286,15 @@ def check_decoding(p: Profile) -> list[str]:
 
 
 def check_gate(p: Profile) -> list[str]:
-    """``eval.gate_languages``: study or all; ``eval.english_answers``: every-seed or first-seed;
-    ``eval.likelihood_sentences`` not negative."""
-    return (_one_of("eval.gate_languages", p.eval.gate_languages, GATE_LANGUAGES)
-            + _one_of("eval.english_answers", p.eval.english_answers, ENGLISH_ANSWERS)
-            + _at_least("eval.likelihood_sentences", p.eval.likelihood_sentences, 0))
+    """``eval.likelihood_sentences`` not negative."""
+    return _at_least("eval.likelihood_sentences", p.eval.likelihood_sentences, 0)
 
 
 def check_eval_backend(p: Profile) -> list[str]:
-    """``eval.backend``: local or server; server needs ``eval.server.base_url``."""
+    """``eval.backend = server`` needs ``eval.server.base_url`` and decoding a server can do."""
     e = p.eval
     if e.backend != "server":
-        return _one_of("eval.backend", e.backend, EVAL_BACKENDS)
+        return []
     problems = [] if e.server.base_url else [
         "eval.server.base_url: empty; eval.backend = 'server' needs the server's URL, e.g. http://localhost:8000/v1"]
     from .serving import server_decoding_problems  # only for the server backend (it imports openai)
@@ -350,8 +307,6 @@ def check_eval_backend(p: Profile) -> list[str]:
 
 def _has_references(path: Path) -> str:
     """'' when every prompt in the JSONL file has a non-empty reference, else where the first does not."""
-    from .files import JsonlError, iter_jsonl
-
     for lineno, row in iter_jsonl(path):
         if isinstance(row, JsonlError):
             return f"{path}:{lineno} is not valid JSON"
@@ -391,9 +346,9 @@ def check_judge(p: Profile) -> list[str]:
 
 
 def check_translation(p: Profile) -> list[str]:
-    """``translation``: backend local or api (api needs ``base_url``), a model, sizes in range."""
+    """``translation``: the api backend needs ``base_url``; a model; sizes in range."""
     t = p.translation
-    problems = _one_of("translation.backend", t.backend, TRANSLATION_BACKENDS)
+    problems = []
     if t.backend == "api" and not t.base_url:
         problems.append("translation.base_url: empty; translation.backend = 'api' needs the endpoint's URL")
     if not t.model:
@@ -440,8 +395,7 @@ def check_server_key(p: Profile) -> list[str]:
 
 
 SETTINGS_RULES: tuple[Rule, ...] = (
-    check_methods, check_loss_on, check_scheduler, check_precision, check_gradient_checkpointing,
-    check_training_numbers, check_templates, check_effective_batch, check_data_source, check_test_source, check_languages,
+    check_methods, check_training_numbers, check_templates, check_effective_batch, check_data_source, check_test_source, check_languages,
     check_embedded_languages, check_unseen_languages, check_limits, check_recipes, check_doses, check_grid, check_findings,
     check_decoding, check_gate, check_eval_backend, check_likelihood_references, check_judge, check_translation, check_book,
 )
@@ -480,7 +434,7 @@ def model_params_billions(profile: Profile, model: str) -> float | None:
     bloom-7b1: 7.1); None when neither says."""
     if model in profile.grid.model_params_billions:
         return profile.grid.model_params_billions[model]
-    match = _SIZE_IN_NAME.search(model.split(":")[-1].rstrip("/").split("/")[-1])
+    match = _SIZE_IN_NAME.search(model_short_name(model))
     if not match:
         return None
     whole, unit, fraction = match.groups()
@@ -506,7 +460,7 @@ def disk_estimate(profile: Profile, plan: dict, folder: str | Path | None = None
     copy. Models of unknown size are listed, not counted. With ``folder`` (the artefacts folder)
     the free space on its disk is added."""
     sizes = {model: model_params_billions(profile, model) for model in profile.grid.models}
-    by_short = {model.split(":")[-1].rstrip("/").split("/")[-1]: model for model in profile.grid.models}
+    by_short = {model_short_name(model): model for model in profile.grid.models}
     written_gb, peak_gb, unknown = 0.0, 0.0, sorted(m for m, s in sizes.items() if s is None)
     for row in plan["runs"]:
         billions = sizes.get(by_short.get(row["model"], row["model"]))

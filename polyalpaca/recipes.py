@@ -21,10 +21,10 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
+from .config import Recipe, allowed
 from .data import Record
 
-RECIPES = ("monolingual", "multilingual", "english-only", "downsampled", "dose")
-PAPER_RECIPES = RECIPES[:4]
+RECIPES = allowed(Recipe)  # declared on the setting grid.recipes
 
 
 @dataclass

@@ -28,21 +28,23 @@ multi-LoRA: ``vllm serve BASE --enable-lora --lora-modules KEY=RUN/model ...``);
 served on its own (``vllm serve RUN/model --served-model-name KEY``). ``vllm_serve_commands``
 writes those commands from the grid's trained runs:
 
-    python -m polyalpaca.serving vllm-command --profile paper
+    polyalpaca serve --profile paper
 """
 from __future__ import annotations
 
-import argparse
-import sys
+import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from . import store
 from .config import DecodingConfig, ServerSettings
 from .data import TestPrompt
-from .llm_client import ChatClient, ChatRequest, EndpointConfig, EndpointError, _MalformedReply
+from .llm_client import ChatClient, ChatRequest, EndpointConfig, EndpointError, MalformedReply
 from .prompts import PromptTemplate
 
+# generate and models (torch, transformers) are imported only when an answer is cut or a
+# command names a converted model: the client side needs neither.
 
 
 @dataclass(frozen=True)
@@ -134,7 +136,7 @@ class CompletionClient(ChatClient):
                                                    **self.config.request_params())
         choices = getattr(response, "choices", None)
         if not choices or not isinstance(getattr(choices[0], "text", None), str):
-            raise _MalformedReply("no text choice in the body")
+            raise MalformedReply("no text choice in the body")
         if self.config.beams > 1 and len(choices) != self.config.beams:
             raise EndpointError(
                 f"asked {self.config.base_url} for beam search with {self.config.beams} beams (use_beam_search, "
@@ -147,9 +149,9 @@ class CompletionClient(ChatClient):
 
 def answer_from_continuation(template: PromptTemplate, continuation: str, stop_strings) -> str:
     """The answer in a generated continuation, cut as the in-process backend cuts it."""
-    from .generate import _cut_at_stop
+    from .generate import cut_at_stop
 
-    return template.extract_response(template.response_marker + "\n" + _cut_at_stop(continuation, stop_strings))
+    return template.extract_response(template.response_marker + "\n" + cut_at_stop(continuation, stop_strings))
 
 
 def answer_prompts_via_server(prompts: list[TestPrompt], template: PromptTemplate, decoding: DecodingConfig,
@@ -193,8 +195,6 @@ def vllm_serve_commands(exp, port: int = 8000) -> list[str]:
     finished full fine-tune. Each run is served under its model key, the name the evaluation asks
     for; the base model under ``eval.server.model`` or its spec (``pypi:`` and ``tiny-`` specs are
     given as their converted folder, converted once if needed)."""
-    import shlex
-
     from .models import resolve_model
 
     p = exp.profile
@@ -212,37 +212,14 @@ def vllm_serve_commands(exp, port: int = 8000) -> list[str]:
         cmd = ["vllm", "serve", resolve_model(model), "--served-model-name", served, "--port", str(port), "--dtype", "auto"]
         if lora and server.lora_adapters:
             cmd += ["--enable-lora", "--max-lora-rank", str(p.lora.lora.r), "--max-loras", str(min(len(lora), 8)),
-                    "--lora-modules", *[f"{r.model_key}={exp.run_dir(r) / 'model'}" for r in lora]]
+                    "--lora-modules", *[f"{r.model_key}={store.model_folder(exp.run_dir(r))}" for r in lora]]
         commands.append(shlex.join(cmd))
         for run in trained.get(model, {}).get("full", []):
             # A run folder holds no copy of the tokenizer: it is the base model's.
-            commands.append(shlex.join(["vllm", "serve", str(exp.run_dir(run) / "model"), "--tokenizer",
+            commands.append(shlex.join(["vllm", "serve", str(store.model_folder(exp.run_dir(run))), "--tokenizer",
                                         resolve_model(model), "--served-model-name", run.model_key, "--port",
                                         str(port), "--dtype", "auto"]))
         if lora and not server.lora_adapters:
             commands.append(f"# {len(lora)} LoRA run(s) of {model}: set eval.server.lora_adapters = true to serve "
                             "them as adapters of the base model")
     return commands
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m polyalpaca.serving",
-                                     description="vLLM commands that serve a grid's trained runs")
-    sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("vllm-command", help="print the vllm serve commands for the trained runs")
-    p.add_argument("--profile", default="paper")
-    p.add_argument("--artefacts", default=None)
-    p.add_argument("-s", "--set", nargs=2, action="append", default=[], metavar=("KEY", "VALUE"))
-    p.add_argument("--port", type=int, default=8000)
-    args = parser.parse_args(argv)
-    from .config import load_profile
-    from .grid import Experiment
-
-    exp = Experiment(load_profile(args.profile, dict(args.set)), args.artefacts)
-    for line in vllm_serve_commands(exp, args.port):
-        print(line)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

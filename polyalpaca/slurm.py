@@ -1,9 +1,9 @@
 """A profile's grid as a SLURM array job: one array task trains one model of the grid.
 
-    python -m polyalpaca.slurm jobs --profile paper     index<TAB>run<TAB>done|todo, one line a job
-                                                        (a 4th column names runs sharing the model)
-    python -m polyalpaca.slurm array --profile paper    the indices still to train, for sbatch --array
-    python -m polyalpaca.slurm run --profile paper --index 7    the run id of job 7 (for polyalpaca train)
+    polyalpaca slurm jobs --profile paper      index<TAB>run<TAB>done|todo, one line a job
+                                               (a 4th column names runs sharing the model)
+    polyalpaca slurm array --profile paper     the indices still to train, for sbatch --array
+    polyalpaca slurm run --profile paper --index 7    the run id of job 7 (for polyalpaca train)
 
 ``scripts/slurm/train_grid.sbatch`` uses them: each array task trains its job with ``accelerate
 launch ... -m polyalpaca train --run RUN_ID`` on N nodes x G GPUs, into the shared artefacts
@@ -12,25 +12,21 @@ model (the English-only run *is* the English monolingual run) are one job, so no
 train into the same folder. A task that is stopped resumes from its last checkpoint when it runs
 again; a job that is done is skipped.
 
-The list is built from the grid (``Experiment.runs``) where the training data can be read. Where
-they cannot (the paper's data are on the Hugging Face Hub), it is built from the profile's grid
-description with the same recipe rules (``polyalpaca.recipes.recipe_cells``) in the same order,
-so the indices are the same on a machine without the data and in the array tasks that have them;
-"done" is then read from the run records (``run.json`` and ``DONE``) in the artefacts folder.
+The jobs are the grid's trained models (``polyalpaca.design.trained_models``: the recipes' rules,
+in grid order), so the indices are the same on a machine without the data and in the array tasks
+that have them. Where the training data can be read, each job also carries its run id and "done"
+comes from the run folder; where they cannot (the paper's data are on the Hugging Face Hub),
+"done" is read from the run records (``run.json`` and ``DONE``) in the artefacts folder.
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
-import sys
 from dataclasses import dataclass
-from pathlib import Path
 
-from .config import load_profile
+from . import design, store
 from .data import DataError
 from .grid import Experiment
-from .recipes import recipe_cells
 
 
 @dataclass(frozen=True)
@@ -59,67 +55,45 @@ class JobList:
 
 
 def grid_jobs(exp: Experiment) -> JobList:
-    """The jobs of ``exp``'s grid, in grid order (models, methods, seeds, recipes)."""
+    """The jobs of ``exp``'s grid, one per trained model (``design.trained_models``), in grid order
+    (models, methods, seeds, recipes). Where the training data can be read, each job carries the
+    run id that ``polyalpaca train --run`` is given."""
+    models = design.trained_models(exp.profile)
     try:
-        runs = exp.runs(include_base=False)
+        runs = {run.label: run for run in exp.runs(include_base=False)}
     except (OSError, DataError) as exc:  # e.g. the Hub is unreachable: ConnectionError is an OSError
-        return JobList(_jobs_from_description(exp), from_data=False,
+        return JobList(_jobs_from_records(exp, models), from_data=False,
                        note=f"training data not readable here ({type(exc).__name__}: {exc}); jobs from the "
                             "profile's grid description, done from the run records")
-    jobs: list[Job] = []
-    by_key: dict[str, int] = {}
-    for run in runs:
-        if run.model_key in by_key:
-            first = jobs[by_key[run.model_key]]
-            jobs[by_key[run.model_key]] = dataclasses.replace(first, shared_with=(*first.shared_with, run.label))
-            continue
-        by_key[run.model_key] = len(jobs)
-        jobs.append(Job(len(jobs), run.label, run.model, run.method, run.seed, exp.is_trained(run), run.run_id))
+    jobs = []
+    for cells in models:
+        run = runs[cells[0].label]
+        jobs.append(Job(len(jobs), run.label, run.model, run.method, run.seed, exp.is_trained(run), run.run_id,
+                        tuple(c.label for c in cells[1:])))
     return JobList(jobs, from_data=True)
 
 
-def _jobs_from_description(exp: Experiment) -> list[Job]:
-    """The same jobs from the profile alone: cells from the recipe rules; a cell that trains the
-    same model as an earlier one joins that job, as identical training ids do with the data."""
+def _jobs_from_records(exp: Experiment, models: list[list[design.Cell]]) -> list[Job]:
+    """The same jobs without the data: done when a finished run record (``run.json`` and
+    ``DONE``) has the job's model, method, seed, settings and one of its cells' names."""
     p = exp.profile
-    langs = list(p.data.train_languages)
-    finished = _finished_runs(exp.root / "runs")
+    finished = store.finished_run_records(exp.root)
     jobs: list[Job] = []
-    for model in p.grid.models:
-        for method in p.grid.methods:
-            cfg = p.train_config(method)
-            for seed in p.grid.seeds:
-                train_config = _plain(dataclasses.asdict(dataclasses.replace(cfg, seed=seed)))
-                done_names = {r["name"] for r in finished if (r["model"], r["method"], r["seed"]) == (model, method, seed)
-                              and _plain(r["train_config"]) == train_config}
-                by_model: dict[str, int] = {}
-                for recipe in p.grid.recipes:
-                    for cell in recipe_cells(recipe, langs, list(p.grid.recipes), p.grid.doses_at(seed),
-                                             p.grid.dose_language):
-                        label = f"{method}-{cell.name}-s{seed}"
-                        same = cell.same_model_as or cell.name
-                        if same in by_model:
-                            first = jobs[by_model[same]]
-                            jobs[by_model[same]] = dataclasses.replace(first, shared_with=(*first.shared_with, label))
-                            continue
-                        by_model[cell.name] = by_model[same] = len(jobs)
-                        done = cell.name in done_names or same in done_names
-                        jobs.append(Job(len(jobs), label, model, method, seed, done))
+    for cells in models:
+        first = cells[0]
+        train_config = _plain(dataclasses.asdict(dataclasses.replace(p.train_config(first.method), seed=first.seed)))
+        done_names = {r["name"] for r in finished
+                      if (r["model"], r["method"], r["seed"]) == (first.model, first.method, first.seed)
+                      and _plain(r["train_config"]) == train_config}
+        done = any(c.name in done_names for c in cells)
+        jobs.append(Job(len(jobs), first.label, first.model, first.method, first.seed, done,
+                        shared_with=tuple(c.label for c in cells[1:])))
     return jobs
 
 
 def _plain(value) -> str:
     """A canonical text of JSON-like data (tuples and lists alike), for comparing settings."""
     return json.dumps(value, sort_keys=True)
-
-
-def _finished_runs(runs_dir: Path) -> list[dict]:
-    """The records (``run.json``) of the run folders marked ``DONE``."""
-    out = []
-    for record in sorted(runs_dir.glob("*/run.json")):
-        if (record.parent / "DONE").exists():
-            out.append(json.loads(record.read_text(encoding="utf-8")))
-    return out
 
 
 def array_spec(indices: list[int]) -> str:
@@ -134,54 +108,3 @@ def array_spec(indices: list[int]) -> str:
         parts.append(str(ordered[start]) if start == end else f"{ordered[start]}-{ordered[end]}")
         start = end + 1
     return ",".join(parts)
-
-
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m polyalpaca.slurm", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = parser.add_subparsers(dest="command", required=True)
-    for name, text in (("jobs", "list the jobs: index, run, done|todo"),
-                       ("array", "the indices still to train, in sbatch --array syntax"),
-                       ("run", "the run id of one job, for polyalpaca train --run")):
-        p = sub.add_parser(name, help=text)
-        p.add_argument("--profile", default="paper", help="profile name or TOML file (default: paper)")
-        p.add_argument("--artefacts", default=None, help="artefacts folder (default: $POLYALPACA_ARTEFACTS/<profile>)")
-        p.add_argument("-s", "--set", nargs=2, action="append", default=[], metavar=("KEY", "VALUE"),
-                       help="override a profile setting, as for polyalpaca train (repeatable)")
-        if name == "array":
-            p.add_argument("--max-parallel", type=int, default=0, help="at most this many tasks at a time (%%N)")
-        if name == "run":
-            p.add_argument("--index", type=int, required=True, help="the job's index ($SLURM_ARRAY_TASK_ID)")
-    return parser
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    exp = Experiment(load_profile(args.profile, dict(args.set)), args.artefacts)
-    listing = grid_jobs(exp)
-    if listing.note:
-        print(f"polyalpaca.slurm: {listing.note}", file=sys.stderr)
-    if args.command == "jobs":
-        for job in listing.jobs:
-            shared = f"\tsame model: {', '.join(job.shared_with)}" if job.shared_with else ""
-            print(f"{job.index}\t{job.label}\t{job.status}{shared}")
-        return 0
-    if args.command == "array":
-        todo = array_spec([job.index for job in listing.jobs if not job.done])
-        if not todo:
-            print("polyalpaca.slurm: every job is done", file=sys.stderr)
-            return 0
-        print(todo + (f"%{args.max_parallel}" if args.max_parallel else ""))
-        return 0
-    if not 0 <= args.index < len(listing.jobs):
-        print(f"polyalpaca.slurm: no job {args.index}; the grid has jobs 0-{len(listing.jobs) - 1}", file=sys.stderr)
-        return 2
-    if not listing.from_data:
-        print("polyalpaca.slurm: the run id needs the training data, which cannot be read here", file=sys.stderr)
-        return 2
-    print(listing.jobs[args.index].run_id)
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

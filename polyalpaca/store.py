@@ -13,24 +13,26 @@ stored under a name that contains the key. So:
 
 Results are written atomically (``polyalpaca.files``: a temporary file, then a rename), and a result counts only
 when its file exists: a job killed half-way leaves at most a ``.tmp`` file, never a result.
-Training runs are folders marked finished by a ``DONE`` file (``polyalpaca.train.train_run``).
+Training runs are folders marked finished by a ``DONE`` file (``polyalpaca.train.train_run``); the
+run-folder functions below are the only code that names their files.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
+import shutil
+import time
 from pathlib import Path
 from typing import Any, Iterable
 
-from .files import atomic_write_json, folder_lock, read_jsonl, tree_size, write_jsonl
+from .files import atomic_write_json, atomic_write_text, folder_lock, read_jsonl, tree_size, write_jsonl
 
 KEY_LENGTH = 12
 
 
 def canonical(obj: Any) -> str:
     """The canonical JSON text of ``obj`` (sorted keys, tuples as lists, dataclasses as dicts)."""
-    import dataclasses
-
     def default(o):
         if dataclasses.is_dataclass(o):
             return dataclasses.asdict(o)
@@ -94,6 +96,73 @@ class Cached:
         return json.loads(self.path.read_text(encoding="utf-8"))
 
 
+# --- run folders --------------------------------------------------------------------------------
+# A trained model lives in ``<artefacts>/runs/<model key>/``: ``run.json`` (what was run and how it
+# was launched), ``train_ids.jsonl`` (the exact training records), ``train_result.json`` (losses,
+# steps, time), the model in ``model/`` and, once finished, ``DONE``. These functions are the only
+# readers and writers of those names.
+
+RUN_RECORD, TRAIN_IDS, TRAIN_RESULT, DONE = "run.json", "train_ids.jsonl", "train_result.json", "DONE"
+
+
+def run_folder(root: str | Path, model_key: str) -> Path:
+    """The folder of the trained model named ``model_key`` under the artefacts folder ``root``."""
+    return Path(root) / "runs" / model_key
+
+
+def model_folder(run_dir: str | Path) -> Path:
+    """Where a run folder keeps its trained model (weights or LoRA adapter)."""
+    return Path(run_dir) / "model"
+
+
+def checkpoint_folder(run_dir: str | Path) -> Path:
+    """Where an unfinished run keeps its resumable checkpoints."""
+    return Path(run_dir) / "checkpoints"
+
+
+def done_marker(run_dir: str | Path) -> Path:
+    return Path(run_dir) / DONE
+
+
+def is_done(run_dir: str | Path) -> bool:
+    """Whether the run folder's training finished (its results are all written)."""
+    return done_marker(run_dir).exists()
+
+
+def mark_done(run_dir: str | Path) -> Path:
+    return atomic_write_text(done_marker(run_dir), time.strftime("%Y-%m-%dT%H:%M:%S\n"))
+
+
+def read_train_result(run_dir: str | Path) -> dict | None:
+    """The run's recorded training result (``train.TrainResult`` as a dict), None before there is one."""
+    path = Path(run_dir) / TRAIN_RESULT
+    return json.loads(path.read_text(encoding="utf-8")) if path.exists() else None
+
+
+def write_train_result(run_dir: str | Path, result: dict) -> Path:
+    return atomic_write_json(Path(run_dir) / TRAIN_RESULT, result)
+
+
+def read_run_record(run_dir: str | Path) -> dict | None:
+    """What ``run.json`` says about the run (settings, seed, launches), None before it is written."""
+    path = Path(run_dir) / RUN_RECORD
+    return json.loads(path.read_text(encoding="utf-8")) if path.exists() else None
+
+
+def write_run_record(run_dir: str | Path, record: dict) -> Path:
+    return atomic_write_json(Path(run_dir) / RUN_RECORD, record)
+
+
+def write_train_ids(run_dir: str | Path, ids: Iterable[dict]) -> Path:
+    return write_jsonl(Path(run_dir) / TRAIN_IDS, ids)
+
+
+def finished_run_records(root: str | Path) -> list[dict]:
+    """The records (``run.json``) of the finished run folders under the artefacts folder ``root``."""
+    return [read_run_record(record.parent) for record in sorted((Path(root) / "runs").glob(f"*/{RUN_RECORD}"))
+            if is_done(record.parent)]
+
+
 # --- removing artefacts ---------------------------------------------------------------------
 
 # What a run folder holds besides its records: the trained model, resumable checkpoints, and the
@@ -106,8 +175,6 @@ def remove_artefacts(root: str | Path, models_only: bool = False) -> tuple[int, 
     checkpoints (records, losses, answers and scores stay; a step that needs a model retrains it
     from its recorded settings). Returns (bytes freed, folders removed). A run folder that another
     process is writing raises ``FolderBusy`` and nothing of it is removed."""
-    import shutil
-
     root = Path(root)
     if not root.exists():
         return 0, 0

@@ -22,7 +22,16 @@ from pathlib import Path
 
 import pandas as pd
 
+from .book import chapter_path
+from .config import with_overrides
 from .data import EMBEDDED_TRAIN_LANGUAGES, Record, embedded_train
+from .grid import Experiment
+from .paths import PROJECT_ROOT
+from .planning import plan_table
+from .prompts import tokenize_example
+
+# models, train, peft (torch) and the plotting libraries are imported by the pictures that use
+# them.
 
 #: Reading speed behind "time to read": words of prose a minute, plus time per figure or table.
 WORDS_PER_MINUTE = 200
@@ -57,8 +66,6 @@ def table(frame: pd.DataFrame, precision: int = 2, index: bool = False, formats:
 def reading_minutes(chapter: str) -> int:
     """Minutes to read a chapter: its prose at ``WORDS_PER_MINUTE`` plus ``MINUTES_PER_OUTPUT`` for
     each code cell that shows something (figures, tables), counted from the chapter's source."""
-    from .book import chapter_path
-
     nb = json.loads(chapter_path(chapter).read_text(encoding="utf-8"))
     words = outputs = 0
     for cell in nb["cells"]:
@@ -84,8 +91,6 @@ def chapter_times(chapter: str, exp, record: str | Path = "generated/timings.jso
     relative path finds it) for ``exp``'s profile: the slowest recorded build, which computed the
     artefacts, and the last one, which may have reused them. Without a record, the training and evaluation chapters give
     the prediction of ``polyalpaca plan`` (``planning.plan_table``) for profiles with measured rates."""
-    from .book import chapter_path
-
     name = chapter_path(chapter).stem
     read = f"about {reading_minutes(name)} min"
     path = Path(record)
@@ -99,8 +104,6 @@ def chapter_times(chapter: str, exp, record: str | Path = "generated/timings.jso
         return {"read": read, "run": run}
     predicted = None
     if name in ("03_training", "04_evaluation") and exp.profile.tokens_per_second_estimate:
-        from .planning import plan_table
-
         totals = plan_table(exp)["totals"]
         predicted = totals.get("cpu_minutes" if name == "03_training" else "evaluation_minutes")
     if predicted is not None:
@@ -134,8 +137,6 @@ def token_training_frame(record: Record, tokenizer, template, methods: dict) -> 
     (``polyalpaca.prompts.tokenize_example``): the token's text, whether it belongs to the prompt or
     the response, and one column per method (``methods``: name -> ``TrainConfig``) saying whether
     that method's loss is taken on it."""
-    from .prompts import tokenize_example
-
     max_length = max(cfg.max_length for cfg in methods.values())
     parts = tokenize_example(record, tokenizer, template, max_length, "response")
     frame = pd.DataFrame({
@@ -356,8 +357,6 @@ def learning_rate_check(profile: str) -> tuple[pd.DataFrame, dict] | None:
     """The stored learning-rate check of ``profile`` (``benchmarks/lr_check.py``): one grid run
     trained at a few learning rates per method, with its validation losses and score gains; None
     when the check was not run for this profile."""
-    from .paths import PROJECT_ROOT
-
     path = PROJECT_ROOT / "benchmarks" / "results" / f"lr_check_{profile}.json"
     if not path.exists():
         return None
@@ -370,11 +369,11 @@ def learning_rate_frame(exp) -> pd.DataFrame:
     (a model shared by two runs, like English-only and monolingual-en, once)."""
     rows, seen = [], set()
     for run in exp.runs(include_base=False):
-        path = exp.run_dir(run) / "train_result.json"
-        if not path.exists() or path in seen:
+        result = exp.train_result(run)
+        if result is None or run.model_key in seen:
             continue
-        seen.add(path)
-        history = [h for h in json.loads(path.read_text())["log_history"] if "learning_rate" in h]
+        seen.add(run.model_key)
+        history = [h for h in result["log_history"] if "learning_rate" in h]
         last = max((h["step"] for h in history), default=1)
         rows += [{"run": run.name, "method": METHOD_NAMES.get(run.method, run.method), "step": h["step"],
                   "progress": h["step"] / last, "learning rate": h["learning_rate"]} for h in history]
@@ -436,7 +435,4 @@ def variant(exp, overrides: dict, artefacts_dir: str | Path | None = None):
     """The experiment ``exp`` with a few settings changed, writing to the same artefacts folder by
     default: every stored result is keyed by what shaped it, so runs the change does not touch are
     reused and changed ones are stored next to the originals, never over them."""
-    from .config import with_overrides
-    from .grid import Experiment
-
     return Experiment(with_overrides(exp.profile, overrides), artefacts_dir or exp.root)

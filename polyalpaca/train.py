@@ -32,6 +32,7 @@ import logging
 import math
 import os
 import random
+import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -39,14 +40,16 @@ from pathlib import Path
 import numpy as np
 import torch
 from datasets import Dataset
+from peft import LoraConfig
 from transformers import TrainerCallback
 from transformers.trainer_callback import PrinterCallback
 from trl import SFTConfig, SFTTrainer
 
+from . import packed_attention, store
 from .config import TrainConfig
 from .data import Record
-from .files import atomic_write_json, atomic_write_text, folder_lock, write_jsonl
-from . import packed_attention
+from .design import gradient_accumulation_steps
+from .files import atomic_write_json, folder_lock
 from .fused_loss import add_fast_lm_loss
 from .models import load_model, load_tokenizer, load_trained  # noqa: F401  (load_trained: re-exported)
 from .prompts import PromptTemplate, tokenize_example  # noqa: F401  (tokenize_example: re-exported)
@@ -168,20 +171,6 @@ def hardware() -> dict:
     }
 
 
-def gradient_accumulation_steps(cfg: TrainConfig, processes: int) -> int:
-    """Steps accumulated per optimizer step: ``effective_batch / (batch_size x processes)`` when
-    the profile declares an effective batch, else ``cfg.gradient_accumulation`` as given."""
-    if cfg.effective_batch <= 0:
-        return cfg.gradient_accumulation
-    per_step = cfg.batch_size * processes
-    if cfg.effective_batch % per_step:
-        raise ValueError(
-            f"{cfg.method}.effective_batch = {cfg.effective_batch} is not a multiple of {cfg.method}.batch_size "
-            f"({cfg.batch_size}) x {processes} process{'es' if processes != 1 else ''} = {per_step}: change "
-            f"{cfg.method}.batch_size or the number of processes so that the effective batch divides evenly")
-    return cfg.effective_batch // per_step
-
-
 def resolve_precision(cfg: TrainConfig, hw: dict) -> str:
     if cfg.precision == "auto":
         return "bf16" if hw["bf16"] else "fp32"
@@ -244,7 +233,6 @@ def build_sft_config(cfg: TrainConfig, output_dir: Path, *, has_validation: bool
 def build_peft_config(cfg: TrainConfig):
     if cfg.method != "lora":
         return None
-    from peft import LoraConfig
 
     return LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
                       target_modules=list(cfg.lora.target_modules), bias="none", task_type="CAUSAL_LM")
@@ -303,7 +291,7 @@ def train(model_spec: str, train_records: list[Record], validation_records: list
     ``train_result.json`` (no tokenizer copy: the run's is its base model's). A run interrupted
     after an epoch resumes from its last checkpoint in ``run_dir/checkpoints``."""
     run_dir = Path(run_dir)
-    ckpt_dir = run_dir / "checkpoints"
+    ckpt_dir = store.checkpoint_folder(run_dir)
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     fast = cfg.fast_path if fast is None else fast
     processes = launched_processes()
@@ -339,7 +327,7 @@ def train(model_spec: str, train_records: list[Record], validation_records: list
     before = _validation_loss_before(trainer, ckpt_dir) if measure_before else None
     trainer.train(resume_from_checkpoint=last_checkpoint(ckpt_dir))
     seconds = time.time() - start
-    model_dir = run_dir / "model"
+    model_dir = store.model_folder(run_dir)
     trainer.processing_class = None  # no tokenizer copy in the run: it is the base model's (models.load_tokenizer)
     trainer.save_model(str(model_dir))  # every process calls it: sharded models are gathered first
     best = trainer.state.best_metric
@@ -353,7 +341,7 @@ def train(model_spec: str, train_records: list[Record], validation_records: list
         gradient_accumulation=args.gradient_accumulation_steps,
     )
     if trainer.is_world_process_zero():
-        atomic_write_json(run_dir / "train_result.json", asdict(result))
+        store.write_train_result(run_dir, asdict(result))
     trainer.accelerator.wait_for_everyone()  # the model is complete on disk before any process returns
     return result
 
@@ -363,8 +351,8 @@ def _launch_record(cfg: TrainConfig, processes: Processes, run_dir: Path) -> dic
     resumed from a checkpoint lists each launch and the checkpoint it resumed from."""
     accumulation = gradient_accumulation_steps(cfg, processes.count)
     per_step = cfg.batch_size * accumulation * processes.count
-    previous = json.loads((run_dir / "run.json").read_text()) if (run_dir / "run.json").exists() else {}
-    resumed_from = last_checkpoint(run_dir / "checkpoints")
+    previous = store.read_run_record(run_dir) or {}
+    resumed_from = last_checkpoint(store.checkpoint_folder(run_dir))
     if resumed_from and previous.get("examples_per_optimizer_step", per_step) != per_step:
         raise ValueError(
             f"{run_dir} was started with {previous['examples_per_optimizer_step']} examples per optimizer step "
@@ -388,23 +376,21 @@ def train_run(run_dir: str | Path, model_spec: str, train_records: list[Record],
     model is saved, the ``DONE`` marker; resumable checkpoints are removed once the run is done.
     The main process holds the run folder's lock (``files.folder_lock``) while it writes: a second
     process training the same run waits, then finds it done."""
-    import shutil
-
     run_dir = Path(run_dir)
-    if (run_dir / "DONE").exists():
-        return json.loads((run_dir / "train_result.json").read_text())
+    if store.is_done(run_dir):
+        return store.read_train_result(run_dir)
     processes = launched_processes()
     if not processes.is_main:  # the main process holds the run folder's lock for the launch
         return asdict(train(model_spec, train_records, validation_records, cfg, template, run_dir))
     with folder_lock(run_dir, what="training it"):
-        if (run_dir / "DONE").exists():  # trained by the process we waited for
-            return json.loads((run_dir / "train_result.json").read_text())
+        if store.is_done(run_dir):  # trained by the process we waited for
+            return store.read_train_result(run_dir)
         launch = _launch_record(cfg, processes, run_dir)  # checks a resumed run keeps its batch
-        atomic_write_json(run_dir / "run.json", {**record, **launch})
-        write_jsonl(run_dir / "train_ids.jsonl", [{"lang": r.lang, "id": r.id} for r in train_records])
+        store.write_run_record(run_dir, {**record, **launch})
+        store.write_train_ids(run_dir, [{"lang": r.lang, "id": r.id} for r in train_records])
         result = train(model_spec, train_records, validation_records, cfg, template, run_dir)
-        atomic_write_text(run_dir / "DONE", time.strftime("%Y-%m-%dT%H:%M:%S\n"))
+        store.mark_done(run_dir)
         # The finished model is in run_dir/model; resumable checkpoints (optimizer states included)
         # are only needed while the run is unfinished.
-        shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
+        shutil.rmtree(store.checkpoint_folder(run_dir), ignore_errors=True)
     return asdict(result)

@@ -15,8 +15,8 @@ Two backends share one interface (``TranslationBackend.translate(jobs, prompt, c
   Decoding is greedy, so a rejected reply would come back identical: one try per job.
 
 ``translate_records`` returns one ``TranslatedRecord`` per (language, record), languages in the
-configured order and records in input order. ``translate_main`` is the ``polyalpaca translate``
-command. ``chrf_for_translations`` scores translations against references with chrF
+configured order and records in input order. ``translate_command`` runs the ``polyalpaca translate``
+command (its options are parsed in ``polyalpaca.cli``). ``chrf_for_translations`` scores translations against references with chrF
 (``polyalpaca.metrics``).
 """
 from __future__ import annotations
@@ -32,12 +32,15 @@ from pathlib import Path
 from typing import Any, Mapping, Protocol, Sequence
 
 from .data import LANGUAGES, check_language, load_training_records
-from .files import JsonlError, iter_jsonl
-from .files import write_jsonl as _write_jsonl  # the name translate_command uses
-from .langid import _LETTER, detect_language
-from .llm_client import (ChatClient, ChatPrompt, ChatRequest, EndpointConfig, EndpointError, InvalidReply,
-                         load_prompt)
+from .files import JsonlError, iter_jsonl, write_jsonl as _write_jsonl  # the name translate_command uses
+from .langid import LETTER, detect_language
+from .llm_client import ChatClient, ChatPrompt, ChatRequest, EndpointConfig, EndpointError, InvalidReply, load_prompt
 from .metrics import chrf_by_language
+from .paths import cache_dir
+from .store import Cached, text_digest
+
+# generate, models and llm_client (torch, transformers, openai), tqdm and pandas are imported
+# by the backend or table that uses them: the API path never loads torch.
 
 ALPACA_FIELDS = ("instruction", "input", "output")
 LANGUAGE_NAMES = LANGUAGES  # one table for the whole project
@@ -156,7 +159,7 @@ def to_translate(text: str) -> Protected | None:
     """The protected form of ``text``, or None when there is nothing to translate (an empty
     field, or one made only of code, numbers, links and placeholders: it is kept as is)."""
     protected = protect(text)
-    return protected if _LETTER.search(_MARKER.sub("", protected.text)) else None
+    return protected if LETTER.search(_MARKER.sub("", protected.text)) else None
 
 
 @dataclass(frozen=True)
@@ -187,7 +190,7 @@ class TranslationJob:
             raise InvalidReply("empty <translation> block")
         self.protected.restore(body)  # raises unless every marker is there exactly once
         words = _MARKER.sub(" ", body)
-        if len(_LETTER.findall(words)) >= self.language_check_min_letters:
+        if len(LETTER.findall(words)) >= self.language_check_min_letters:
             with _LANGDETECT_LOCK:
                 detected = detect_language(words, seed=0)
             if detected != self.target_language:
@@ -366,8 +369,6 @@ def chrf_for_translations(translated: Sequence[TranslatedRecord],
 def translation_study(t, root) -> dict:
     """Translate the first ``translation.records`` English records into ``translation.languages``
     and score them with chrF against our reference translations; stored and reused."""
-    from .store import Cached, text_digest
-
     root = Path(root)
     fields = ALPACA_FIELDS
     english = load_training_records("en", "embedded").items
@@ -530,8 +531,6 @@ def translate_command(args: argparse.Namespace, config: TranslationConfig) -> in
     client: ChatClient | None = None
     try:
         if args.backend == "api":
-            from .paths import cache_dir
-
             endpoint = EndpointConfig(base_url=args.base_url, model=args.model, api_key_env=args.api_key_env,
                                       max_concurrency=args.concurrency, max_retries=args.max_retries,
                                       timeout_s=args.timeout)
@@ -566,14 +565,3 @@ def translate_command(args: argparse.Namespace, config: TranslationConfig) -> in
           f"{len(failures)} field(s) failed" + (f" (see {failures_path})" if failures else "") +
           f"; wrote {args.output}", file=sys.stderr)
     return 1 if failures else 0
-
-
-def translate_main(argv: Sequence[str] | None = None) -> int:
-    """``polyalpaca translate ARGS``: the same command through the project's one parser."""
-    from .cli import main
-
-    return main(["translate", *(sys.argv[1:] if argv is None else argv)])
-
-
-if __name__ == "__main__":
-    raise SystemExit(translate_main())

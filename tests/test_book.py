@@ -42,6 +42,7 @@ def built_book(tmp_path_factory):
     return {"root": root, "index": index, "judge_requests": judge_requests, "auth": auth}
 
 
+@pytest.mark.slow
 def test_every_chapter_executed_without_errors(built_book):
     root = built_book["root"]
     assert built_book["index"].exists()
@@ -58,6 +59,7 @@ def test_every_chapter_executed_without_errors(built_book):
         assert str(root / "artefacts") not in html  # the injected values are not on the page
 
 
+@pytest.mark.slow
 def test_book_has_figures_and_the_judge_ran(built_book):
     html_dir = built_book["root"] / "_build" / "html"
     figures = list(html_dir.glob("_images/*.png"))
@@ -67,6 +69,7 @@ def test_book_has_figures_and_the_judge_ran(built_book):
     assert "verdict" in claims
 
 
+@pytest.mark.slow
 def test_no_secret_in_notebooks_html_or_artefacts(built_book):
     """Neither the test key nor any secret-looking environment value appears in what the build wrote."""
     import re
@@ -216,6 +219,7 @@ def check_pages(html_dir: Path, shots: Path, widths: dict[str, int] | None = Non
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (make test installs it as root)")
+@pytest.mark.slow
 def test_every_page_in_headless_chromium(built_book, tmp_path):
     """Every page loads with its images and links, at a laptop's and a phone's width, and no
     table, figure or output is cut off: what is wider than the column scrolls inside its box."""

@@ -30,7 +30,8 @@ from safetensors.torch import load_file
 
 from polyalpaca.config import TrainConfig, load_profile
 from polyalpaca.grid import Experiment
-from polyalpaca.train import gradient_accumulation_steps, launched_processes
+from polyalpaca.design import gradient_accumulation_steps
+from polyalpaca.train import launched_processes
 
 MULTI_CPU = Path(__file__).resolve().parents[1] / "polyalpaca" / "accelerate" / "multi_cpu.yaml"
 # Strings, as the command line passes them: the in-process run reads them the same way, so both
@@ -115,6 +116,7 @@ def assert_written_once(run_dir: Path, output: str, epochs: int) -> None:
     assert output.count("mean training loss") == 1
 
 
+@pytest.mark.slow
 def test_two_processes_full_tuning_equals_one(tmp_path, tiny_model_dir):
     log = tmp_path / "launch.log"
     output = finish(launch(tmp_path / "two", "full-multilingual", OVERRIDES, log), log)
@@ -132,6 +134,7 @@ def test_two_processes_full_tuning_equals_one(tmp_path, tiny_model_dir):
     assert max((trained[k] - base[k]).abs().max().item() for k in base) > 1e-4  # the weights did move
 
 
+@pytest.mark.slow
 def test_killed_two_process_lora_run_resumes_from_its_checkpoint(tmp_path, tiny_model_dir):
     overrides = {**OVERRIDES, "lora.epochs": "2"}  # 3 optimizer steps per epoch, a checkpoint after each
     log = tmp_path / "first.log"

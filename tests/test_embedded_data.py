@@ -39,6 +39,7 @@ def test_ids_are_aligned_across_languages():
                 assert t.answer == en[t.id].answer, (lang, t.id)
 
 
+@pytest.mark.slow
 def test_langdetect_agrees_with_the_labels():
     agreement = datacheck.langdetect_agreement()
     print("\nlangdetect agreement per language:")

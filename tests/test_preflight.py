@@ -35,32 +35,8 @@ def test_shipped_profiles_pass(monkeypatch):
 
 
 def test_methods():
-    assert pf.check_methods(tiny(grid__methods='["lora", "lorra"]')) == [
-        "grid.methods: unknown method 'lorra'; expected lora or full"]
     assert pf.check_methods(tiny(grid__methods="[]")) == ["grid.methods: empty; expected one or more of lora, full"]
     assert pf.check_methods(tiny(grid__methods='["full", "full"]')) == ["grid.methods: 'full' is listed more than once"]
-
-
-def test_loss_on():
-    assert pf.check_loss_on(tiny(lora__loss_on="everything")) == [
-        "lora.loss_on: expected all or response, got 'everything'"]
-
-
-def test_scheduler_names_are_transformers_own():
-    assert pf.check_scheduler(tiny(full__scheduler="cosin")) == [
-        f"full.scheduler: unknown schedule 'cosin'; expected one of {', '.join(pf.SCHEDULERS)}"]
-    from transformers.trainer_utils import SchedulerType
-
-    assert set(pf.SCHEDULERS) == {s.value for s in SchedulerType}
-
-
-def test_precision():
-    assert pf.check_precision(tiny(lora__precision="fp16")) == ["lora.precision: expected auto, fp32 or bf16, got 'fp16'"]
-
-
-def test_gradient_checkpointing():
-    assert pf.check_gradient_checkpointing(tiny(full__gradient_checkpointing="yes")) == [
-        "full.gradient_checkpointing: expected auto, on or off, got 'yes'"]
 
 
 def test_training_numbers():
@@ -85,7 +61,6 @@ def test_effective_batch():
 
 
 def test_data_source(tmp_path):
-    assert pf.check_data_source(tiny(data__source="disk")) == ["data.source: expected embedded, hub or files, got 'disk'"]
     assert pf.check_data_source(tiny(data__source="files")) == [
         "data.files_pattern: empty; data.source = 'files' needs a pattern such as data/alpaca_{lang}.json"]
     assert pf.check_data_source(tiny(data__source="files", data__files_pattern="alpaca.json")) == [
@@ -152,8 +127,6 @@ def test_limits():
 
 
 def test_recipes():
-    assert pf.check_recipes(tiny(grid__recipes='["bilingual"]')) == [
-        "grid.recipes: unknown recipe 'bilingual'; expected one of monolingual, multilingual, english-only, downsampled, dose"]
     assert pf.check_recipes(tiny(data__train_languages='["ru", "zh"]')) == [
         "grid.recipes: english-only needs 'en' in data.train_languages"]
 
@@ -175,12 +148,7 @@ def test_findings():
 
 
 def test_gate_and_likelihood_span():
-    p = tiny(eval__gate_languages="some", eval__english_answers="never", eval__likelihood_sentences="-1")
-    assert pf.check_gate(p) == [
-        "eval.gate_languages: expected study or all, got 'some'",
-        "eval.english_answers: expected every-seed or first-seed, got 'never'",
-        "eval.likelihood_sentences: must be >= 0, got -1",
-    ]
+    assert pf.check_gate(tiny(eval__likelihood_sentences="-1")) == ["eval.likelihood_sentences: must be >= 0, got -1"]
 
 
 def test_decoding():
@@ -198,7 +166,6 @@ def test_decoding():
 
 
 def test_eval_backend():
-    assert pf.check_eval_backend(tiny(eval__backend="vllm")) == ["eval.backend: expected local or server, got 'vllm'"]
     assert pf.check_eval_backend(tiny(eval__backend="server")) == [
         "eval.server.base_url: empty; eval.backend = 'server' needs the server's URL, e.g. http://localhost:8000/v1"]
     # Decoding a completions server cannot do is reported before any run.
@@ -242,8 +209,6 @@ def test_judge_key_is_in_the_environment_and_never_shown(monkeypatch):
 
 
 def test_translation():
-    assert pf.check_translation(tiny(translation__backend="cloud")) == [
-        "translation.backend: expected local or api, got 'cloud'"]
     assert pf.check_translation(tiny(translation__backend="api", translation__records="0")) == [
         "translation.base_url: empty; translation.backend = 'api' needs the endpoint's URL",
         "translation.records: must be >= 1, got 0",
@@ -351,5 +316,4 @@ def test_dose_settings_are_checked_together():
     assert "grid.dose_language: 'en' is not a non-English training language" in text
     assert "grid.doses: 0 is not between 0 and 8" in text and "grid.doses: 8 is listed more than once" in text
     assert "grid.dose_seeds: 3 is not between 0 (every seed) and 1" in text
-    with pytest.raises(SettingsError, match="'dose' is not in grid.recipes"):
-        preflight("tiny", {"grid.recipes": ["english-only"], "grid.doses": [2]})
+    assert pf.check_doses(load_profile("tiny", {"grid.recipes": '["english-only"]', "grid.doses": "[0]"})) == []

@@ -47,22 +47,3 @@ def test_unknown_recipe_and_missing_language():
         build_recipe("bilingual", split, LANGS, 0)
     with pytest.raises(ValueError, match="needs training data"):
         build_recipe("multilingual", split, LANGS + ["fi"], 0)
-
-
-def test_each_seed_draws_its_own_sample_and_recipes_of_a_seed_share_it(tmp_path):
-    """A training seed redraws the training records (stratified); the validation ids stay the same
-    for every seed; the recipes trained with one seed use that seed's records."""
-    from polyalpaca.config import load_profile
-    from polyalpaca.grid import Experiment
-
-    exp = Experiment(load_profile("tiny", {"grid.seeds": [1, 2], "data.train_limit": 8, "data.validation_size": 2}),
-                     tmp_path)
-    one, two = exp.split(1), exp.split(2)
-    ids = {seed: {r.id for r in exp.split(seed).train["en"]} for seed in (1, 2)}
-    assert len(ids[1]) == len(ids[2]) == 6 and ids[1] != ids[2]
-    assert one.validation_ids == two.validation_ids and not (ids[1] | ids[2]) & set(one.validation_ids)
-    for seed in (1, 2):
-        sets = {ts.name: ts for ts in exp.training_sets(seed)}
-        assert {r.id for r in sets["monolingual-en"].train} == ids[seed]
-        assert {r.id for r in sets["multilingual"].train} == ids[seed]
-        assert {r.id for r in sets["downsampled"].train} <= ids[seed]

@@ -65,6 +65,7 @@ def the_run(exp):
     return run
 
 
+@pytest.mark.slow
 def test_each_input_recomputes_exactly_what_depends_on_it(trained, tmp_path, monkeypatch):
     counter = Counter(monkeypatch)
     exp = experiment(trained)
@@ -196,6 +197,7 @@ def _kill_when(cmd: list[str], ready, timeout: float = 300) -> None:
     proc.wait()
 
 
+@pytest.mark.slow
 def test_killed_evaluation_resumes_with_finished_languages_reused(trained, tmp_path):
     root = tmp_path / "copy"
     shutil.copytree(trained, root, ignore=shutil.ignore_patterns("answers", "scores", "likelihood", "judge"))
@@ -211,6 +213,7 @@ def test_killed_evaluation_resumes_with_finished_languages_reused(trained, tmp_p
     assert len(exp.run_answers(the_run(exp))) == 6
 
 
+@pytest.mark.slow
 def test_killed_training_resumes_from_its_checkpoint(tmp_path, tiny_model_dir):
     overrides = {**SMALL, "lora.epochs": 3, "data.train_limit": 10}
     root = tmp_path / "art"
@@ -224,6 +227,7 @@ def test_killed_training_resumes_from_its_checkpoint(tmp_path, tiny_model_dir):
     assert result["steps"] == 3 * 2 and epochs == [1.0, 2.0, 3.0] and "lora-english-only-s1" in out
 
 
+@pytest.mark.slow
 def test_a_chapter_past_its_timeout_is_stopped_and_named(tmp_path):
     from polyalpaca.book import ChapterError, execute_chapter
 

@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from polyalpaca.config import load_profile
 from polyalpaca.grid import Experiment
 from polyalpaca.slurm import array_spec, grid_jobs
@@ -59,7 +61,7 @@ def test_job_list_from_the_data_and_from_the_description(tmp_path, tiny_model_di
 def test_paper_job_list_offline(tmp_path):
     """The paper's data are on the Hub, unreachable here: the list comes from the grid description."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "POLYALPACA_ARTEFACTS": str(tmp_path)}
-    out = subprocess.run([sys.executable, "-m", "polyalpaca.slurm", "jobs", "--profile", "paper"], env=env,
+    out = subprocess.run([sys.executable, "-m", "polyalpaca", "slurm", "jobs", "--profile", "paper"], env=env,
                          capture_output=True, text=True, timeout=120, check=True)
     rows = [line.split("\t") for line in out.stdout.splitlines()]
     # 5 BLOOM sizes x 2 methods x (9 monolingual + multilingual + downsampled + 3 doses; English-only shares
@@ -69,7 +71,7 @@ def test_paper_job_list_offline(tmp_path):
     assert rows[9][:3] == ["9", "lora-multilingual-s42", "todo"] and rows[136][1] == "full-downsampled-s42"
     assert rows[139][1] == "full-dose-ru-5176-s42"
     assert "not readable here" in out.stderr
-    array = subprocess.run([sys.executable, "-m", "polyalpaca.slurm", "array", "--profile", "paper",
+    array = subprocess.run([sys.executable, "-m", "polyalpaca", "slurm", "array", "--profile", "paper",
                             "--max-parallel", "8"], env=env, capture_output=True, text=True, timeout=120, check=True)
     assert array.stdout.strip() == "0-139%8"
 
@@ -154,6 +156,7 @@ def _paper_in_miniature(tmp_path: Path, double, key_env: str) -> list[str]:
     return [a for key, value in settings.items() for a in ("-s", key, value)]
 
 
+@pytest.mark.slow
 def test_paper_profile_in_miniature(tmp_path, tiny_model_dir, double, monkeypatch, capsys):
     """The paper profile's own settings on miniature data: check and plan, the array's job list
     from the data, one job trained as a task trains it, evaluated with the paper's beam search and
@@ -191,3 +194,21 @@ def test_paper_profile_in_miniature(tmp_path, tiny_model_dir, double, monkeypatc
     assert judged["scored"] == len(answers) and judged["failed"] == 0
     judge_requests = [r for r in double.requests if r.path.endswith("/chat/completions")]
     assert len(judge_requests) == len(answers) and all(r.json["model"] == "judge-double" for r in judge_requests)
+
+
+def test_slurm_and_serve_are_polyalpaca_commands_through_the_preflight(tmp_path, tiny_model_dir, capsys):
+    """`polyalpaca slurm` and `polyalpaca serve` read the profile through the same checked path as
+    every other command: a bad setting is listed and nothing runs (exit status 2)."""
+    from polyalpaca.cli import main
+
+    common = ["--profile", "tiny", "--artefacts", str(tmp_path), *[a for k, v in SETTINGS.items() for a in ("-s", k, v)]]
+    assert main(["slurm", "jobs", *common]) == 0
+    assert capsys.readouterr().out.splitlines()[3] == "3\tlora-multilingual-s42\ttodo"
+    assert main(["slurm", "run", "--index", "3", *common]) == 0
+    assert "multilingual" in capsys.readouterr().out
+    assert main(["slurm", "run", "--index", "99", *common]) == 2
+    assert main(["serve", *common]) == 0
+    assert capsys.readouterr().out.startswith("vllm serve ")
+    for command in (["slurm", "jobs"], ["serve"]):
+        assert main([*command, *common, "-s", "lora.epochs", "-1"]) == 2
+        assert "lora.epochs" in capsys.readouterr().err

@@ -36,6 +36,7 @@ def evaluated(tmp_path_factory, tiny_model_dir):
     return root, trained_files
 
 
+@pytest.mark.slow
 def test_full_models_go_once_evaluated_and_lora_adapters_stay(evaluated):
     root, trained_files = evaluated
     assert not [f for files in trained_files.values() for f in files if f.startswith("tokenizer")]
@@ -47,6 +48,7 @@ def test_full_models_go_once_evaluated_and_lora_adapters_stay(evaluated):
     assert len(exp.run_answers(runs["full"])) == 4  # the results are what is kept
 
 
+@pytest.mark.slow
 def test_a_model_not_kept_is_retrained_with_the_same_losses(evaluated, tmp_path, capsys):
     import shutil
 

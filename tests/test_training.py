@@ -1,15 +1,13 @@
 """Training on the tiny random Gemma 3: loss masking per method, the fast loss's exactness,
 LoRA and full tuning through TRL, resume from a checkpoint, and the grid's caching."""
-import json
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from polyalpaca.config import TrainConfig, load_profile
+from polyalpaca.config import TrainConfig
 from polyalpaca.data import Record
 from polyalpaca.fused_loss import add_fast_lm_loss, linear_cross_entropy_sum
-from polyalpaca.grid import Experiment
 from polyalpaca.models import TINY_GEMMA, load_model
 from polyalpaca.train import tokenize_example, train
 
@@ -82,6 +80,7 @@ def test_fast_loss_matches_model_loss_on_padded_batch(tiny_model_dir, tokenizer,
 
 
 @pytest.mark.parametrize("method, loss_on", [("lora", "all"), ("full", "response")])
+@pytest.mark.slow
 def test_fast_and_plain_trl_agree(tmp_path, tiny_model_dir, template, method, loss_on, capsys):
     cfg = TrainConfig(method=method, epochs=1, batch_size=4, gradient_accumulation=1, warmup_steps=0,
                       learning_rate=1e-3, loss_on=loss_on, max_length=64, lora=TrainConfig().lora)
@@ -123,6 +122,7 @@ class Interrupt(Exception):
     pass
 
 
+@pytest.mark.slow
 def test_resume_after_interruption(tmp_path, tiny_model_dir, template):
     """A run killed after its first epoch checkpoint resumes there and ends as an uninterrupted run."""
     from transformers import TrainerCallback
@@ -143,40 +143,6 @@ def test_resume_after_interruption(tmp_path, tiny_model_dir, template):
     a = [h["loss"] for h in straight.log_history if "loss" in h]
     b = [h["loss"] for h in resumed.log_history if "loss" in h]
     assert b[-1] == pytest.approx(a[-1], abs=1e-4)
-
-
-def test_grid_caches_finished_runs(tmp_path, tiny_model_dir):
-    profile = load_profile("tiny", {"grid.methods": ["lora"], "grid.recipes": ["english-only"], "data.train_limit": 6})
-    exp = Experiment(profile, tmp_path)
-    (run,) = exp.runs(include_base=False)
-    assert not exp.is_trained(run)
-    first = exp.train(run)
-    assert exp.is_trained(run)
-    stamp = (exp.run_dir(run) / "DONE").stat().st_mtime
-    second = exp.train(run)
-    assert second == first and (exp.run_dir(run) / "DONE").stat().st_mtime == stamp
-    recorded = json.loads((exp.run_dir(run) / "run.json").read_text())
-    assert recorded["seed"] == profile.lora.seed and "transformers" in recorded["versions"]
-    changed = Experiment(load_profile("tiny", {"grid.methods": ["lora"], "grid.recipes": ["english-only"],
-                                               "data.train_limit": 6, "lora.learning_rate": 5e-4}), tmp_path)
-    assert changed.runs(include_base=False)[0].run_id != run.run_id
-    # Another seed is another run, with its own model.
-    reseeded = Experiment(load_profile("tiny", {"grid.methods": ["lora"], "grid.recipes": ["english-only"],
-                                                "data.train_limit": 6, "grid.seeds": [7]}), tmp_path)
-    (other,) = reseeded.runs(include_base=False)
-    assert other.run_id != run.run_id and other.label == "lora-english-only-s7" and not reseeded.is_trained(other)
-    # Answers are stored per language under a key of what made them, and reused.
-    done = exp.evaluate(run)
-    assert set(done["generated"]) == set(profile.data.test_languages) and done["loaded"]
-    answers = exp.run_answers(run)
-    assert set(answers["lang"]) == set(profile.data.test_languages)
-    stored = exp._answers(run, "ru")
-    stamp = stored.path.stat().st_mtime
-    again = exp.evaluate(run)
-    assert again == {"generated": [], "likelihood_scored": [], "loaded": False}
-    assert exp.run_answers(run)["response"].tolist() == answers["response"].tolist()
-    assert stored.path.stat().st_mtime == stamp
-    assert json.loads(stored.inputs_path.read_text())["decoding"]["max_new_tokens"] == 6
 
 
 def test_packed_attention_equals_padded_batch(tiny_model_dir, tokenizer, template):
@@ -232,6 +198,7 @@ def test_bloom_cannot_keep_packed_examples_apart(template):
     assert abs(padded - packed) > 1e-2
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["lora", "full"])
 def test_fast_path_on_bloom_trains_as_padded(tmp_path, template, method):
     """The fast path on BLOOM (padded batches there, the fused loss) trains the same model as

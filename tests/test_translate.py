@@ -19,8 +19,16 @@ from polyalpaca.langid import detect_language
 from polyalpaca.llm_client import ChatClient, EndpointConfig, ChatPrompt, InvalidReply, ReplyCache, load_prompt
 from polyalpaca.metrics import chrf_by_language
 from polyalpaca.translate import (ApiBackend, LocalBackend, TranslationConfig, TranslationJob,
-                                  chrf_for_translations, protect, read_records, to_translate, translate_main,
+                                  chrf_for_translations, protect, read_records, to_translate,
                                   translate_records)
+
+
+def translate_main(argv: list[str]) -> int:
+    """``polyalpaca translate ARGV`` through the project's one parser."""
+    from polyalpaca.cli import main
+
+    return main(["translate", *argv])
+
 
 ROOT = Path(__file__).resolve().parents[1]
 KEY_ENV = "POLYALPACA_TEST_API_KEY"
@@ -234,7 +242,7 @@ def many_records(n: int) -> list[dict]:
 
 def run_cli_subprocess(args: list[str]) -> subprocess.Popen:
     env = {**os.environ, KEY_ENV: KEY, "PYTHONPATH": str(ROOT)}
-    return subprocess.Popen([sys.executable, "-m", "polyalpaca.translate", *args], cwd=ROOT, env=env,
+    return subprocess.Popen([sys.executable, "-m", "polyalpaca", "translate", *args], cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 

@@ -1,26 +1,13 @@
+"""Typed settings (``polyalpaca.config``): profiles, overrides checked against the declared types,
+every problem at once, help for every setting, and which settings enter cache keys."""
 import json
 import subprocess
 import sys
 
 import pytest
 
-from polyalpaca.config import DecodingConfig, SettingsError, available_profiles, load_profile, settings_help
-from polyalpaca.prompts import load_template
-
-
-def test_template_builds_prompts_with_and_without_input():
-    t = load_template()
-    with_input = t.build("Translate the text.", "Hello")
-    assert "### Input:\nHello" in with_input and with_input.endswith("### Response:\n")
-    without = t.build("Name a colour.")
-    assert "### Input" not in without and without.startswith("Below is an instruction")
-
-
-def test_extract_response_cuts_at_next_section():
-    t = load_template()
-    text = t.build("Q?") + "Answer line 1\nline 2\n### Instruction:\nmore"
-    assert t.extract_response(text) == "Answer line 1\nline 2"
-    assert t.extract_response("### Response:\n### Instruction: x") == ""
+from polyalpaca.config import (DecodingConfig, Scheduler, SettingsError, allowed, available_profiles, describe_type,
+                               load_profile, settings_help)
 
 
 def test_profiles_load_and_differ():
@@ -84,8 +71,8 @@ def test_every_problem_is_reported_at_once():
     assert problems({"lora.epochs": "abc", "full.batch_size": "x", "grid.nope": 1}) == [
         "lora.epochs: expected a number, got 'abc'",
         "full.batch_size: expected a whole number, got 'x'",
-        "grid.nope: unknown setting; known in [grid]: compute_note, methods, model_params_billions, models, recipes, "
-        "records_per_language_estimate, seeds, tokens_per_example_estimate",
+        "grid.nope: unknown setting; known in [grid]: compute_note, dose_language, dose_seeds, doses, methods, "
+        "model_params_billions, models, recipes, records_per_language_estimate, seeds, tokens_per_example_estimate",
     ]
     with pytest.raises(SettingsError, match=r"^the profile has 3 problems:\n  - lora.epochs: "):
         load_profile("tiny", {"lora.epochs": "abc", "full.batch_size": "x", "grid.nope": 1})
@@ -141,44 +128,6 @@ def test_config_and_generate_share_decoding_without_torch():
     assert subprocess.run([sys.executable, "-c", code], timeout=60).returncode == 0
 
 
-@pytest.mark.parametrize("spec, starts_with_bos", [("tiny-random-gemma3", True), ("tiny-random-bloom", False)])
-def test_bos_as_the_models_tokenizer_does_it(spec, starts_with_bos):
-    """Training, generation and likelihood scoring start a prompt as the model's tokenizer starts a
-    text: Gemma's with its BOS, BLOOM's with none (the authors trained BLOOM without one)."""
-    import torch
-
-    from polyalpaca.data import Record
-    from polyalpaca.generate import _generate_batch
-    from polyalpaca.likelihood import _encode
-    from polyalpaca.models import load_model, load_tokenizer
-    from polyalpaca.prompts import encode_prompt, tokenize_example
-
-    tok, t = load_tokenizer(spec), load_template()
-    prompt = t.build("Name a colour.")
-    expected = tok(prompt)["input_ids"]  # the tokenizer's own special tokens
-    assert (expected[0] == tok.bos_token_id) == starts_with_bos
-    assert encode_prompt(tok, prompt) == expected
-    trained = tokenize_example(Record("r", "en", "Name a colour.", "", "Red."), tok, t, 512, "all")["input_ids"]
-    assert trained[:len(expected)] == expected
-    assert _encode(tok, t, "Name a colour.", "Red.", 8)[0] == expected
-    model = load_model(spec)
-    seen = []
-    model.register_forward_pre_hook(lambda m, args, kwargs: seen.append(kwargs["input_ids"]), with_kwargs=True)
-    _generate_batch(model, tok, [prompt], DecodingConfig(max_new_tokens=1, stop_strings=()))
-    assert seen[0][0].tolist() == expected
-
-
-def test_full_tuning_templates_as_the_authors_used_them():
-    """Full fine-tuning trained with the answer right after '### Response:' and asked with an
-    indented prompt; its answer is the text after '### Response:' up to a next one, </s> kept."""
-    train, ask = load_template("alpaca-full"), load_template("alpaca-full-inference")
-    assert train.build("Name a colour.").endswith("\n\n### Response:")
-    assert ask.build("Name a colour.").endswith("\n\n    ### Instruction:\n    Name a colour.\n\n    ### Response:\n    ")
-    assert ask.extract_response("### Response:\n" + "Red.</s>") == "Red.</s>"
-    assert ask.extract_response("### Response:\n" + "Red.\n### Instruction: again ### Response: x") == \
-        "Red.\n### Instruction: again"
-
-
 def test_new_settings_enter_keys_only_when_changed():
     """Settings added for the paper profile keep the run ids and cache keys of results made before
     them (at their defaults), and change them when set."""
@@ -193,35 +142,6 @@ def test_new_settings_enter_keys_only_when_changed():
     assert keyed_settings(TrainConfig(template="alpaca-full"))["template"] == "alpaca-full"
 
 
-def test_per_method_template_validation_and_decoding_are_keyed(tmp_path):
-    from polyalpaca.grid import Experiment
-
-    base = {"grid.recipes": ["monolingual", "multilingual"]}
-    plain = Experiment(load_profile("tiny", base), tmp_path)
-    paper_like = Experiment(load_profile("tiny", {**base, "full.template": "alpaca-full", "full.use_validation": False,
-                                                  "full.best_by_validation": False, "lora.validation_limit": 2,
-                                                  "eval.decoding_full": {"template": "alpaca-full-inference",
-                                                                         "skip_special_tokens": False,
-                                                                         "max_new_tokens": 6}}), tmp_path)
-    before, after = ({r.label: r for r in e.runs(include_base=False)} for e in (plain, paper_like))
-    # LoRA: the same data, except the pooled multilingual set, whose validation is cut to 2 records.
-    assert before["lora-monolingual-en-s42"].training_set == after["lora-monolingual-en-s42"].training_set
-    assert before["lora-multilingual-s42"].validation_examples == 6 and after["lora-multilingual-s42"].validation_examples == 2
-    assert before["lora-multilingual-s42"].run_id != after["lora-multilingual-s42"].run_id
-    # Full tuning: another template, and the held-out records are trained on, with no validation.
-    full_before, full_after = before["full-monolingual-ru-s42"], after["full-monolingual-ru-s42"]
-    assert full_before.run_id != full_after.run_id
-    assert full_after.validation_examples == 0
-    assert full_after.train_examples == full_before.train_examples + full_before.validation_examples
-    assert paper_like.train_template("full").name == "alpaca-full"
-    assert paper_like.decoding_template("full").name == "alpaca-full-inference"
-    assert paper_like.decoding_template("lora").name == "alpaca"
-    answers = paper_like._answers(full_after, "ru")
-    assert answers.inputs["template"]["name"] == "alpaca-full-inference"
-    assert answers.inputs["decoding"]["skip_special_tokens"] is False
-    assert paper_like._answers(after["lora-monolingual-en-s42"], "en").inputs["template"]["name"] == "alpaca"
-
-
 def test_paper_profile_follows_the_released_code_per_method():
     p = load_profile("paper")
     assert (p.lora.template, p.lora.validation_limit, p.lora.best_by_validation) == ("alpaca", 1000, True)
@@ -229,3 +149,32 @@ def test_paper_profile_follows_the_released_code_per_method():
     assert p.eval.decoding.repetition_penalty == 1.0 and p.eval.decoding_full.repetition_penalty == 1.1
     assert p.eval.decoding_full.template == "alpaca-full-inference" and not p.eval.decoding_full.skip_special_tokens
     assert p.eval.decoding_full.stop_strings == ("### Response:",) and p.eval.decoding.stop_strings == ("\n### ",)
+
+
+def test_allowed_values_are_declared_on_the_fields_and_checked_with_the_types():
+    """One home per setting: a value outside a field's ``Literal`` is a problem of its type."""
+    assert problems({"grid.methods": '["lora", "lorra"]'}) == [
+        'grid.methods: expected a list of values among lora, full, got \'["lora", "lorra"]\'']
+    assert problems({"grid.recipes": '["bilingual"]'}) == [
+        "grid.recipes: expected a list of values among monolingual, multilingual, english-only, downsampled, "
+        "dose, got '[\"bilingual\"]'"]
+    assert problems({"lora.loss_on": "everything"}) == ["lora.loss_on: expected all or response, got 'everything'"]
+    assert problems({"full.scheduler": "cosin"}) == [f"full.scheduler: expected {describe_type(Scheduler)}, got 'cosin'"]
+    assert problems({"lora.precision": "fp16"}) == ["lora.precision: expected auto, fp32 or bf16, got 'fp16'"]
+    assert problems({"full.gradient_checkpointing": "yes"}) == [
+        "full.gradient_checkpointing: expected auto, on or off, got 'yes'"]
+    assert problems({"data.source": "disk"}) == ["data.source: expected embedded, hub or files, got 'disk'"]
+    assert problems({"eval.gate_languages": "some", "eval.english_answers": "never"}) == [
+        "eval.gate_languages: expected study or all, got 'some'",
+        "eval.english_answers: expected every-seed or first-seed, got 'never'"]
+    assert problems({"eval.backend": "vllm"}) == ["eval.backend: expected local or server, got 'vllm'"]
+    assert problems({"translation.backend": "cloud"}) == ["translation.backend: expected local or api, got 'cloud'"]
+    assert load_profile("tiny", {"lora.loss_on": "response"}).lora.loss_on == "response"
+    help_kinds = {key: kind for key, kind, _, _ in settings_help(load_profile("tiny"))}
+    assert help_kinds["lora.precision"] == "auto, fp32 or bf16"
+
+
+def test_scheduler_names_are_transformers_own():
+    from transformers.trainer_utils import SchedulerType
+
+    assert set(allowed(Scheduler)) == {s.value for s in SchedulerType}
