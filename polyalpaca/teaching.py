@@ -75,27 +75,38 @@ def _minutes(seconds: float) -> str:
     return "under a minute" if seconds < 60 else f"about {seconds / 60:.0f} min"
 
 
+def recorded_run_time(chapter: str, profile: str, record: str | Path = "generated/timings.json") -> str | None:
+    """Time to re-execute ``chapter`` under ``profile`` from the book's timing record
+    (``polyalpaca.book.record_timings``), as prose: the slowest recorded build, which computed the
+    artefacts, and the last one, which may have reused them; None when nothing is recorded."""
+    path = Path(record)
+    known = json.loads(path.read_text()) if path.exists() else {}
+    mine = known.get("profiles", {}).get(profile, {})
+    slowest, last = mine.get("slowest", {}).get(chapter), mine.get("last", {}).get(chapter)
+    if slowest is None:
+        return None
+    run = f"{_minutes(slowest)} from empty artefacts (the slowest build recorded here)"
+    if last is not None and _minutes(last) != _minutes(slowest):
+        run += f", {_minutes(last).replace('about ', '')} in the last build"
+    return run
+
+
 def chapter_times(chapter: str, exp, record: str | Path = "generated/timings.json") -> dict[str, str]:
     """Time to read and time to re-execute ``chapter`` (e.g. ``"03_training"``) under ``exp``'s
     profile, as prose for the chapter's opener.
 
-    The execution time comes from the book's timing record (``polyalpaca.book.record_timings``,
-    ``book/chapters/generated/timings.json``; chapters execute in ``book/chapters``, so the default
-    relative path finds it) for ``exp``'s profile: the slowest recorded build, which computed the
-    artefacts, and the last one, which may have reused them. Without a record, the training and evaluation chapters give
-    the prediction of ``polyalpaca plan`` (``planning.plan_table``) for profiles with measured rates."""
+    The execution time comes from the book's timing record (``recorded_run_time``;
+    ``book/chapters/generated/timings.json``: chapters execute in ``book/chapters``, so the default
+    relative path finds it). Without a record, the training and evaluation chapters give the
+    prediction of ``polyalpaca plan`` (``planning.plan_table``) for profiles with measured rates.
+    A book build replaces this text by the time it has just measured (``polyalpaca.book``), so a
+    first build's pages show their own times too."""
     from .book import chapter_path
 
     name = chapter_path(chapter).stem
     read = f"about {reading_minutes(name)} min"
-    path = Path(record)
-    known = json.loads(path.read_text()) if path.exists() else {}
-    mine = known.get("profiles", {}).get(exp.profile.name, {})
-    slowest, last = mine.get("slowest", {}).get(name), mine.get("last", {}).get(name)
-    if slowest is not None:
-        run = f"{_minutes(slowest)} from empty artefacts (the slowest build recorded here)"
-        if last is not None and _minutes(last) != _minutes(slowest):
-            run += f", {_minutes(last).replace('about ', '')} in the last build"
+    run = recorded_run_time(name, exp.profile.name, record)
+    if run is not None:
         return {"read": read, "run": run}
     predicted = None
     if name in ("03_training", "04_evaluation") and exp.profile.tokens_per_second_estimate:

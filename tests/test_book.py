@@ -42,6 +42,87 @@ def built_book(tmp_path_factory):
     return {"root": root, "index": index, "judge_requests": judge_requests, "auth": auth}
 
 
+def _tree_digest(folder: Path) -> dict[str, str]:
+    import hashlib
+
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_every_chapter_records_the_build_and_names_it(built_book):
+    """Each executed chapter carries its build (profile, settings digest, artefacts folder) in its
+    metadata, all the same; the pages name it."""
+    from polyalpaca.book import chapter_build
+
+    root = built_book["root"]
+    builds = [chapter_build(root / "book" / "chapters" / f"{name}.ipynb") for name in CHAPTERS]
+    assert builds[0] and all(b == builds[0] for b in builds), builds
+    assert builds[0]["profile"] == "tiny" and builds[0]["artefacts"] == str((root / "artefacts").resolve())
+    assert builds[0]["build"] in (root / "_build" / "html" / "book" / "scope.html").read_text()
+    for name in CHAPTERS:
+        html = (root / "_build" / "html" / "book" / "chapters" / f"{name}.html").read_text()
+        assert builds[0]["build"] in html, name
+
+
+def test_a_run_with_other_settings_leaves_the_book_unchanged(built_book, tmp_path):
+    """`polyalpaca run` of the findings chapter with another artefacts folder and another setting
+    writes to _build/runs/<build>/, figures included; the book's chapters and figures stay byte
+    for byte as they were. Rendering the book with that chapter in it is refused."""
+    import subprocess
+    import sys
+
+    from polyalpaca.book import MixedBuildError, chapter_build, check_one_build
+
+    root = built_book["root"]
+    before = _tree_digest(root / "book" / "chapters")
+    other = tmp_path / "other-artefacts"
+    shutil.copytree(root / "artefacts", other)
+    done = subprocess.run([sys.executable, "-m", "polyalpaca", "run", "findings", "--book-dir", str(root),
+                           "--profile", "tiny", "--artefacts", str(other), "-s", "findings.alpha", "0.1"],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert _tree_digest(root / "book" / "chapters") == before
+    (run,) = (root / "_build" / "runs").glob("tiny-*/05_findings.ipynb")
+    assert (run.parent / "generated" / "key_figure.png").exists()
+    assert "the book is unchanged" in done.stdout and str(run) in done.stdout
+    book = chapter_build(root / "book" / "chapters" / "05_findings.ipynb")
+    mine = chapter_build(run)
+    assert mine["artefacts"] == str(other.resolve()) and run.parent.name == mine["build"] != book["build"]
+
+    # A book with that chapter put in it: refused, naming the chapter and both builds.
+    mixed = tmp_path / "mixed"
+    shutil.copytree(root / "book" / "chapters", mixed / "book" / "chapters")
+    shutil.copy(run, mixed / "book" / "chapters" / "05_findings.ipynb")
+    with pytest.raises(MixedBuildError, match=r"would mix builds(.|\n)*05_findings: build " + mine["build"]):
+        check_one_build(mixed / "book" / "chapters", book)
+    check_one_build(mixed / "book" / "chapters", book, skip=["05_findings"])  # re-executing it is fine
+    from polyalpaca.cli import main
+
+    code = main(["book", "--no-execute", "--book-dir", str(mixed), "--profile", "tiny", "--artefacts", str(other),
+                 "-s", "findings.alpha", "0.1"])
+    assert code == 2 and not (mixed / "_build" / "html").exists()
+
+
+def test_run_goes_into_the_book_only_for_the_books_build(tmp_path):
+    """Where `polyalpaca run` writes: no book or another build -> its own folder; the same build or
+    --replace-book-chapter -> the book's chapter."""
+    from polyalpaca.book import build_identity, run_output, stamp_build
+
+    mine = build_identity("tiny", {}, tmp_path / "a")
+    other = build_identity("tiny", {"findings.alpha": 0.1}, tmp_path / "a")
+    assert mine["build"] != other["build"] and mine == build_identity("tiny", {"lora.epochs": "1"}, tmp_path / "a")
+    out, why = run_output("data", mine, tmp_path)
+    assert out == tmp_path / "_build" / "runs" / mine["build"] / "01_data.ipynb" and "no executed" in why
+    chapters = tmp_path / "book" / "chapters"
+    chapters.mkdir(parents=True)
+    (chapters / "05_findings.ipynb").write_text(json.dumps({"cells": [], "metadata": {}}))
+    stamp_build(chapters / "05_findings.ipynb", mine)
+    assert run_output("data", mine, tmp_path)[0] == chapters / "01_data.ipynb"
+    out, why = run_output("data", other, tmp_path)
+    assert out == tmp_path / "_build" / "runs" / other["build"] / "01_data.ipynb" and mine["build"] in why
+    assert run_output("data", other, tmp_path, replace=True)[0] == chapters / "01_data.ipynb"
+
+
 def test_every_chapter_executed_without_errors(built_book):
     root = built_book["root"]
     assert built_book["index"].exists()
