@@ -365,8 +365,9 @@ def set_glued_text(path: Path, key: str, text: str) -> bool:
     found = False
     for cell in nb["cells"]:
         for output in cell.get("outputs", []):
-            if output.get("metadata", {}).get("scrapbook", {}).get("name") == key:
-                output["data"] = {"text/plain": repr(text)}
+            book = output.get("metadata", {}).get("scrapbook", {})
+            if book.get("name") == key:
+                output["data"] = {f"{book.get('mime_prefix', '')}text/plain": repr(text)}
                 found = True
     if found:
         path.write_text(json.dumps(nb, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
@@ -441,6 +442,7 @@ def write_generated_pages(book_dir: Path, timings: dict[str, float] | None = Non
     identity = identity or build_identity(profile, overrides, artefacts_dir)
     atomic_write_text(out / "timings.md", record_timings(out / "timings.json", timings or {}, identity["profile"]))
     atomic_write_text(out / "data_stats.md", data_stats_page())
+    atomic_write_text(out / "lab_path.md", lab_path_page())
     atomic_write_text(out / "design.md", f"Build `{identity['build']}` (profile `{identity['profile']}`, settings "
                       f"digest `{identity['settings']}`): every number below and in the chapters comes from it.\n\n"
                       + design_page(profile, overrides or {}, artefacts_dir, book_dir))
@@ -521,6 +523,91 @@ def design_page(profile_name: str, overrides: dict, artefacts_dir: str = "", boo
                 + _md_table(["finding", "contrast", "test", "effect", "standard error", "detectable effect",
                              "verdict"], rows))
     return out
+
+
+#: The re-run page's path for a lab: (settings, what the step recomputes, what to look for).
+LAB_STEPS = [
+    ({"lora.loss_on": "response"}, "lora",
+     "LoRA's validation loss changes but says nothing about which model is better: it is averaged over other "
+     "tokens ({doc}`chapters/03_training`, exercise 2); compare the gate and likelihood columns in "
+     "{doc}`chapters/05_findings` instead."),
+    ({"lora.lora.r": 64, "lora.lora.alpha": 128}, "lora",
+     "four times the trainable parameters in the figure of {doc}`chapters/03_training`; with {examples} examples "
+     "per language, expect little else to change: rank is not what limits so small a run."),
+    ({"data.test_limit": 15}, "evaluation",
+     "narrower intervals and smaller detectable effects in the claims table (the prompt part of each standard "
+     "error shrinks by about the square root of 15 / {prompts})."),
+    ({"grid.seeds": [42, 43, 44]}, "added",
+     "verdicts stop being *exploratory* once each model has `findings.min_seeds` ({min_seeds}) seeds; how much "
+     "do the seeds disagree?"),
+    ({"data.train_limit": 40}, "all",
+     "losses fall further; do the multilingual and downsampled models answer in the prompt's language more "
+     "often than English-only?"),
+]
+
+
+def lab_path_page(profile_name: str = "class") -> str:
+    """The re-run page's path for a lab, on ``profile_name``: each step's setting, what it
+    recomputes and the minutes ``polyalpaca plan`` predicts for that on this machine's measured
+    rates (from the plan of the profile with and without the change), so the page's numbers are
+    the code's, not typed in."""
+    import json as json_module
+    import tempfile
+
+    from .config import load_profile
+    from .grid import Experiment
+    from .planning import plan_table
+
+    with tempfile.TemporaryDirectory() as empty:  # predictions from empty artefacts; nothing written here
+        def plan(overrides: dict) -> dict:
+            return plan_table(Experiment(load_profile(profile_name, overrides), empty))
+
+        base_profile = load_profile(profile_name)
+        base = plan({})
+        if "book_minutes" not in base["totals"]:
+            return f"(`polyalpaca plan --profile {profile_name}` has no measured rates to predict times with.)\n"
+
+        def eval_minutes(table: dict, share: float = 1.0) -> float:
+            return table["totals"]["evaluation_minutes"] * share
+
+        def trained(table: dict, method: str | None = None) -> list[dict]:
+            return [r for r in table["runs"] if r["trains_new_model"] and (method is None or r["method"] == method)]
+
+        examples = next((r["examples_per_epoch"] for r in base["runs"] if r["recipe"] == "monolingual"), 0)
+        fixed = base_profile.estimate.fixed_minutes
+        lines = [f"Start from the `{profile_name}` profile, built once (`polyalpaca book --profile {profile_name}`: "
+                 f"{base['totals']['book_minutes']:g} minutes as `polyalpaca plan` predicts for this machine), and "
+                 "change one setting at a time, in this order. Keep the same artefacts folder: what a change does "
+                 "not touch is reused, so each step costs only the computation it adds (the minutes below are "
+                 f"`polyalpaca plan --profile {profile_name} -s ...` predictions on the measured rates, computed "
+                 "when this book was built) plus re-executing the chapters and the HTML (about "
+                 f"{fixed:g} minutes). Pass the same `-s` to `polyalpaca book` to rebuild.", ""]
+        for number, (change, kind, look) in enumerate(LAB_STEPS, start=1):
+            table = plan(change)
+            models = table["evaluation"]["models"]  # every model evaluated, the base model included
+            if kind == "lora":
+                runs = trained(table, "lora")
+                minutes = sum(r["cpu_minutes"] for r in runs) + eval_minutes(table, len(runs) / max(models, 1))
+                what = f"the {len(runs)} LoRA models, trained and evaluated"
+            elif kind == "evaluation":
+                minutes = eval_minutes(table)
+                what = "every model's answers and likelihoods, nothing is retrained"
+            elif kind == "added":
+                added = len(trained(table)) - len(trained(base))
+                minutes = (table["totals"]["cpu_minutes"] - base["totals"]["cpu_minutes"]
+                           + eval_minutes(table) - eval_minutes(base))
+                what = f"{added} more models, trained and evaluated"
+            else:
+                per_lang = next((r["examples_per_epoch"] for r in table["runs"] if r["recipe"] == "monolingual"), 0)
+                minutes = table["totals"]["cpu_minutes"] + eval_minutes(table)
+                what = f"every model, on {per_lang} training examples per language, and its answers"
+            sets = " ".join(f"-s {k} {json_module.dumps(v) if isinstance(v, list) else v}" for k, v in change.items())
+            sets = sets.replace("[42, 43, 44]", "'[42, 43, 44]'")
+            text = (look.replace("{examples}", str(examples)).replace("{prompts}", str(base_profile.data.test_limit))
+                    .replace("{min_seeds}", str(base_profile.findings.min_seeds)))
+            lines.append(f"{number}. `{sets}`. *Recomputes* {what} (about {max(minutes, 0.1):.1f} min). "
+                         f"*Look for:* {text}")
+    return "\n".join(lines) + "\n"
 
 
 def record_timings(path: Path, timings: dict[str, float], profile: str) -> str:
