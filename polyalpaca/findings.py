@@ -693,11 +693,13 @@ def plot_language_confusion(answers: pd.DataFrame):
     recipes = [r for r in RECIPE_ORDER if r in set(answers["recipe"])]
     fig, axes = plt.subplots(1, len(recipes), figsize=(3.2 * len(recipes), 3.4), sharey=True, squeeze=False)
     detected_order = sorted(set(answers["detected"].fillna("none")))
+    prompt_order = list(dict.fromkeys(answers["lang"]))  # every panel the same rows (shared y axis)
     for ax, recipe in zip(axes[0], recipes):
         sub = (answers if recipe == "base" else data)
         sub = sub[sub["recipe"] == recipe]
         table = pd.crosstab(sub["lang"], sub["detected"].fillna("none"), normalize="index")
-        table = table.reindex(columns=detected_order, fill_value=0)
+        # A language the recipe was not asked in (monolingual models) stays a blank row.
+        table = table.reindex(columns=detected_order, fill_value=0).reindex(index=prompt_order)
         sns.heatmap(table, ax=ax, vmin=0, vmax=1, cmap="Blues", cbar=False, annot=table.shape[1] <= 8, fmt=".1f",
                     xticklabels=True, yticklabels=True)  # every language labelled
         ax.set_title(recipe, fontsize=11)

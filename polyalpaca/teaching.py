@@ -393,15 +393,30 @@ def learning_rate_frame(exp) -> pd.DataFrame:
 
 
 def plot_learning_rates(frame: pd.DataFrame):
-    """The schedules the trainer followed, per method, over the fraction of training done."""
+    """The schedules the trainer followed, one panel per method (their rates differ by an order of
+    magnitude in the paper's setting), over the fraction of training done, on linear axes: a rate
+    of 0, where a linear decay ends, is drawn like every other point. Method colours as in every
+    figure of the book (``findings.method_colours``)."""
     import matplotlib.pyplot as plt
 
-    sns = _style()
-    fig, ax = plt.subplots(figsize=(7, 3.4), constrained_layout=True)
-    sns.lineplot(data=frame, x="progress", y="learning rate", hue="method", units="run", estimator=None,
-                 marker="o", markersize=4, ax=ax)
-    ax.set_yscale("log")
-    ax.set(xlabel="fraction of the run's steps", title="Learning rate per step, as logged by the trainer")
+    from .findings import METHOD_ORDER, method_colours
+
+    _style()
+    names = {v: k for k, v in METHOD_NAMES.items()}
+    methods = sorted(set(frame["method"]), key=lambda m: METHOD_ORDER.index(names.get(m, m))
+                     if names.get(m, m) in METHOD_ORDER else len(METHOD_ORDER))
+    colours = method_colours([names.get(m, m) for m in methods if names.get(m, m) in METHOD_ORDER])
+    fig, axes = plt.subplots(1, len(methods), figsize=(4.2 * len(methods), 3.2), squeeze=False,
+                             constrained_layout=True)
+    for ax, method in zip(axes[0], methods):
+        colour = colours.get(names.get(method, method), "black")
+        for _, run in frame[frame["method"] == method].groupby("run"):
+            ax.plot(run["progress"], run["learning rate"], marker="o", markersize=3, color=colour, alpha=0.7)
+        ax.set_ylim(bottom=0)
+        ax.ticklabel_format(axis="y", style="sci", scilimits=(-2, 2))
+        ax.set(xlabel="fraction of the run's steps", ylabel="learning rate" if ax is axes[0][0] else "",
+               title=method)
+    fig.suptitle("Learning rate per logged step, as the trainer recorded it")
     return fig
 
 
