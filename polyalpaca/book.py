@@ -221,9 +221,6 @@ def execute_chapter(name: str, parameters: dict, output: Path, kernel: str = "py
     (``identity``, by default ``build_identity`` of ``parameters``)."""
     from .progress import PROGRESS_FILE_ENV
 
-    identity = identity or build_identity(parameters.get("profile", "cpu"), parameters.get("overrides"),
-                                          parameters.get("artefacts_dir", ""))
-
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     progress_file = output.with_name(output.stem + ".progress")
@@ -263,7 +260,8 @@ def execute_chapter(name: str, parameters: dict, output: Path, kernel: str = "py
         raise ChapterError(f"chapter {name} failed (exit {code}): the failing cell and its error are in {output} "
                            "and printed above")
     hide_injected_parameters(output)
-    stamp_build(output, identity)
+    stamp_build(output, identity or build_identity(parameters.get("profile", "cpu"), parameters.get("overrides"),
+                                                   parameters.get("artefacts_dir", "")))
     print(f"[polyalpaca] executed {name} in {time.time() - start:.0f} s -> {output}", flush=True)
     return output
 

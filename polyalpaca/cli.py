@@ -136,6 +136,9 @@ def cmd_run(args) -> int:
         out, why = run_output(args.chapter, identity, book_dir, args.replace_book_chapter)
     print(f"[polyalpaca] {chapter.stem}: build {identity['build']} -> {out} ({why})", flush=True)
     execute_chapter(args.chapter, params, out, timeout_s=profile.book.chapter_timeout_s, identity=identity)
+    if why == "replacing the book's chapter":
+        print("[polyalpaca] the book now holds chapters of more than one build: polyalpaca book refuses to render it "
+              "until the other chapters are executed with the same settings", flush=True)
     if not args.output and out.parent != book_dir / "book" / "chapters":
         print(f"[polyalpaca] the book is unchanged; to put this chapter in it instead, add --replace-book-chapter "
               "(a book renders only chapters of one build: re-run the others the same way, or use "
