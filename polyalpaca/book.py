@@ -4,6 +4,12 @@ The chapter sources in ``notebooks/`` are saved without outputs. ``execute_chapt
 with parameters into ``<book_dir>/book/chapters/``; ``build_book`` runs them all for a profile
 and then calls ``jupyter-book build``. A book directory other than the project root gets a copy
 of the book's own pages and configuration, so a test build never touches the real book.
+
+Every executed chapter records the build it belongs to (``build_identity``: the profile, a digest
+of every setting after overrides, and the artefacts folder) in its notebook metadata. A book is
+one build: ``build_book`` refuses to render chapters of different builds side by side, and
+``polyalpaca run`` writes a chapter executed with other settings to a folder of its own
+(``run_output``), never over the book's chapter unless asked to.
 """
 from __future__ import annotations
 
@@ -37,6 +43,7 @@ NOTEBOOKS_DIR = PROJECT_ROOT / "notebooks"
 CHAPTERS = ["01_data", "02_translation", "03_training", "04_evaluation", "05_findings", "06_dose_response"]
 NOTEBOOK_PARAMETERS = ("profile", "artefacts_dir", "overrides")
 BOOK_FILES = ["_config.yml", "_toc.yml", "references.bib", "book"]
+RUNS_DIR = Path("_build") / "runs"  # in the book's folder: chapters re-run with other settings
 
 
 def chapter_path(name: str) -> Path:
@@ -73,6 +80,93 @@ def hide_injected_parameters(path: Path) -> None:
 
 class ChapterError(RuntimeError):
     """A chapter failed or ran past its timeout; the message names it."""
+
+
+class MixedBuildError(ChapterError):
+    """Chapters of different builds (profile, settings or artefacts folder) in one book."""
+
+
+# --- the build a chapter belongs to ----------------------------------------------------------
+
+def build_identity(profile: str, overrides: dict | None = None, artefacts_dir: str | Path = "") -> dict:
+    """What the numbers of an executed chapter come from: the profile's name, a digest of every
+    setting after the overrides (so ``-s`` values that change nothing name the same build) and
+    the artefacts folder (absolute). ``build`` names it: ``<profile>-<digest of both>``."""
+    from .config import load_profile
+
+    return profile_identity(load_profile(profile, overrides or {}), artefacts_dir)
+
+
+def profile_identity(p, artefacts_dir: str | Path = "") -> dict:
+    """``build_identity`` of a loaded profile (overrides applied)."""
+    import hashlib
+
+    from .paths import artefacts_root
+
+    root = Path(artefacts_dir).resolve() if artefacts_dir else (artefacts_root() / p.name).resolve()
+    settings = hashlib.sha256(json.dumps(p.to_dict(), sort_keys=True, default=str).encode()).hexdigest()
+    build = hashlib.sha256(f"{settings}\0{root}".encode()).hexdigest()[:10]
+    return {"build": f"{p.name}-{build}", "profile": p.name, "settings": settings[:10], "artefacts": str(root)}
+
+
+def describe_build(identity: dict | None) -> str:
+    if not identity:
+        return "no recorded build (failed, or executed before builds were recorded)"
+    return (f"build {identity['build']} (profile {identity['profile']}, settings {identity['settings']}, "
+            f"artefacts {identity['artefacts']})")
+
+
+def stamp_build(path: Path, identity: dict) -> None:
+    """Record ``identity`` in an executed chapter's metadata (``metadata.polyalpaca.build``)."""
+    nb = json.loads(path.read_text(encoding="utf-8"))
+    nb.setdefault("metadata", {}).setdefault("polyalpaca", {})["build"] = identity
+    path.write_text(json.dumps(nb, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def chapter_build(path: Path) -> dict | None:
+    """The build recorded in an executed chapter; None when it has none."""
+    try:
+        nb = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return None
+    return nb.get("metadata", {}).get("polyalpaca", {}).get("build")
+
+
+def executed_builds(chapters_dir: Path) -> dict[str, dict | None]:
+    """The build of every executed chapter in ``chapters_dir`` (absent chapters left out)."""
+    return {name: chapter_build(chapters_dir / f"{name}.ipynb") for name in CHAPTERS
+            if (chapters_dir / f"{name}.ipynb").exists()}
+
+
+def check_one_build(chapters_dir: Path, identity: dict, skip: list[str] | tuple = ()) -> None:
+    """Raise ``MixedBuildError`` when an executed chapter in ``chapters_dir`` (other than those in
+    ``skip``, about to be executed) belongs to another build than ``identity``: one book, one build."""
+    others = {name: found for name, found in executed_builds(chapters_dir).items()
+              if name not in skip and (found or {}).get("build") != identity["build"]}
+    if others:
+        lines = "\n".join(f"  - {name}: {describe_build(found)}" for name, found in others.items())
+        raise MixedBuildError(
+            f"the book would mix builds: this one is {describe_build(identity)}, but in {chapters_dir}\n{lines}\n"
+            "Every number of a book comes from one build. Execute those chapters with this build's profile, "
+            "settings and artefacts (polyalpaca book ... --chapters NAME), or build the whole book again, "
+            "or render the book with the settings they were executed with.")
+
+
+def run_output(chapter: str, identity: dict, book_dir: Path = PROJECT_ROOT, replace: bool = False) -> tuple[Path, str]:
+    """Where ``polyalpaca run`` writes a chapter, and why: into the book (``book_dir/book/chapters``)
+    when every chapter already there belongs to this same build, or with ``replace``; otherwise
+    into ``book_dir/_build/runs/<build>/``, so that a run with another profile, other settings or
+    another artefacts folder never overwrites the book's chapters or figures."""
+    name = chapter_path(chapter).name
+    chapters_dir = Path(book_dir) / "book" / "chapters"
+    builds = executed_builds(chapters_dir)
+    same = bool(builds) and all((b or {}).get("build") == identity["build"] for b in builds.values())
+    if replace or same:
+        return chapters_dir / name, ("replacing the book's chapter" if replace and not same else
+                                     "the book's build: the same profile, settings and artefacts")
+    reason = ("the book has no executed chapters" if not builds else
+              "the book is " + "; ".join(sorted({describe_build(b) for b in builds.values()})))
+    return Path(book_dir) / RUNS_DIR / identity["build"] / name, reason
 
 
 class ChapterInterrupted(ChapterError):
@@ -133,12 +227,13 @@ def _stop_chapter(child: subprocess.Popen, grace_s: float) -> None:
 
 
 def execute_chapter(name: str, parameters: dict, output: Path, kernel: str = "python3",
-                    timeout_s: int | None = None) -> Path:
+                    timeout_s: int | None = None, identity: dict | None = None) -> Path:
     """Execute one chapter with papermill in a child process. Its progress lines (``polyalpaca.
     progress``) are printed here as they come; a chapter running past ``timeout_s`` is stopped
     and reported by name (``ChapterError``), as is a chapter whose cell fails. Ctrl-C stops the
     chapter's executor and kernel (each in a process group of its own) within seconds and raises
-    ``ChapterInterrupted``, which says where it stopped."""
+    ``ChapterInterrupted``, which says where it stopped. The executed notebook records its build
+    (``identity``, by default ``build_identity`` of ``parameters``)."""
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     progress_file = output.with_name(output.stem + ".progress")
@@ -178,6 +273,8 @@ def execute_chapter(name: str, parameters: dict, output: Path, kernel: str = "py
         raise ChapterError(f"chapter {name} failed (exit {code}): the failing cell and its error are in {output} "
                            "and printed above")
     hide_injected_parameters(output)
+    stamp_build(output, identity or build_identity(parameters.get("profile", "cpu"), parameters.get("overrides"),
+                                                   parameters.get("artefacts_dir", "")))
     print(f"[polyalpaca] executed {name} in {time.time() - start:.0f} s -> {output}", flush=True)
     return output
 
@@ -238,24 +335,79 @@ def build_html(book_dir: Path, strict: bool = True) -> Path:
 def build_book(profile: str = "cpu", book_dir: str | Path | None = None, artefacts_dir: str = "",
                overrides: dict | None = None, chapters: list[str] | None = None, strict: bool = True,
                execute: bool = True) -> Path:
-    """Execute every chapter for ``profile`` and build the HTML book; returns index.html."""
+    """Execute every chapter for ``profile`` and build the HTML book; returns index.html. Refuses
+    (``MixedBuildError``, before anything runs) when a chapter it does not execute belongs to
+    another build than this one."""
     book_dir = Path(book_dir) if book_dir else PROJECT_ROOT
+    artefacts_dir = str(Path(artefacts_dir).resolve()) if artefacts_dir else ""  # chapters run in book/chapters
+    identity = build_identity(profile, overrides, artefacts_dir)
+    names = [chapter_path(n).stem for n in (chapters or CHAPTERS)] if execute else []
+    chapters_dir = book_dir / "book" / "chapters"
+    check_one_build(chapters_dir, identity, skip=names)
     stage_book(book_dir)
-    params = {"profile": profile, "artefacts_dir": str(artefacts_dir or ""), "overrides": overrides or {}}
+    params = {"profile": profile, "artefacts_dir": artefacts_dir, "overrides": overrides or {}}
     timings = {}
     if execute:
         settings = load_profile(profile, overrides or {})
         warn_if_disk_is_short(settings, artefacts_dir)
         timeout = settings.book.chapter_timeout_s
-        names = chapters or CHAPTERS
+        record = chapters_dir / "generated" / "timings.json"
         for number, name in enumerate(names, start=1):
-            print(f"[polyalpaca] chapter {number}/{len(names)}: {chapter_path(name).stem} "
-                  f"(profile {profile}, timeout {timeout} s)", flush=True)
+            print(f"[polyalpaca] chapter {number}/{len(names)}: {name} "
+                  f"(profile {profile}, build {identity['build']}, timeout {timeout} s)", flush=True)
             start = time.time()
-            execute_chapter(name, params, book_dir / "book" / "chapters" / chapter_path(name).name, timeout_s=timeout)
-            timings[chapter_path(name).stem] = round(time.time() - start, 1)
-    write_generated_pages(book_dir, timings, profile, overrides or {}, artefacts_dir)
+            output = execute_chapter(name, params, chapters_dir / f"{name}.ipynb", timeout_s=timeout,
+                                     identity=identity)
+            timings[name] = round(time.time() - start, 1)
+            # The chapter could not know its own time while it ran: record it now and put it on its page.
+            record.parent.mkdir(parents=True, exist_ok=True)
+            record_timings(record, {name: timings[name]}, identity["profile"])
+            refresh_run_time(output, name, identity["profile"], record)
+    write_generated_pages(book_dir, timings, profile, overrides or {}, artefacts_dir, identity)
     return build_html(book_dir, strict)
+
+
+def set_glued_text(path: Path, key: str, text: str) -> bool:
+    """Replace the value glued as ``key`` (``chapter.glue``) in an executed notebook; False when the
+    notebook glues no such value."""
+    nb = json.loads(path.read_text(encoding="utf-8"))
+    found = False
+    for cell in nb["cells"]:
+        for output in cell.get("outputs", []):
+            book = output.get("metadata", {}).get("scrapbook", {})
+            if book.get("name") == key:
+                output["data"] = {f"{book.get('mime_prefix', '')}text/plain": repr(text)}
+                found = True
+    if found:
+        path.write_text(json.dumps(nb, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    return found
+
+
+def _minutes(seconds: float) -> str:
+    return "under a minute" if seconds < 60 else f"about {seconds / 60:.0f} min"
+
+
+def recorded_run_time(chapter: str, profile: str, record: str | Path = "generated/timings.json") -> str | None:
+    """Time to re-execute ``chapter`` under ``profile`` from the book's timing record
+    (``record_timings``), as prose: the slowest recorded build, which computed the
+    artefacts, and the last one, which may have reused them; None when nothing is recorded."""
+    path = Path(record)
+    known = json.loads(path.read_text()) if path.exists() else {}
+    mine = known.get("profiles", {}).get(profile, {})
+    slowest, last = mine.get("slowest", {}).get(chapter), mine.get("last", {}).get(chapter)
+    if slowest is None:
+        return None
+    run = f"{_minutes(slowest)} from empty artefacts (the slowest build recorded here)"
+    if last is not None and _minutes(last) != _minutes(slowest):
+        run += f", {_minutes(last).replace('about ', '')} in the last build"
+    return run
+
+
+def refresh_run_time(output: Path, name: str, profile: str, record: Path) -> None:
+    """Put the time to re-execute, as now recorded, in the chapter's glued ``time_run``."""
+    text = recorded_run_time(name, profile, record)
+    if text is not None:
+        set_glued_text(output, "time_run", text)
 
 
 def warn_if_disk_is_short(profile, artefacts_dir: str | Path = "") -> str:
@@ -298,17 +450,22 @@ def settings_table() -> str:
 
 
 def write_generated_pages(book_dir: Path, timings: dict[str, float] | None = None, profile: str = "cpu",
-                          overrides: dict | None = None, artefacts_dir: str = "") -> None:
-    """Pages made from code and artefacts, included by the hand-written pages."""
+                          overrides: dict | None = None, artefacts_dir: str = "", identity: dict | None = None) -> None:
+    """Pages made from code and artefacts, included by the hand-written pages; the design page
+    names the build (``identity``) its numbers come from."""
     out = book_dir / "book" / "chapters" / "generated"
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "settings.md", settings_table())
-    atomic_write_text(out / "timings.md", record_timings(out / "timings.json", timings or {}, profile))
+    identity = identity or build_identity(profile, overrides, artefacts_dir)
+    atomic_write_text(out / "timings.md", record_timings(out / "timings.json", timings or {}, identity["profile"]))
     atomic_write_text(out / "data_stats.md", data_stats_page())
-    atomic_write_text(out / "design.md", design_page(profile, overrides or {}, artefacts_dir))
+    atomic_write_text(out / "lab_path.md", lab_path_page())
+    atomic_write_text(out / "design.md", f"Build `{identity['build']}` (profile `{identity['profile']}`, settings "
+                      f"digest `{identity['settings']}`): every number below and in the chapters comes from it.\n\n"
+                      + design_page(profile, overrides or {}, artefacts_dir, book_dir))
 
 
-def design_page(profile_name: str, overrides: dict, artefacts_dir: str = "") -> str:
+def design_page(profile_name: str, overrides: dict, artefacts_dir: str = "", book_dir: Path | None = None) -> str:
     """The scope page's facts about this build's grid, from the profile, the plan and the
     artefacts: seeds, steps per run, sample sizes, task categories, the training loss, and what
     the claims table could detect."""
@@ -358,7 +515,11 @@ def design_page(profile_name: str, overrides: dict, artefacts_dir: str = "") -> 
                      f"{ev['likelihood'] / 60:.1f}, loading models {ev['load'] / 60:.1f}, the other chapters and the "
                      f"HTML build {p.estimate.fixed_minutes:g}; twice the seeds: about {more['book_minutes']} minutes |")
     out = "\n".join(lines) + "\n"
-    claims_path = exp.root / "claims.csv"
+    # The findings chapter's claims table of this build (generated/claims.csv, written next to its
+    # figures); older chapters wrote it into the artefacts folder only.
+    claims_path = book_dir / "book" / "chapters" / "generated" / "claims.csv" if book_dir else None
+    if claims_path is None or not claims_path.exists():
+        claims_path = exp.root / "claims.csv"
     if claims_path.exists():
         import pandas as pd
 
@@ -373,6 +534,91 @@ def design_page(profile_name: str, overrides: dict, artefacts_dir: str = "") -> 
                 + _md_table(["finding", "contrast", "test", "effect", "standard error", "detectable effect",
                              "verdict"], rows))
     return out
+
+
+#: The re-run page's path for a lab: (settings, what the step recomputes, what to look for).
+LAB_STEPS = [
+    ({"lora.loss_on": "response"}, "lora",
+     "LoRA's validation loss changes but says nothing about which model is better: it is averaged over other "
+     "tokens ({doc}`chapters/03_training`, exercise 2); compare the gate and likelihood columns in "
+     "{doc}`chapters/05_findings` instead."),
+    ({"lora.lora.r": 64, "lora.lora.alpha": 128}, "lora",
+     "four times the trainable parameters in the figure of {doc}`chapters/03_training`; with {examples} examples "
+     "per language, expect little else to change: rank is not what limits so small a run."),
+    ({"data.test_limit": 15}, "evaluation",
+     "narrower intervals and smaller detectable effects in the claims table (the prompt part of each standard "
+     "error shrinks by about the square root of 15 / {prompts})."),
+    ({"grid.seeds": [42, 43, 44]}, "added",
+     "verdicts stop being *exploratory* once each model has `findings.min_seeds` ({min_seeds}) seeds; how much "
+     "do the seeds disagree?"),
+    ({"data.train_limit": 40}, "all",
+     "losses fall further; do the multilingual and downsampled models answer in the prompt's language more "
+     "often than English-only?"),
+]
+
+
+def lab_path_page(profile_name: str = "class") -> str:
+    """The re-run page's path for a lab, on ``profile_name``: each step's setting, what it
+    recomputes and the minutes ``polyalpaca plan`` predicts for that on this machine's measured
+    rates (from the plan of the profile with and without the change), so the page's numbers are
+    the code's, not typed in."""
+    import json as json_module
+    import tempfile
+
+    from .config import load_profile
+    from .grid import Experiment
+    from .planning import plan_table
+
+    with tempfile.TemporaryDirectory() as empty:  # predictions from empty artefacts; nothing written here
+        def plan(overrides: dict) -> dict:
+            return plan_table(Experiment(load_profile(profile_name, overrides), empty))
+
+        base_profile = load_profile(profile_name)
+        base = plan({})
+        if "book_minutes" not in base["totals"]:
+            return f"(`polyalpaca plan --profile {profile_name}` has no measured rates to predict times with.)\n"
+
+        def eval_minutes(table: dict, share: float = 1.0) -> float:
+            return table["totals"]["evaluation_minutes"] * share
+
+        def trained(table: dict, method: str | None = None) -> list[dict]:
+            return [r for r in table["runs"] if r["trains_new_model"] and (method is None or r["method"] == method)]
+
+        examples = next((r["examples_per_epoch"] for r in base["runs"] if r["recipe"] == "monolingual"), 0)
+        fixed = base_profile.estimate.fixed_minutes
+        lines = [f"Start from the `{profile_name}` profile, built once (`polyalpaca book --profile {profile_name}`: "
+                 f"{base['totals']['book_minutes']:g} minutes as `polyalpaca plan` predicts for this machine), and "
+                 "change one setting at a time, in this order. Keep the same artefacts folder: what a change does "
+                 "not touch is reused, so each step costs only the computation it adds (the minutes below are "
+                 f"`polyalpaca plan --profile {profile_name} -s ...` predictions on the measured rates, computed "
+                 "when this book was built) plus re-executing the chapters and the HTML (about "
+                 f"{fixed:g} minutes). Pass the same `-s` to `polyalpaca book` to rebuild.", ""]
+        for number, (change, kind, look) in enumerate(LAB_STEPS, start=1):
+            table = plan(change)
+            models = table["evaluation"]["models"]  # every model evaluated, the base model included
+            if kind == "lora":
+                runs = trained(table, "lora")
+                minutes = sum(r["cpu_minutes"] for r in runs) + eval_minutes(table, len(runs) / max(models, 1))
+                what = f"the {len(runs)} LoRA models, trained and evaluated"
+            elif kind == "evaluation":
+                minutes = eval_minutes(table)
+                what = "every model's answers and likelihoods, nothing is retrained"
+            elif kind == "added":
+                added = len(trained(table)) - len(trained(base))
+                minutes = (table["totals"]["cpu_minutes"] - base["totals"]["cpu_minutes"]
+                           + eval_minutes(table) - eval_minutes(base))
+                what = f"{added} more models, trained and evaluated"
+            else:
+                per_lang = next((r["examples_per_epoch"] for r in table["runs"] if r["recipe"] == "monolingual"), 0)
+                minutes = table["totals"]["cpu_minutes"] + eval_minutes(table)
+                what = f"every model, on {per_lang} training examples per language, and its answers"
+            sets = " ".join(f"-s {k} {json_module.dumps(v) if isinstance(v, list) else v}" for k, v in change.items())
+            sets = sets.replace("[42, 43, 44]", "'[42, 43, 44]'")
+            text = (look.replace("{examples}", str(examples)).replace("{prompts}", str(base_profile.data.test_limit))
+                    .replace("{min_seeds}", str(base_profile.findings.min_seeds)))
+            lines.append(f"{number}. `{sets}`. *Recomputes* {what} (about {max(minutes, 0.1):.1f} min). "
+                         f"*Look for:* {text}")
+    return "\n".join(lines) + "\n"
 
 
 def record_timings(path: Path, timings: dict[str, float], profile: str) -> str:

@@ -40,6 +40,10 @@ def setup(profile: str, artefacts_dir: str = "", overrides: dict | None = None) 
     logging.getLogger("polyalpaca").setLevel(logging.INFO)
     exp = Experiment(p, artefacts_dir or None)
     exp.write_manifest()
+    from .book import profile_identity
+
+    # The build this page's numbers come from (the book records it in every executed chapter).
+    glue("build", profile_identity(p, artefacts_dir)["build"])
     return exp
 
 
@@ -57,6 +61,17 @@ def save_figure(fig, name: str) -> None:
     folder = Path("generated")
     folder.mkdir(exist_ok=True)
     fig.savefig(folder / f"{name}.png", dpi=110, bbox_inches="tight")
+
+
+def save_table(frame, name: str) -> None:
+    """Save a table for the book's generated pages (``book/chapters/generated/NAME.csv``, next to
+    the figures): it belongs to this build, as the page does, where a file in the artefacts folder
+    may have been rewritten since by a run with other settings."""
+    from pathlib import Path
+
+    folder = Path("generated")
+    folder.mkdir(exist_ok=True)
+    frame.to_csv(folder / f"{name}.csv", index=False)
 
 
 def say(text: str, width: int = 88) -> None:

@@ -2,7 +2,8 @@
 
     polyalpaca check [--profile cpu]           check every setting; the plan's time and disk estimate
     polyalpaca book [--profile cpu]            execute every chapter and build the HTML book
-    polyalpaca run CHAPTER [--profile cpu]     re-execute one chapter (-p KEY VALUE: notebook parameters)
+    polyalpaca run CHAPTER [--profile cpu]     re-execute one chapter (-p KEY VALUE: notebook parameters); into
+                                               the book only when it has the book's settings
     polyalpaca plan [--profile cpu]            the grid, its budget and a compute estimate
     polyalpaca data stats [--profile cpu]      per-language counts, tokens and recipe budgets
     polyalpaca train --profile P --run NAME    train one grid cell (works under accelerate launch)
@@ -31,8 +32,8 @@ import shlex
 import sys
 from pathlib import Path
 
-from .book import (PROJECT_ROOT, ChapterError, ChapterInterrupted, build_book, chapter_path, execute_chapter,
-                   split_parameters)
+from .book import (PROJECT_ROOT, ChapterError, ChapterInterrupted, build_book, build_identity, chapter_path,
+                   execute_chapter, run_output, split_parameters)
 from .config import SettingsError, available_profiles, load_profile, settings_help
 from .files import FolderBusy
 from .grid import Experiment
@@ -126,8 +127,23 @@ def cmd_run(args) -> int:
     params = run_parameters(args)
     chapter = chapter_path(args.chapter)  # an unknown chapter is reported before the profile
     profile = _checked_profile(params["profile"], params["overrides"])
-    out = Path(args.output) if args.output else PROJECT_ROOT / "book" / "chapters" / chapter.name
-    execute_chapter(args.chapter, params, out, timeout_s=profile.book.chapter_timeout_s)
+    if params["artefacts_dir"]:  # the chapter runs in its output folder: a relative path means from here
+        params["artefacts_dir"] = str(Path(params["artefacts_dir"]).resolve())
+    identity = build_identity(params["profile"], params["overrides"], params["artefacts_dir"])
+    book_dir = Path(args.book_dir) if args.book_dir else PROJECT_ROOT
+    if args.output:
+        out, why = Path(args.output), "--output"
+    else:
+        out, why = run_output(args.chapter, identity, book_dir, args.replace_book_chapter)
+    print(f"[polyalpaca] {chapter.stem}: build {identity['build']} -> {out} ({why})", flush=True)
+    execute_chapter(args.chapter, params, out, timeout_s=profile.book.chapter_timeout_s, identity=identity)
+    if why == "replacing the book's chapter":
+        print("[polyalpaca] the book now holds chapters of more than one build: polyalpaca book refuses to render it "
+              "until the other chapters are executed with the same settings", flush=True)
+    if not args.output and out.parent != book_dir / "book" / "chapters":
+        print(f"[polyalpaca] the book is unchanged; to put this chapter in it instead, add --replace-book-chapter "
+              "(a book renders only chapters of one build: re-run the others the same way, or use "
+              f"polyalpaca book --profile {params['profile']} with the same settings)", flush=True)
     return 0
 
 
@@ -354,7 +370,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-p", "--param", nargs=2, action="append", default=[], metavar=("KEY", "VALUE"),
                    help="a notebook parameter, the alias of the options above: -p profile NAME, "
                         "-p artefacts_dir DIR, -p DOTTED.KEY VALUE (as -s), -p overrides JSON")
-    p.add_argument("--output", default="", help="executed notebook path (default: book/chapters/CHAPTER.ipynb)")
+    p.add_argument("--output", default="",
+                   help="executed notebook path (default: the book's chapter, book/chapters/CHAPTER.ipynb, when the "
+                        "book was built with the same profile, settings and artefacts; otherwise "
+                        "_build/runs/PROFILE-DIGEST/CHAPTER.ipynb, and the book is left as it is)")
+    p.add_argument("--book-dir", default="", help="the book this chapter belongs to (default: the project root)")
+    p.add_argument("--replace-book-chapter", action="store_true",
+                   help="write into the book's chapter even when the book was built with other settings (the book "
+                        "then refuses to render until every chapter is of one build)")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("plan", help="show the grid, its budget units and a compute estimate")

@@ -728,11 +728,13 @@ def plot_language_confusion(answers: pd.DataFrame):
     recipes = [r for r in RECIPE_ORDER if r in set(answers["recipe"])]
     fig, axes = plt.subplots(1, len(recipes), figsize=(3.2 * len(recipes), 3.4), sharey=True, squeeze=False)
     detected_order = sorted(set(answers["detected"].fillna("none")))
+    prompt_order = list(dict.fromkeys(answers["lang"]))  # every panel the same rows (shared y axis)
     for ax, recipe in zip(axes[0], recipes):
         sub = (answers if recipe == "base" else data)
         sub = sub[sub["recipe"] == recipe]
         table = pd.crosstab(sub["lang"], sub["detected"].fillna("none"), normalize="index")
-        table = table.reindex(columns=detected_order, fill_value=0)
+        # A language the recipe was not asked in (monolingual models) stays a blank row.
+        table = table.reindex(columns=detected_order, fill_value=0).reindex(index=prompt_order)
         sns.heatmap(table, ax=ax, vmin=0, vmax=1, cmap="Blues", cbar=False, annot=table.shape[1] <= 8, fmt=".1f",
                     xticklabels=True, yticklabels=True)  # every language labelled
         ax.set_title(recipe, fontsize=11)
@@ -742,12 +744,32 @@ def plot_language_confusion(answers: pd.DataFrame):
     return fig
 
 
+def run_colours(runs: pd.DataFrame) -> dict[str, tuple]:
+    """One colour per run (``runs``: columns ``run`` and ``recipe``), in its recipe's colour
+    (``recipe_colours``); a recipe with several runs (monolingual: one per language) gets lighter
+    shades of it, one per run, so a run is told apart and still reads as its recipe."""
+    pairs = runs.drop_duplicates("run")
+    known = [r for r in RECIPE_ORDER if r in set(pairs["recipe"])]
+    colours = recipe_colours(known)
+    out = {}
+    for recipe in known:
+        names = sorted(pairs.loc[pairs["recipe"] == recipe, "run"])
+        for k, name in enumerate(names):
+            t = 0.55 * k / max(len(names), 1)  # towards white
+            out[name] = tuple(c + (1 - c) * t for c in colours[recipe])
+    return out
+
+
 def plot_losses(histories: pd.DataFrame):
-    """Training and validation loss per run (one panel per method)."""
+    """Training and validation loss per run (one panel per method; with several seeds the mean over
+    seeds), each run in its recipe's colour (``run_colours``), training and validation by line style."""
     sns = _setup()
-    g = sns.relplot(data=histories, kind="line", x="epoch", y="loss", hue="run", style="split", col="method",
+    data = histories.groupby(["method", "run", "recipe", "split", "epoch"], as_index=False)["loss"].mean()
+    palette = run_colours(data[["run", "recipe"]])
+    g = sns.relplot(data=data, kind="line", x="epoch", y="loss", hue="run", hue_order=list(palette), palette=palette,
+                    style="split", col="method", col_order=[m for m in METHOD_ORDER if m in set(data["method"])],
                     height=3.4, aspect=1.4, marker="o", markersize=4, errorbar=None)
-    g.set_axis_labels("epoch", "loss")
+    g.set_axis_labels("epoch", "loss (nats per target token)")
     return g.figure
 
 

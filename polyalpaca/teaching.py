@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .book import chapter_path
+from .book import chapter_path, recorded_run_time
 from .config import with_overrides
 from .data import EMBEDDED_TRAIN_LANGUAGES, Record, embedded_train
 from .grid import Experiment
@@ -78,29 +78,20 @@ def reading_minutes(chapter: str) -> int:
     return max(1, math.ceil(words / WORDS_PER_MINUTE + outputs * MINUTES_PER_OUTPUT))
 
 
-def _minutes(seconds: float) -> str:
-    return "under a minute" if seconds < 60 else f"about {seconds / 60:.0f} min"
-
-
 def chapter_times(chapter: str, exp, record: str | Path = "generated/timings.json") -> dict[str, str]:
     """Time to read and time to re-execute ``chapter`` (e.g. ``"03_training"``) under ``exp``'s
     profile, as prose for the chapter's opener.
 
-    The execution time comes from the book's timing record (``polyalpaca.book.record_timings``,
-    ``book/chapters/generated/timings.json``; chapters execute in ``book/chapters``, so the default
-    relative path finds it) for ``exp``'s profile: the slowest recorded build, which computed the
-    artefacts, and the last one, which may have reused them. Without a record, the training and evaluation chapters give
-    the prediction of ``polyalpaca plan`` (``planning.plan_table``) for profiles with measured rates."""
+    The execution time comes from the book's timing record (``recorded_run_time``;
+    ``book/chapters/generated/timings.json``: chapters execute in ``book/chapters``, so the default
+    relative path finds it). Without a record, the training and evaluation chapters give the
+    prediction of ``polyalpaca plan`` (``planning.plan_table``) for profiles with measured rates.
+    A book build replaces this text by the time it has just measured (``polyalpaca.book``), so a
+    first build's pages show their own times too."""
     name = chapter_path(chapter).stem
     read = f"about {reading_minutes(name)} min"
-    path = Path(record)
-    known = json.loads(path.read_text()) if path.exists() else {}
-    mine = known.get("profiles", {}).get(exp.profile.name, {})
-    slowest, last = mine.get("slowest", {}).get(name), mine.get("last", {}).get(name)
-    if slowest is not None:
-        run = f"{_minutes(slowest)} from empty artefacts (the slowest build recorded here)"
-        if last is not None and _minutes(last) != _minutes(slowest):
-            run += f", {_minutes(last).replace('about ', '')} in the last build"
+    run = recorded_run_time(name, exp.profile.name, record)
+    if run is not None:
         return {"read": read, "run": run}
     predicted = None
     if name in ("03_training", "04_evaluation") and exp.profile.tokens_per_second_estimate:
@@ -381,15 +372,30 @@ def learning_rate_frame(exp) -> pd.DataFrame:
 
 
 def plot_learning_rates(frame: pd.DataFrame):
-    """The schedules the trainer followed, per method, over the fraction of training done."""
+    """The schedules the trainer followed, one panel per method (their rates differ by an order of
+    magnitude in the paper's setting), over the fraction of training done, on linear axes: a rate
+    of 0, where a linear decay ends, is drawn like every other point. Method colours as in every
+    figure of the book (``findings.method_colours``)."""
     import matplotlib.pyplot as plt
 
-    sns = _style()
-    fig, ax = plt.subplots(figsize=(7, 3.4), constrained_layout=True)
-    sns.lineplot(data=frame, x="progress", y="learning rate", hue="method", units="run", estimator=None,
-                 marker="o", markersize=4, ax=ax)
-    ax.set_yscale("log")
-    ax.set(xlabel="fraction of the run's steps", title="Learning rate per step, as logged by the trainer")
+    from .findings import METHOD_ORDER, method_colours
+
+    _style()
+    names = {v: k for k, v in METHOD_NAMES.items()}
+    methods = sorted(set(frame["method"]), key=lambda m: METHOD_ORDER.index(names.get(m, m))
+                     if names.get(m, m) in METHOD_ORDER else len(METHOD_ORDER))
+    colours = method_colours([names.get(m, m) for m in methods if names.get(m, m) in METHOD_ORDER])
+    fig, axes = plt.subplots(1, len(methods), figsize=(4.2 * len(methods), 3.2), squeeze=False,
+                             constrained_layout=True)
+    for ax, method in zip(axes[0], methods):
+        colour = colours.get(names.get(method, method), "black")
+        for _, run in frame[frame["method"] == method].groupby("run"):
+            ax.plot(run["progress"], run["learning rate"], marker="o", markersize=3, color=colour, alpha=0.7)
+        ax.set_ylim(bottom=0)
+        ax.ticklabel_format(axis="y", style="sci", scilimits=(-2, 2))
+        ax.set(xlabel="fraction of the run's steps", ylabel="learning rate" if ax is axes[0][0] else "",
+               title=method)
+    fig.suptitle("Learning rate per logged step, as the trainer recorded it")
     return fig
 
 

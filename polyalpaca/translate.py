@@ -217,6 +217,17 @@ class TranslationBackend(Protocol):
         ...
 
 
+def check_no_new_example(reply: str, job: TranslationJob) -> None:
+    """Reject (``InvalidReply``) a base model's continuation that runs on into a new pair of the
+    prompt's worked examples: a line of the reply that starts with the source or the target
+    language's label ("English:", "Spanish:"), as the examples' lines do. What comes before it may
+    be a translation, but the reply as a whole is not one, and is not written as one."""
+    labels = tuple(f"{LANGUAGE_NAMES[code]}:" for code in (job.source_language, job.target_language))
+    for line in _strip_tags(reply).splitlines():
+        if line.strip().startswith(labels):
+            raise InvalidReply(f"the reply continues the prompt's worked examples ({line.strip()[:40]!r})")
+
+
 class ApiBackend:
     """Translate through an OpenAI-compatible endpoint (``ChatClient``)."""
 
@@ -269,6 +280,8 @@ class LocalBackend:
         outcomes = []
         for job, reply in zip(jobs, replies, strict=True):
             try:
+                if opened:
+                    check_no_new_example(reply, job)
                 outcomes.append(JobOutcome(job.check_reply(reply), None, [reply]))
             except InvalidReply as exc:
                 outcomes.append(JobOutcome(None, f"invalid reply: {exc}", [reply]))
@@ -366,6 +379,11 @@ def chrf_for_translations(translated: Sequence[TranslatedRecord],
 # The translation chapter's study
 # --------------------------------------------------------------------------------------------
 
+#: The version of the reply checks: part of the study's key, so a stored study is redone when they change
+#: (2: a base model's reply that continues the worked examples is rejected).
+CHECKS_VERSION = 2
+
+
 def translation_study(t, root) -> dict:
     """Translate the first ``translation.records`` English records into ``translation.languages``
     and score them with chrF against our reference translations; stored and reused."""
@@ -377,7 +395,8 @@ def translation_study(t, root) -> dict:
     # Keyed by the settings, the exact records (source, references, worked examples) and the prompt text.
     texts = [getattr(r, k) for recs in [english, *targets.values()] for r in recs for k in ("id", *fields)]
     cached = Cached(root / "translation", "study", {"settings": dataclasses.asdict(t), "records": text_digest(texts),
-                                                    "prompt": text_digest([prompt.system, prompt.user])}, suffix="json")
+                                                    "prompt": text_digest([prompt.system, prompt.user]),
+                                                    "checks": CHECKS_VERSION}, suffix="json")
     if cached.exists():
         return cached.read_json()
     source = [{k: getattr(r, k) for k in ("id", *fields)} for r in english[:t.records]]

@@ -42,6 +42,139 @@ def built_book(tmp_path_factory):
     return {"root": root, "index": index, "judge_requests": judge_requests, "auth": auth}
 
 
+def _tree_digest(folder: Path) -> dict[str, str]:
+    import hashlib
+
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.slow
+def test_every_chapter_records_the_build_and_names_it(built_book):
+    """Each executed chapter carries its build (profile, settings digest, artefacts folder) in its
+    metadata, all the same; the pages name it."""
+    from polyalpaca.book import chapter_build
+
+    root = built_book["root"]
+    builds = [chapter_build(root / "book" / "chapters" / f"{name}.ipynb") for name in CHAPTERS]
+    assert builds[0] and all(b == builds[0] for b in builds), builds
+    assert builds[0]["profile"] == "tiny" and builds[0]["artefacts"] == str((root / "artefacts").resolve())
+    assert builds[0]["build"] in (root / "_build" / "html" / "book" / "scope.html").read_text()
+    for name in CHAPTERS[:4]:  # the findings chapter glues it too (its page may say it)
+        html = (root / "_build" / "html" / "book" / "chapters" / f"{name}.html").read_text()
+        assert builds[0]["build"] in html, name
+
+
+def _page_text(path: Path) -> str:
+    """A built page's text as a reader sees it: tags removed, entities decoded, spaces collapsed."""
+    import html as html_module
+    import re
+
+    text = re.sub(r"<(script|style)[^>]*>.*?</\1>", " ", path.read_text(encoding="utf-8"), flags=re.S)
+    text = html_module.unescape(re.sub(r"<[^>]+>", " ", text)).replace("\u2019", "'").replace("\u201c", '"')
+    return " ".join(text.replace("\u201d", '"').split())
+
+
+@pytest.mark.slow
+def test_the_pages_say_what_the_build_shows(built_book):
+    """The statements a reader of the built book found contradicted by its own numbers stay true:
+    each chapter shows the time just recorded (never 'not recorded' once a record exists), the
+    training chapter the steps its runs took, the evaluation chapter labelled tables, an explained
+    accuracy column and one prompt answered by every model; the glossary's echo is the gate's."""
+    root = built_book["root"]
+    html = root / "_build" / "html" / "book"
+    pages = {name: _page_text(html / "chapters" / f"{name}.html") for name in CHAPTERS}
+    record = json.loads((root / "book" / "chapters" / "generated" / "timings.json").read_text())["profiles"]["tiny"]
+    for name, text in pages.items():
+        assert name in record["slowest"]
+        assert "not recorded" not in text, name
+        if name != "05_findings":  # its time is the findings chapter's own prose
+            assert "(the slowest build recorded here)" in text, name
+    for page in ("intro.html", "scope.html", "rerun.html", "glossary.html", "data-card.html"):
+        assert "not recorded" not in _page_text(html / page), page
+
+    # Training: the steps the runs took, not a guess; the schedules' colours and zeros; no empty answers box.
+    steps = sorted({json.loads(p.read_text())["steps"] for p in (root / "artefacts").glob("runs/*/train_result.json")})
+    said = f"{steps[0]} optimizer steps" if steps[0] == steps[-1] else f"{steps[0]} to {steps[-1]} optimizer steps"
+    assert f"this build's take {said}" in pages["03_training"]
+    assert "a few dozen steps" not in pages["03_training"]
+    assert "No answers are stored yet" not in pages["03_training"]
+
+    # Translation: what is rejected, and that paraphrases pass.
+    assert "bad replies are rejected and reported" not in pages["02_translation"]
+    assert "continue the prompt's worked examples are rejected" in pages["02_translation"]
+
+    # Evaluation: row labels on the decoding and the main table, accuracy explained, one prompt side by side.
+    evaluation = (html / "chapters" / "04_evaluation.html").read_text(encoding="utf-8")
+    assert ">setting</th>" in evaluation and ">method</th>" in evaluation and ">recipe</th>" in evaluation
+    assert "accuracy is the share of the verifiable prompts" in pages["04_evaluation"].replace("`", "")
+    assert "One prompt, every model" in pages["04_evaluation"] and "Prompt (ru, " in pages["04_evaluation"]
+    assert "Time to read: about 15 minutes" not in pages["04_evaluation"]
+
+    glossary = _page_text(html / "glossary.html")
+    assert "repeats or restates the question" not in glossary and "restated in other words is not a copy" in glossary
+
+
+@pytest.mark.slow
+def test_a_run_with_other_settings_leaves_the_book_unchanged(built_book, tmp_path):
+    """`polyalpaca run` of the findings chapter with another artefacts folder and another setting
+    writes to _build/runs/<build>/, figures included; the book's chapters and figures stay byte
+    for byte as they were. Rendering the book with that chapter in it is refused."""
+    import subprocess
+    import sys
+
+    from polyalpaca.book import MixedBuildError, chapter_build, check_one_build
+
+    root = built_book["root"]
+    before = _tree_digest(root / "book" / "chapters")
+    other = tmp_path / "other-artefacts"
+    shutil.copytree(root / "artefacts", other)
+    done = subprocess.run([sys.executable, "-m", "polyalpaca", "run", "findings", "--book-dir", str(root),
+                           "--profile", "tiny", "--artefacts", str(other), "-s", "findings.alpha", "0.1"],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert _tree_digest(root / "book" / "chapters") == before
+    (run,) = (root / "_build" / "runs").glob("tiny-*/05_findings.ipynb")
+    assert (run.parent / "generated" / "key_figure.png").exists()
+    assert "the book is unchanged" in done.stdout and str(run) in done.stdout
+    book = chapter_build(root / "book" / "chapters" / "05_findings.ipynb")
+    mine = chapter_build(run)
+    assert mine["artefacts"] == str(other.resolve()) and run.parent.name == mine["build"] != book["build"]
+
+    # A book with that chapter put in it: refused, naming the chapter and both builds.
+    mixed = tmp_path / "mixed"
+    shutil.copytree(root / "book" / "chapters", mixed / "book" / "chapters")
+    shutil.copy(run, mixed / "book" / "chapters" / "05_findings.ipynb")
+    with pytest.raises(MixedBuildError, match=r"would mix builds(.|\n)*05_findings: build " + mine["build"]):
+        check_one_build(mixed / "book" / "chapters", book)
+    check_one_build(mixed / "book" / "chapters", book, skip=["05_findings"])  # re-executing it is fine
+    from polyalpaca.cli import main
+
+    code = main(["book", "--no-execute", "--book-dir", str(mixed), "--profile", "tiny", "--artefacts", str(other),
+                 "-s", "findings.alpha", "0.1"])
+    assert code == 2 and not (mixed / "_build" / "html").exists()
+
+
+def test_run_goes_into_the_book_only_for_the_books_build(tmp_path):
+    """Where `polyalpaca run` writes: no book or another build -> its own folder; the same build or
+    --replace-book-chapter -> the book's chapter."""
+    from polyalpaca.book import build_identity, run_output, stamp_build
+
+    mine = build_identity("tiny", {}, tmp_path / "a")
+    other = build_identity("tiny", {"findings.alpha": 0.1}, tmp_path / "a")
+    assert mine["build"] != other["build"] and mine == build_identity("tiny", {"lora.epochs": "1"}, tmp_path / "a")
+    out, why = run_output("data", mine, tmp_path)
+    assert out == tmp_path / "_build" / "runs" / mine["build"] / "01_data.ipynb" and "no executed" in why
+    chapters = tmp_path / "book" / "chapters"
+    chapters.mkdir(parents=True)
+    (chapters / "05_findings.ipynb").write_text(json.dumps({"cells": [], "metadata": {}}))
+    stamp_build(chapters / "05_findings.ipynb", mine)
+    assert run_output("data", mine, tmp_path)[0] == chapters / "01_data.ipynb"
+    out, why = run_output("data", other, tmp_path)
+    assert out == tmp_path / "_build" / "runs" / other["build"] / "01_data.ipynb" and mine["build"] in why
+    assert run_output("data", other, tmp_path, replace=True)[0] == chapters / "01_data.ipynb"
+
+
 @pytest.mark.slow
 def test_every_chapter_executed_without_errors(built_book):
     root = built_book["root"]

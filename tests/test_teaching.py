@@ -117,7 +117,17 @@ def test_learning_rates_from_the_profile_and_the_trainer_log(exp):
     assert frame["learning rate"].max() <= exp.profile.lora.learning_rate
     assert frame["progress"].max() == 1.0
     fig = teaching.plot_learning_rates(frame)
-    assert fig.axes[0].get_yscale() == "log"
+    # Linear axes from 0: every logged rate is drawn, the 0 where a linear decay ends included,
+    # in LoRA's colour of every other figure.
+    from matplotlib.colors import to_rgb
+
+    from polyalpaca.findings import method_colours
+
+    (ax,) = fig.axes
+    assert ax.get_yscale() == "linear" and ax.get_ylim()[0] == 0
+    points = [y for line in ax.get_lines() for y in line.get_ydata()]
+    assert sorted(points) == sorted(frame["learning rate"])
+    assert {to_rgb(line.get_color()) for line in ax.get_lines()} == {to_rgb(method_colours(["lora"])["lora"])}
 
 
 def test_method_settings_on_the_page_show_lora_settings_for_lora_only(exp):

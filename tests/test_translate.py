@@ -366,6 +366,24 @@ def test_base_model_prompt_with_worked_examples_and_stops(monkeypatch):
     assert out[0].ok and out[0].record == {"instruction": "Suma 2 y 3.", "input": "", "output": "5"}
 
 
+def test_a_reply_that_continues_the_worked_examples_is_rejected(monkeypatch):
+    """A base model that writes its translation and then goes on with the prompt's pattern
+    ("English: ..." on the next line) is not translating: the reply is rejected and reported."""
+    def fake_generate(model, tokenizer, prompts, decoding, on_batch=None):
+        return [" Di hola al mundo.\nEnglish: Say bye.\nSpanish: Di adiós." if "world" in p else " Di hola."
+                for p in prompts]
+
+    monkeypatch.setattr("polyalpaca.generate.generate_texts", fake_generate)
+    config = TranslationConfig(languages=["es"], prompt_version="translate_base_v2",
+                               examples={"es": [["Name a colour.", "Nombra un color."]]})
+    records = [{"instruction": "Say hello to the world.", "input": "", "output": ""},
+               {"instruction": "Say hi.", "input": "", "output": ""}]
+    out = translate_records(records, config, LocalBackend(model=None, tokenizer=None, progress=False))
+    assert [t.ok for t in out] == [False, True]
+    assert "continues the prompt's worked examples ('English: Say bye.')" in out[0].failures[0].reason
+    assert out[1].record["instruction"] == "Di hola."
+
+
 def test_cli_worked_examples_file_is_checked(double, tmp_path, capsys):
     from polyalpaca.translate import read_examples
 
