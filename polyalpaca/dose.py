@@ -108,6 +108,7 @@ def dose_table(answers: pd.DataFrame, method: str, language: str, unseen: list[s
             if ml_gain is not None:
                 reach = crossed_effect(_combination([(1.0, dk), (share - 1.0, eo), (-share, ml)]))
                 row["multilingual gain"] = ml_gain.mean
+                row["share of multilingual gain"] = effect.mean / ml_gain.mean if ml_gain.mean else float("nan")
                 row["target"] = share * ml_gain.mean
                 row["reach"] = reach.mean
                 row["reach low"], row["reach high"] = reach.interval(level)
@@ -283,20 +284,32 @@ class DoseStudy:
             if len(sufficient) else sufficient
 
         def text(value):
-            return "none of the doses" if value is None or value != value else str(int(value))
+            return "none" if value is None or value != value else str(int(value))
 
         if not len(row):
-            return {"headline_estimate": "not measured", "headline_shown": "not measured", "headline_low": "not measured"}
+            return {"headline_estimate": "not measured", "headline_shown": "not measured", "headline_low": "not measured",
+                    "headline": "this build measured no robustness curve on the dose language"}
         r = row.iloc[0]
-        return {"headline_estimate": text(r["estimate"]), "headline_shown": text(r["shown at"]),
-                "headline_low": text(r["not ruled out from"])}
+        estimate, shown, low = text(r["estimate"]), text(r["shown at"]), text(r["not ruled out from"])
+        if r["note"].startswith("multilingual does not gain"):
+            sentence = "the multilingual recipe does not gain over English-only here, so there is no target to reach"
+        elif estimate == "none":
+            sentence = (f"no dose up to {r['full dose']} records reaches it (the data cannot rule it out from dose "
+                        f"{low} on)" if low != "none" else f"no dose up to {r['full dose']} records reaches it")
+        else:
+            sentence = (f"{estimate} records reach it in estimate, " + (f"shown at {shown}" if shown != "none" else
+                        "none shown beyond doubt") + (f", not ruled out from {low}" if low != "none" else ""))
+        return {"headline_estimate": estimate, "headline_shown": shown, "headline_low": low, "headline": sentence}
 
     def literature_table(self, headline: dict[str, str]) -> pd.DataFrame:
         """Shaham et al.'s reported setting and number beside this build's."""
         estimate = headline.get("headline_estimate", "")
-        share = f"{int(estimate) / self.full_dose:.0%} of the set" if estimate.isdigit() and self.full_dose else "-"
+        if estimate.isdigit() and self.full_dose:
+            helps = (f"{estimate} records ({int(estimate) / self.full_dose:.0%} of the set) reach {self.share:.0%} of "
+                     "the multilingual recipe's gain in log-odds")
+        else:
+            helps = f"{self.share:.0%} of the multilingual recipe's gain in log-odds: {headline.get('headline', '')}"
         ours = {"study": "this build", "setting": f"{self.model} base, {self.method}, an English set of "
-                f"{self.full_dose} records with k of them in {self.language}", "dose that helps":
-                f"{estimate} records ({share}) reach {self.share:.0%} of the multilingual gain in log-odds",
+                f"{self.full_dose} records with k of them in {self.language}", "dose that helps": helps,
                 "languages": f"{self.language} (seen); {', '.join(self.unseen) or 'no'} unseen"}
         return pd.DataFrame([LITERATURE, ours])

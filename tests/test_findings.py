@@ -174,5 +174,7 @@ def test_more_seeds_shrink_the_detectable_effect_and_the_build_seeds_match_the_t
     assert power["detectable, 3 seeds"].to_numpy() == pytest.approx(tuning["detectable effect"].to_numpy())
     assert (power["detectable, 5 seeds"] < power["detectable, 3 seeds"]).all()
     assert (power["detectable, 8 seeds"] < power["detectable, 5 seeds"]).all()
+    assert (power["threshold, 5 seeds"] < power["detectable, 5 seeds"]).all()
+    assert (power["threshold, 5 seeds"] < power["threshold, 3 seeds"]).all()
     found = F.power_summary(power)
     assert set(found) == {3, 5, 8} and found[3] <= found[5] <= found[8] <= len(power)
