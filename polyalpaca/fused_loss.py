@@ -49,43 +49,55 @@ def logits_workspace(workspace: dict | None, rows: int, vocab: int, device: torc
     return buf[: rows * vocab].view(rows, vocab)
 
 
+def _chunked_cross_entropy(hidden, weight, targets, softcap, chunk, workspace, with_grads: bool):
+    """sum_i CE(h_i W^T, y_i), block by block of ``chunk`` tokens; with ``with_grads`` also the
+    gradients for the hidden states and (when the head is trained) the weight, formed from each
+    block's softmax before the block is dropped. The loss is computed by the same operations
+    either way, so it is the same number with or without the gradients."""
+    n = hidden.shape[0]
+    need_w = with_grads and weight.requires_grad
+    grad_hidden = torch.empty_like(hidden) if with_grads else None
+    grad_weight = torch.zeros_like(weight) if need_w else None
+    # Half-precision inputs accumulate the softmax in fp32; fp32/fp64 stay as they are.
+    acc = torch.float32 if hidden.dtype in (torch.float16, torch.bfloat16) else hidden.dtype
+    total = hidden.new_zeros((), dtype=acc)
+    w = weight
+    direct = acc == hidden.dtype  # fp32: the product goes straight into the logits buffer
+    buffer = logits_workspace(workspace, min(chunk, n), w.shape[0], hidden.device, acc) if direct else None
+    for start in range(0, n, chunk):
+        h = hidden[start:start + chunk]
+        t = targets[start:start + chunk]
+        logits = torch.mm(h, w.t(), out=buffer[: len(h)]) if direct else (h @ w.t()).to(acc)
+        if softcap:
+            capped = torch.tanh(logits / softcap)
+            logits = capped * softcap
+        rows = torch.arange(len(t), device=t.device)
+        target_logit = logits[rows, t]
+        # Softmax in place, in as few passes over the (chunk x vocabulary) block as possible.
+        peak = logits.amax(dim=-1, keepdim=True)
+        grad = logits.sub_(peak).exp_()
+        norm = grad.sum(dim=-1, keepdim=True)
+        total += (peak.squeeze(-1) + norm.log().squeeze(-1) - target_logit).sum()
+        if not with_grads:
+            continue
+        grad.div_(norm)
+        grad[rows, t] -= 1.0
+        if softcap:
+            grad.mul_(1.0 - capped * capped)
+        grad = grad.to(h.dtype)
+        grad_hidden[start:start + chunk] = grad @ w
+        if need_w:
+            grad_weight.addmm_(grad.t(), h)
+    return total, grad_hidden, grad_weight
+
+
 class LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden, weight, targets, softcap, chunk, workspace):
-        n = hidden.shape[0]
-        need_w = weight.requires_grad
-        grad_hidden = torch.empty_like(hidden)
-        grad_weight = torch.zeros_like(weight) if need_w else None
-        # Half-precision inputs accumulate the softmax in fp32; fp32/fp64 stay as they are.
-        acc = torch.float32 if hidden.dtype in (torch.float16, torch.bfloat16) else hidden.dtype
-        total = hidden.new_zeros((), dtype=acc)
-        w = weight
-        direct = acc == hidden.dtype  # fp32: the product goes straight into the logits buffer
-        buffer = logits_workspace(workspace, min(chunk, n), w.shape[0], hidden.device, acc) if direct else None
-        for start in range(0, n, chunk):
-            h = hidden[start:start + chunk]
-            t = targets[start:start + chunk]
-            logits = torch.mm(h, w.t(), out=buffer[: len(h)]) if direct else (h @ w.t()).to(acc)
-            if softcap:
-                capped = torch.tanh(logits / softcap)
-                logits = capped * softcap
-            rows = torch.arange(len(t), device=t.device)
-            target_logit = logits[rows, t]
-            # Softmax in place, in as few passes over the (chunk x vocabulary) block as possible.
-            peak = logits.amax(dim=-1, keepdim=True)
-            grad = logits.sub_(peak).exp_()
-            norm = grad.sum(dim=-1, keepdim=True)
-            total += (peak.squeeze(-1) + norm.log().squeeze(-1) - target_logit).sum()
-            grad.div_(norm)
-            grad[rows, t] -= 1.0
-            if softcap:
-                grad.mul_(1.0 - capped * capped)
-            grad = grad.to(h.dtype)
-            grad_hidden[start:start + chunk] = grad @ w
-            if need_w:
-                grad_weight.addmm_(grad.t(), h)
-        ctx.save_for_backward(grad_hidden, grad_weight if need_w else torch.empty(0))
-        ctx.need_w = need_w
+        total, grad_hidden, grad_weight = _chunked_cross_entropy(hidden, weight, targets, softcap, chunk, workspace,
+                                                                 with_grads=True)
+        ctx.need_w = grad_weight is not None
+        ctx.save_for_backward(grad_hidden, grad_weight if ctx.need_w else torch.empty(0))
         return total
 
     @staticmethod
@@ -109,6 +121,10 @@ def linear_cross_entropy_sum(hidden: torch.Tensor, weight: torch.Tensor, targets
         return (hidden.sum() + weight.sum()) * 0.0  # keeps the graph connected
     if chunk is None:
         chunk = CHUNK_TRAINED_HEAD if weight.requires_grad else CHUNK_FROZEN_HEAD
+    if not (torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad)):
+        # Validation: no backward pass follows, so the gradients (a second product as large as
+        # the logits) are not formed; the loss is the same number.
+        return _chunked_cross_entropy(hidden, weight, targets, softcap or 0.0, chunk, workspace, with_grads=False)[0]
     return LinearCrossEntropy.apply(hidden, weight, targets, softcap or 0.0, chunk, workspace)
 
 

@@ -451,11 +451,11 @@ class Experiment:
             "softmax": "exact, full vocabulary", "version": 2})
 
     def _load_for_evaluation(self, run: GridRun):
-        from .models import load_base_copy, load_tokenizer
+        from .models import load_model, load_tokenizer
 
         tokenizer = load_tokenizer(run.model)
         if run.method == "base":
-            return load_base_copy(run.model), tokenizer
+            return load_model(run.model), tokenizer
         from .models import load_trained
 
         return load_trained(self.model_dir(run), run.model), tokenizer
