@@ -27,7 +27,6 @@ import pandas as pd
 
 from .findings import BASE, Cells, method_colours, with_measures
 from .design import model_short_name
-from .inference import crossed_effect
 from .recipes import dose_language
 
 ENGLISH_ONLY = "english-only"
@@ -58,22 +57,6 @@ def curve_frame(answers: pd.DataFrame, language: str, full_dose: int) -> pd.Data
     return out
 
 
-def _matrix(cells: Cells, method: str, recipe: str, langs: list[str], measure: str):
-    seeds, m = cells.matrix(method, recipe, langs, measure)
-    return {s: m[i] for i, s in enumerate(seeds)}
-
-
-def _combination(terms: list[tuple[float, dict]]):
-    """sum(weight x matrix) over the seeds every term has (a term with one unseeded row, the base
-    model, is used for every seed), prompts with a value in every term."""
-    seeded = [set(m) for _, m in terms if -1 not in m]
-    seeds = sorted(set.intersection(*seeded)) if seeded else []
-    if not seeds:
-        return np.empty((0, 0))
-    d = sum(w * np.stack([m[-1] if -1 in m else m[s] for s in seeds]) for w, m in terms)
-    return d[:, ~np.isnan(d).any(axis=0)]
-
-
 def dose_table(answers: pd.DataFrame, method: str, language: str, unseen: list[str], full_dose: int,
                share: float = 0.5, alpha: float = 0.05) -> pd.DataFrame:
     """One row per (measure, languages, dose): the effect dose - English-only with its interval
@@ -92,23 +75,22 @@ def dose_table(answers: pd.DataFrame, method: str, language: str, unseen: list[s
     panels += [("quality", [l]) for l in ["en", language, *unseen]]
     rows = []
     for measure, langs in panels:
-        eo = _matrix(cells, method, f"dose 0", langs, measure)
-        ml = _matrix(cells, method, MULTILINGUAL, langs, measure)
-        if not eo:
+        if not cells.has(method, "dose 0"):
             continue
-        ml_gain = crossed_effect(_combination([(1.0, ml), (-1.0, eo)])) if ml else None
+        ml_gain = (cells.effect(method, [(1.0, MULTILINGUAL), (-1.0, "dose 0")], langs, measure)
+                   if cells.has(method, MULTILINGUAL) else None)
         for k in doses:
-            dk = _matrix(cells, method, f"dose {k}", langs, measure)
-            if not dk:
+            if not cells.has(method, f"dose {k}"):
                 continue
-            effect = crossed_effect(_combination([(1.0, dk), (-1.0, eo)]))
+            gain = cells.effect(method, [(1.0, f"dose {k}"), (-1.0, "dose 0")], langs, measure)
             row = {"measure": measure, "languages": "/".join(langs), "dose": k, "share of set": k / full_dose,
-                   "effect": effect.mean, "seeds": effect.seeds, "prompts": effect.prompts}
-            row["low"], row["high"] = effect.interval(level) if k else (0.0, 0.0)
+                   "effect": gain.mean, "seeds": gain.seeds, "prompts": gain.prompts}
+            row["low"], row["high"] = gain.interval(level) if k else (0.0, 0.0)
             if ml_gain is not None:
-                reach = crossed_effect(_combination([(1.0, dk), (share - 1.0, eo), (-share, ml)]))
+                reach = cells.effect(method, [(1.0, f"dose {k}"), (share - 1.0, "dose 0"), (-share, MULTILINGUAL)],
+                                     langs, measure)
                 row["multilingual gain"] = ml_gain.mean
-                row["share of multilingual gain"] = effect.mean / ml_gain.mean if ml_gain.mean else float("nan")
+                row["share of multilingual gain"] = gain.mean / ml_gain.mean if ml_gain.mean else float("nan")
                 row["target"] = share * ml_gain.mean
                 row["reach"] = reach.mean
                 row["reach low"], row["reach high"] = reach.interval(level)
