@@ -495,30 +495,36 @@ def variance_components(answers: pd.DataFrame) -> pd.DataFrame:
 
 def simulated_answers(components: dict[str, tuple[float, float, float]], seen: list[str], unseen: list[str],
                       seeds: list[int], prompts: int, rng: np.random.Generator, shifts: dict | None = None,
-                      tuning_gain: float = 10.0, methods: tuple[str, ...] = ("lora", "full")) -> pd.DataFrame:
+                      tuning_gain: float = 10.0, methods: tuple[str, ...] = ("lora", "full"),
+                      runs: list[tuple[str, str, list[str]]] | None = None) -> pd.DataFrame:
     """A measures frame (as ``with_measures`` returns) with the grid's shape and no recipe effect:
-    every tuned model gains ``tuning_gain`` quality over the base and the recipes are equal,
-    except for ``shifts[(method, recipe, measure)]``. ``components[measure]`` = (prompt sd, seed
-    sd, residual sd); the prompt effect of each (method, recipe) is drawn apart (it does not cancel
-    in a contrast), the seed effect of each model apart (no shared sample component)."""
+    every tuned model gains ``tuning_gain`` quality over the base and the runs are equal, except
+    for ``shifts[(method, run name, measure)]``. ``components[measure]`` = (prompt sd, seed sd,
+    residual sd); the prompt effect of each (method, run) is drawn apart (it does not cancel in a
+    contrast), the seed effect of each model apart (no shared sample component). ``runs``: each
+    method's runs as (name, recipe, languages answered); by default the paper's recipes, named by
+    their recipe, with one monolingual run answering every seen language (it stands for the
+    monolingual models, each answering its own)."""
     shifts = shifts or {}
     langs = list(seen) + list(unseen)
     non_en = [l for l in langs if l != "en"]
-    columns: dict[str, list] = {k: [] for k in ("method", "recipe", "seed", "lang", "prompt_id", *MEASURES)}
-    cells = [(BASE, BASE, [np.nan])] + [(m, r, list(seeds)) for m in methods for r in RECIPE_ORDER[1:]]
+    if runs is None:
+        runs = [(r, r, list(seen) if r == "monolingual" else langs) for r in RECIPE_ORDER[1:]]
+    columns: dict[str, list] = {k: [] for k in ("method", "recipe", "name", "seed", "lang", "prompt_id", *MEASURES)}
+    cells = [(BASE, BASE, BASE, [np.nan], langs)]
+    cells += [(m, name, recipe, list(seeds), list(run_langs)) for m in methods for name, recipe, run_langs in runs]
     pid = np.array([f"p{i}" for i in range(prompts)])
-    for method, recipe, cell_seeds in cells:
-        cell_langs = list(seen) if recipe == "monolingual" else langs  # monolingual models answer their own
+    for method, name, recipe, cell_seeds, cell_langs in cells:
         n = len(cell_seeds) * len(cell_langs)
-        for name, value in (("method", method), ("recipe", recipe)):
-            columns[name].append(np.full(n * prompts, value, dtype=object))
+        for column, value in (("method", method), ("recipe", recipe), ("name", name)):
+            columns[column].append(np.full(n * prompts, value, dtype=object))
         columns["seed"].append(np.repeat(np.asarray(cell_seeds, float), len(cell_langs) * prompts))
         columns["lang"].append(np.tile(np.repeat(np.asarray(cell_langs, dtype=object), prompts), len(cell_seeds)))
         columns["prompt_id"].append(np.tile(pid, n))
         english = np.tile(np.repeat(np.asarray([l not in non_en for l in cell_langs]), prompts), len(cell_seeds))
         for measure in MEASURES:
             psd, ssd, esd = components[measure]
-            level = shifts.get((method, recipe, measure), 0.0) + (tuning_gain if measure == "quality" else 0.0)
+            level = shifts.get((method, name, measure), 0.0) + (tuning_gain if measure == "quality" else 0.0)
             seed_effect = np.zeros(len(cell_seeds)) if recipe == BASE else rng.normal(0, ssd, len(cell_seeds))
             v = (level + seed_effect[:, None, None] + rng.normal(0, psd, prompts)[None, None, :]
                  + rng.normal(0, esd, (len(cell_seeds), len(cell_langs), prompts))).ravel()
