@@ -181,15 +181,16 @@ def simulated_dose_answers(components: dict[str, tuple[float, float, float]], la
     (0 for a dose not named: no dose effect). ``dose_answers`` false: the dose runs generated no
     answers (``eval.dose_answers``), so they have no answer-language value."""
     langs = ["en", language, *unseen]
+    on_curve = {f"dose-{language}-{k}": k for k in doses if 0 < k < full_dose}
+    on_curve[f"monolingual-{language}"] = full_dose
     runs = [(ENGLISH_ONLY, ENGLISH_ONLY, langs), (MULTILINGUAL, MULTILINGUAL, langs),
             (f"monolingual-{language}", "monolingual", [language])]
-    runs += [(f"dose-{language}-{k}", "dose", langs) for k in doses if 0 < k < full_dose]
+    runs += [(name, "dose", langs) for name, k in on_curve.items() if k < full_dose]
     shares = dose_shares or {}
     shifts = {}
     for measure, gain in gains.items():
         shifts[(method, MULTILINGUAL, measure)] = gain
-        for name, _, _ in runs[2:]:
-            shifts[(method, name, measure)] = shares.get(int(dose_of(name, "dose", language, full_dose)), 0.0) * gain
+        shifts.update({(method, name, measure): shares.get(k, 0.0) * gain for name, k in on_curve.items()})
     answers = simulated_answers(components, ["en", language], unseen, seeds, prompts, rng, shifts, methods=(method,),
                                 runs=runs)
     if not dose_answers:
@@ -238,7 +239,7 @@ def simulate_dose_error_rates(components: dict[str, tuple[float, float, float]],
             said = ({"improves": t["low"] > 0, "differs": (t["low"] > 0) | (t["high"] < 0)} if shares is None
                     else {"reaches": t["reach low"] > 0, "power": t["low"] > 0})
             flags.append(t[["measure", "languages"]].assign(**said).groupby(["measure", "languages"], sort=False).any())
-        per_curve = pd.concat(flags, axis=1).fillna(False).astype(bool)
+        per_curve = pd.concat(flags, axis=1).eq(True)  # a curve missing from one kind: False
         per_curve.loc[("any curve", "all"), :] = per_curve.any()  # the curves are separate families: no promise
         found.append(per_curve)
     rates = pd.concat(found).astype(int).groupby(level=[0, 1], sort=False).sum() / tables
@@ -292,7 +293,7 @@ def plot_dose_response(table: pd.DataFrame, names: dict[str, str] | None = None)
 
 def plot_wrong_language(rates: pd.DataFrame):
     """The wrong-language rate of the generated answers along the curve (``DoseStudy.wrong_language``),
-    one panel per non-English test language: one point per seed and dose, the mean over seeds as a
+    one panel per language of the curves: one point per seed and dose, the mean over seeds as a
     line, the multilingual recipe and the base model as horizontal lines (their mean over seeds).
     The x axis as in ``plot_dose_response``."""
     import matplotlib.pyplot as plt
@@ -389,13 +390,15 @@ class DoseStudy:
         return sorted(int(s) for s in runs["seed"].dropna().unique())
 
     def wrong_language(self) -> pd.DataFrame:
-        """Per non-English test language, point of the curve (``point``: dose k, multilingual, base)
-        and seed: the wrong-language rate of the generated answers (mean over prompts). Empty when the
-        doses between the ends generated no answers (``eval.dose_answers`` false)."""
+        """Per language of the curves (the dose language and the unseen ones), point of the curve
+        (``point``: dose k, multilingual, base) and seed: the wrong-language rate of the generated
+        answers (mean over prompts). Empty when the doses between the ends generated no answers
+        (``eval.dose_answers`` false)."""
         if not self.doses or self.answers.empty:
             return pd.DataFrame()
         data = curve_frame(self.answers, self.language, self.full_dose)
-        data = data[((data["method"] == self.method) | (data["method"] == BASE)) & (data["lang"] != "en")]
+        data = data[((data["method"] == self.method) | (data["method"] == BASE))
+                    & data["lang"].isin([self.language, *self.unseen])]
         data = data.dropna(subset=["wrong_language"])
         if not ((data["dose"] > 0) & (data["dose"] < self.full_dose)).any():
             return pd.DataFrame()
