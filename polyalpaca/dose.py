@@ -9,14 +9,24 @@ the same records, and the records replaced at a smaller dose are replaced at eve
 only thing that changes along the curve is the language of ``k`` records.
 
 Each point of a curve is the contrast dose k - English-only on one measure and language, paired
-by seed and prompt (``polyalpaca.inference``: a seeds x prompts t test), with an interval adjusted
-for the curve's doses (Bonferroni, each side at alpha / doses), so that the band holds for the
-whole curve at once. The **smallest sufficient dose** is the smallest dose that reaches a share
-``s`` of the multilingual recipe's gain over English-only: its contrast ``dose - EO - s (ML - EO)``
-uses the same seeds and prompts, so the uncertainty of the target is in its interval too. Its
-interval runs from the smallest dose that the data cannot rule out (upper bound >= 0) to the
-smallest dose shown to reach it (lower bound > 0). A saturating curve ``A (1 - exp(-k / tau))``,
-fitted to the points, draws the line between them and gives the dose where it crosses the target.
+by seed and prompt (``findings.Cells.combination``, tested by ``polyalpaca.inference``'s seeds x
+prompts t test), with an interval adjusted for the curve's doses (Bonferroni, each side at
+alpha / doses). The **smallest sufficient dose** is the smallest dose that reaches a share ``s``
+of the multilingual recipe's gain over English-only: its contrast ``dose - EO - s (ML - EO)``
+(weights +1, s - 1, -s) uses the same seeds and prompts, so the uncertainty of the target is in
+its interval too. Its interval runs from the smallest dose that the data cannot rule out (upper
+bound >= 0) to the smallest dose shown to reach it (lower bound > 0). A saturating curve
+``A (1 - exp(-k / tau))``, fitted to the points, draws the line between them and gives the dose
+where it crosses the target.
+
+**The promise**, per curve (one measure on one language: the family the adjustment is for):
+where no dose differs from English-only, some dose is shown to improve on it in at most alpha of
+builds (each side of the band holds for the whole curve at once; both sides together, at most
+2 alpha); where every dose is exactly at the target, some dose is shown to reach it in at most
+alpha of builds. The curves are separate families: across all of a chapter's curves the chance of
+some false verdict is larger. ``simulate_dose_error_rates`` measures these rates on simulated builds
+with a build's own spreads (``findings.simulated_answers``), as ``findings.simulate_error_rates``
+does for the claims table.
 """
 from __future__ import annotations
 
@@ -25,9 +35,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from .findings import BASE, Cells, method_colours, with_measures
+from .findings import BASE, MEASURES, Cells, method_colours, simulated_answers, variance_components, with_measures
 from .design import model_short_name
-from .inference import crossed_effect
 from .recipes import dose_language
 
 ENGLISH_ONLY = "english-only"
@@ -58,22 +67,6 @@ def curve_frame(answers: pd.DataFrame, language: str, full_dose: int) -> pd.Data
     return out
 
 
-def _matrix(cells: Cells, method: str, recipe: str, langs: list[str], measure: str):
-    seeds, m = cells.matrix(method, recipe, langs, measure)
-    return {s: m[i] for i, s in enumerate(seeds)}
-
-
-def _combination(terms: list[tuple[float, dict]]):
-    """sum(weight x matrix) over the seeds every term has (a term with one unseeded row, the base
-    model, is used for every seed), prompts with a value in every term."""
-    seeded = [set(m) for _, m in terms if -1 not in m]
-    seeds = sorted(set.intersection(*seeded)) if seeded else []
-    if not seeds:
-        return np.empty((0, 0))
-    d = sum(w * np.stack([m[-1] if -1 in m else m[s] for s in seeds]) for w, m in terms)
-    return d[:, ~np.isnan(d).any(axis=0)]
-
-
 def dose_table(answers: pd.DataFrame, method: str, language: str, unseen: list[str], full_dose: int,
                share: float = 0.5, alpha: float = 0.05) -> pd.DataFrame:
     """One row per (measure, languages, dose): the effect dose - English-only with its interval
@@ -92,23 +85,22 @@ def dose_table(answers: pd.DataFrame, method: str, language: str, unseen: list[s
     panels += [("quality", [l]) for l in ["en", language, *unseen]]
     rows = []
     for measure, langs in panels:
-        eo = _matrix(cells, method, f"dose 0", langs, measure)
-        ml = _matrix(cells, method, MULTILINGUAL, langs, measure)
-        if not eo:
+        if not cells.has(method, "dose 0"):
             continue
-        ml_gain = crossed_effect(_combination([(1.0, ml), (-1.0, eo)])) if ml else None
+        ml_gain = (cells.effect(method, [(1.0, MULTILINGUAL), (-1.0, "dose 0")], langs, measure)
+                   if cells.has(method, MULTILINGUAL) else None)
         for k in doses:
-            dk = _matrix(cells, method, f"dose {k}", langs, measure)
-            if not dk:
+            if not cells.has(method, f"dose {k}"):
                 continue
-            effect = crossed_effect(_combination([(1.0, dk), (-1.0, eo)]))
+            gain = cells.effect(method, [(1.0, f"dose {k}"), (-1.0, "dose 0")], langs, measure)
             row = {"measure": measure, "languages": "/".join(langs), "dose": k, "share of set": k / full_dose,
-                   "effect": effect.mean, "seeds": effect.seeds, "prompts": effect.prompts}
-            row["low"], row["high"] = effect.interval(level) if k else (0.0, 0.0)
+                   "effect": gain.mean, "seeds": gain.seeds, "prompts": gain.prompts}
+            row["low"], row["high"] = gain.interval(level) if k else (0.0, 0.0)
             if ml_gain is not None:
-                reach = crossed_effect(_combination([(1.0, dk), (share - 1.0, eo), (-share, ml)]))
+                reach = cells.effect(method, [(1.0, f"dose {k}"), (share - 1.0, "dose 0"), (-share, MULTILINGUAL)],
+                                     langs, measure)
                 row["multilingual gain"] = ml_gain.mean
-                row["share of multilingual gain"] = effect.mean / ml_gain.mean if ml_gain.mean else float("nan")
+                row["share of multilingual gain"] = gain.mean / ml_gain.mean if ml_gain.mean else float("nan")
                 row["target"] = share * ml_gain.mean
                 row["reach"] = reach.mean
                 row["reach low"], row["reach high"] = reach.interval(level)
@@ -176,6 +168,85 @@ def sufficient_doses(table: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame([d for m, l in keys.itertuples(index=False) if (d := sufficient_dose(table, m, l))])
 
 
+# --- does the procedure keep its promise? ----------------------------------------------------
+
+def simulated_dose_answers(components: dict[str, tuple[float, float, float]], language: str, unseen: list[str],
+                           doses: list[int], full_dose: int, seeds: list[int], prompts: int, rng: np.random.Generator,
+                           gains: dict[str, float], dose_shares: dict[int, float] | None = None,
+                           method: str = "lora", dose_answers: bool = True) -> pd.DataFrame:
+    """A measures frame of one simulated dose build (``findings.simulated_answers`` with the curve's
+    runs): English-only, the doses, the monolingual model of ``language`` as the full dose (answering
+    its own language only, as in the grid), multilingual and the base model. Multilingual's true
+    gain over English-only is ``gains[measure]``; dose k's is ``dose_shares[k] x gains[measure]``
+    (0 for a dose not named: no dose effect). ``dose_answers`` false: the dose runs generated no
+    answers (``eval.dose_answers``), so they have no answer-language value."""
+    langs = ["en", language, *unseen]
+    on_curve = {f"dose-{language}-{k}": k for k in doses if 0 < k < full_dose}
+    on_curve[f"monolingual-{language}"] = full_dose
+    runs = [(ENGLISH_ONLY, ENGLISH_ONLY, langs), (MULTILINGUAL, MULTILINGUAL, langs),
+            (f"monolingual-{language}", "monolingual", [language])]
+    runs += [(name, "dose", langs) for name, k in on_curve.items() if k < full_dose]
+    shares = dose_shares or {}
+    shifts = {}
+    for measure, gain in gains.items():
+        shifts[(method, MULTILINGUAL, measure)] = gain
+        shifts.update({(method, name, measure): shares.get(k, 0.0) * gain for name, k in on_curve.items()})
+    answers = simulated_answers(components, ["en", language], unseen, seeds, prompts, rng, shifts, methods=(method,),
+                                runs=runs)
+    if not dose_answers:
+        answers.loc[answers["recipe"] == "dose", "answer_language"] = np.nan
+    return answers
+
+
+def simulate_dose_error_rates(components: dict[str, tuple[float, float, float]], language: str, unseen: list[str],
+                              doses: list[int], full_dose: int, seeds: list[int], prompts: int, share: float = 0.5,
+                              alpha: float = 0.05, gains: dict[str, float] | None = None, tables: int = 200,
+                              rng_seed: int = 0, method: str = "lora", dose_answers: bool = True) -> pd.DataFrame:
+    """Run ``dose_table`` on ``tables`` simulated dose builds of each of two kinds and count, per
+    curve (one measure on one language, the family its Bonferroni adjustment is for), how often
+    the procedure says something false:
+
+    - **no dose effect** (every dose equal to English-only, multilingual above it): the share of
+      builds in which some dose is shown to improve on English-only (its adjusted interval above
+      0; the promise: at most ``alpha``), and shown to differ in either direction (the band's two
+      sides together: at most 2 ``alpha``);
+    - **every dose exactly at the target** (``share`` of multilingual's gain): the share of builds
+      in which some dose is shown to reach the target (its ``reach low`` above 0, which is what
+      makes it the smallest sufficient dose; at most ``alpha``). Every dose at the target is the
+      least favourable case: the rate for one dose at the target, the others below, is smaller.
+      The same builds give the power: how often some dose is shown to improve on English-only when
+      every dose truly gains ``share`` of multilingual's gain.
+
+    ``components[measure]`` = (prompt sd, seed sd, residual sd), as ``findings.variance_components``
+    gives them for a build, and the build's design (``doses``, ``seeds``, ``prompts``,
+    ``dose_answers``); ``gains[measure]``: multilingual's true gain over English-only (by
+    default the measure's total spread). The false-verdict rates do not depend on the gains (the
+    contrasts' errors do not); the power does. A last row counts the builds in which any curve
+    gives a false verdict: the curves are separate families, so this is not a promise."""
+    rng = np.random.default_rng(rng_seed)
+    gains = gains if gains is not None else {m: float(np.linalg.norm(components[m])) for m in MEASURES}
+    at_target = {k: share for k in [*doses, full_dose] if k > 0}
+    names = {"improves": "false improves, no dose effect", "differs": "false differs, no dose effect",
+             "reaches": "false reaches, every dose at target", "power": "power, every dose at target"}
+    found: list[pd.DataFrame] = []
+    for _ in range(tables):
+        flags = []
+        for shares in (None, at_target):
+            answers = simulated_dose_answers(components, language, unseen, doses, full_dose, seeds, prompts, rng, gains,
+                                             shares, method, dose_answers)
+            t = dose_table(answers, method, language, unseen, full_dose, share, alpha)
+            t = t[t["dose"] > 0]
+            said = ({"improves": t["low"] > 0, "differs": (t["low"] > 0) | (t["high"] < 0)} if shares is None
+                    else {"reaches": t["reach low"] > 0, "power": t["low"] > 0})
+            flags.append(t[["measure", "languages"]].assign(**said).groupby(["measure", "languages"], sort=False).any())
+        per_curve = pd.concat(flags, axis=1).eq(True)  # a curve missing from one kind: False
+        per_curve.loc[("any curve", "all"), :] = per_curve.any()  # the curves are separate families: no promise
+        found.append(per_curve)
+    rates = pd.concat(found).astype(int).groupby(level=[0, 1], sort=False).sum() / tables
+    return (rates[list(names)].rename(columns=names).reset_index()
+            .assign(tables=tables, seeds=len(seeds), prompts=prompts, alpha=alpha))
+
+
 def plot_dose_response(table: pd.DataFrame, names: dict[str, str] | None = None):
     """One panel per (measure, language): the effect of each dose over English-only with its
     adjusted interval, the fitted saturating curve, and the multilingual recipe's gain and the
@@ -217,6 +288,39 @@ def plot_dose_response(table: pd.DataFrame, names: dict[str, str] | None = None)
     handles, labels = axes.ravel()[0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="lower center", ncol=3, fontsize=8, frameon=False)
     fig.tight_layout(rect=(0, 0.08, 1, 1))
+    return fig
+
+
+def plot_wrong_language(rates: pd.DataFrame):
+    """The wrong-language rate of the generated answers along the curve (``DoseStudy.wrong_language``),
+    one panel per language of the curves: one point per seed and dose, the mean over seeds as a
+    line, the multilingual recipe and the base model as horizontal lines (their mean over seeds).
+    The x axis as in ``plot_dose_response``."""
+    import matplotlib.pyplot as plt
+
+    langs = list(dict.fromkeys(rates["lang"]))
+    fig, axes = plt.subplots(1, len(langs), figsize=(4.2 * len(langs), 3.2), squeeze=False)
+    colour = method_colours(["lora", "full"])["lora"]
+    for ax, lang in zip(axes[0], langs):
+        sub = rates[rates["lang"] == lang]
+        curve = sub[sub["dose"].notna()].sort_values("dose")
+        ax.plot(curve["dose"], curve["wrong-language rate"], "o", color=colour, alpha=0.5, label="one seed")
+        mean = curve.groupby("dose")["wrong-language rate"].mean()
+        ax.plot(mean.index, mean.to_numpy(), "-", color=colour, label="mean over seeds")
+        for point, style in ((MULTILINGUAL, ":"), (BASE, "--")):
+            level = sub.loc[sub["point"] == point, "wrong-language rate"]
+            if len(level):
+                ax.axhline(float(level.mean()), color="0.3", ls=style, lw=1, label=f"{point} (mean)")
+        ax.set_xscale("function", functions=(lambda x: np.sqrt(np.clip(x, 0, None)), np.square))
+        ax.set_xticks(mean.index.to_numpy())
+        ax.set_ylim(-0.03, 1.03)
+        ax.set_xlabel("records in the other language (of the set)")
+        ax.set_ylabel("answers in the wrong language (share)", fontsize=8)
+        ax.set_title(f"{lang} prompts", fontsize=10)
+        ax.tick_params(labelsize=8)
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=4, fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.12, 1, 1))
     return fig
 
 
@@ -277,6 +381,56 @@ class DoseStudy:
 
     def sufficient(self) -> pd.DataFrame:
         return sufficient_doses(self.table())
+
+    def dose_seeds(self) -> list[int]:
+        """The seeds the dose runs were trained with (``grid.dose_seeds``): the curve's seeds."""
+        if self.answers.empty:
+            return []
+        runs = self.answers[(self.answers["recipe"] == "dose") & (self.answers["method"] == self.method)]
+        return sorted(int(s) for s in runs["seed"].dropna().unique())
+
+    def wrong_language(self) -> pd.DataFrame:
+        """Per language of the curves (the dose language and the unseen ones), point of the curve
+        (``point``: dose k, multilingual, base) and seed: the wrong-language rate of the generated
+        answers (mean over prompts). Empty when the doses between the ends generated no answers
+        (``eval.dose_answers`` false)."""
+        if not self.doses or self.answers.empty:
+            return pd.DataFrame()
+        data = curve_frame(self.answers, self.language, self.full_dose)
+        data = data[((data["method"] == self.method) | (data["method"] == BASE))
+                    & data["lang"].isin([self.language, *self.unseen])]
+        data = data.dropna(subset=["wrong_language"])
+        if not ((data["dose"] > 0) & (data["dose"] < self.full_dose)).any():
+            return pd.DataFrame()
+        rates = data.groupby(["lang", "recipe", "dose", "seed"], dropna=False, sort=False)["wrong_language"].mean()
+        out = rates.rename("wrong-language rate").reset_index().rename(columns={"recipe": "point"})
+        return out.sort_values(["lang", "dose", "point", "seed"], na_position="last").reset_index(drop=True)
+
+    def error_rates(self, tables: int = 50, rng_seed: int = 0) -> pd.DataFrame:
+        """``simulate_dose_error_rates`` with this build's design (doses, the dose runs' seeds, the
+        prompts, whether the doses answered) and spreads (``findings.variance_components`` of the
+        runs on the curve, each dose a cell of its own), the multilingual recipe's gain over
+        English-only as measured on the dose language (its size) setting the power. Empty with fewer
+        than two dose seeds (the seed part of an interval is then unknown) or a measure without
+        spreads."""
+        table = self.table()
+        seeds = self.dose_seeds()
+        if len(seeds) < 2 or table.empty:
+            return pd.DataFrame()
+        curve = curve_frame(self.answers, self.language, self.full_dose)
+        components = variance_components(curve[(curve["method"] == self.method) | (curve["method"] == BASE)])
+        spreads = {r["measure"]: (r["prompt sd"], r["seed sd"], r["residual sd"]) for _, r in components.iterrows()}
+        if set(spreads) != set(MEASURES):
+            return pd.DataFrame()
+        gains = None
+        if "multilingual gain" in table:
+            seen = table[table["languages"] == self.language].groupby("measure")["multilingual gain"].first().abs()
+            gains = {m: float(seen[m]) if m in seen and seen[m] == seen[m] else float(np.linalg.norm(spreads[m]))
+                     for m in MEASURES}
+        answered = len(self.wrong_language()) > 0
+        return simulate_dose_error_rates(spreads, self.language, self.unseen, self.doses, self.full_dose, seeds,
+                                         int(self.answers["prompt_id"].nunique()), self.share, self.alpha, gains, tables,
+                                         rng_seed, self.method, answered)
 
     def headline(self, sufficient: pd.DataFrame) -> dict[str, str]:
         """Glue values for the seen language's log-odds curve (text: a dose or "none of the doses")."""

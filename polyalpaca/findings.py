@@ -38,7 +38,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from .inference import UNTESTED, Effect, crossed_effect, holm, one_sided_p_values
+from .inference import Effect, crossed_effect, holm, one_sided_p_values
 from .langid import detect_language, detect_language_fasttext
 
 # judge (openai), scipy, seaborn and matplotlib are imported by the measures and figures that use
@@ -170,12 +170,19 @@ def seed_spread(answers: pd.DataFrame) -> pd.DataFrame:
 
 # --- the cells of the design ------------------------------------------------------------------
 
+UNSEEDED = -1  # the seed of the untuned base model's single row (it has no training seed)
+
+
 class Cells:
     """Every (method, recipe)'s measures as (seeds x prompts x languages) arrays, built once, so
-    that each contrast is a few array operations (the simulation runs thousands of tables)."""
+    that each contrast is a few array operations (the simulation runs thousands of tables).
+
+    Contrasts are weighted combinations of recipes (``combination``), paired by seed and prompt:
+    A - B is the weights (+1, -1) (``contrast``); the dose-response study's target contrast
+    ``dose - EO - s (ML - EO)`` is (+1, s - 1, -s) (``polyalpaca.dose``)."""
 
     def __init__(self, data: pd.DataFrame, measures=MEASURES):
-        data = data.assign(seed=data["seed"].fillna(-1).astype(int))
+        data = data.assign(seed=data["seed"].fillna(UNSEEDED).astype(int))
         self.measures = list(measures)
         self.prompts = sorted(data["prompt_id"].unique())
         self.langs = sorted(data["lang"].unique())
@@ -195,9 +202,17 @@ class Cells:
             with np.errstate(invalid="ignore"):
                 self.arrays[(BASE if method == BASE else method, recipe)] = (seeds, total / count)
 
+    @staticmethod
+    def _key(method: str, recipe: str) -> tuple[str, str]:
+        return (BASE, BASE) if recipe == BASE else (method, recipe)
+
+    def has(self, method: str, recipe: str) -> bool:
+        """Whether ``method`` has models of ``recipe`` (the base model: whether it was scored)."""
+        return self._key(method, recipe) in self.arrays
+
     def matrix(self, method: str, recipe: str, langs: list[str], measure: str):
         """(seeds, seeds x prompts matrix averaged over ``langs``; NaN where a language is missing)."""
-        key = (BASE, BASE) if recipe == BASE else (method, recipe)
+        key = self._key(method, recipe)
         if key not in self.arrays:
             return [], np.empty((0, len(self.prompts)))
         seeds, arr = self.arrays[key]
@@ -206,22 +221,32 @@ class Cells:
             return seeds, np.full((len(seeds), len(self.prompts)), np.nan)
         return seeds, arr[:, :, li, self.measures.index(measure)].mean(axis=2)
 
+    def combination(self, method: str, terms: list[tuple[float, str]], langs: list[str], measure: str) -> np.ndarray:
+        """The (seeds x prompts) matrix of ``sum(weight x recipe)`` over ``terms`` (weight, recipe),
+        paired by seed and prompt: one row per seed that every tuned recipe of the terms was trained
+        with (models of one seed share their training records), the base model's single row used
+        for every seed; one column per prompt with a value in every term, language and seed.
+        Empty (0 x 0) when a recipe has no models or the recipes share no seed."""
+        parts = [(weight, *self.matrix(method, recipe, langs, measure)) for weight, recipe in terms]
+        if any(not seeds for _, seeds, _ in parts):
+            return np.empty((0, 0))
+        seeded = [set(seeds) for _, seeds, _ in parts if seeds != [UNSEEDED]]
+        common = sorted(set.intersection(*seeded)) if seeded else []
+        if not common:
+            return np.empty((0, 0))
+        d = sum(weight * (np.broadcast_to(m[:1], (len(common), m.shape[1])) if seeds == [UNSEEDED]
+                          else m[[seeds.index(s) for s in common]]) for weight, seeds, m in parts)
+        return d[:, ~np.isnan(d).any(axis=0)]
+
+    def effect(self, method: str, terms: list[tuple[float, str]], langs: list[str], measure: str) -> Effect:
+        """The seeds x prompts t test (``polyalpaca.inference``) of ``combination``."""
+        return crossed_effect(self.combination(method, terms, langs, measure))
+
     def contrast(self, method: str, recipe_a: str, recipe_b: str, langs: list[str], measure: str) -> Effect:
-        """A - B over ``langs``: paired by seed (B's single row when B is the base model) and by
-        prompt, over the prompts both answered in every language and seed."""
-        seeds_a, a = self.matrix(method, recipe_a, langs, measure)
-        seeds_b, b = self.matrix(method, recipe_b, langs, measure)
-        if not len(seeds_a) or not len(seeds_b):
-            return UNTESTED
-        if recipe_b == BASE:
-            d = a - b[:1]
-        else:
-            common = [s for s in seeds_a if s in seeds_b]
-            if not common:
-                return UNTESTED
-            d = a[[seeds_a.index(s) for s in common]] - b[[seeds_b.index(s) for s in common]]
-        d = d[:, ~np.isnan(d).any(axis=0)]
-        return crossed_effect(d) if d.size else UNTESTED
+        """A - B over ``langs``: the combination with weights (+1, -1), paired by seed (B's single
+        row when B is the base model) and by prompt, over the prompts both answered in every
+        language and seed."""
+        return self.effect(method, [(1.0, recipe_a), (-1.0, recipe_b)], langs, measure)
 
 
 def contrast(data: pd.DataFrame, method: str, recipe_a: str, recipe_b: str, langs: list[str],
@@ -470,30 +495,36 @@ def variance_components(answers: pd.DataFrame) -> pd.DataFrame:
 
 def simulated_answers(components: dict[str, tuple[float, float, float]], seen: list[str], unseen: list[str],
                       seeds: list[int], prompts: int, rng: np.random.Generator, shifts: dict | None = None,
-                      tuning_gain: float = 10.0, methods: tuple[str, ...] = ("lora", "full")) -> pd.DataFrame:
+                      tuning_gain: float = 10.0, methods: tuple[str, ...] = ("lora", "full"),
+                      runs: list[tuple[str, str, list[str]]] | None = None) -> pd.DataFrame:
     """A measures frame (as ``with_measures`` returns) with the grid's shape and no recipe effect:
-    every tuned model gains ``tuning_gain`` quality over the base and the recipes are equal,
-    except for ``shifts[(method, recipe, measure)]``. ``components[measure]`` = (prompt sd, seed
-    sd, residual sd); the prompt effect of each (method, recipe) is drawn apart (it does not cancel
-    in a contrast), the seed effect of each model apart (no shared sample component)."""
+    every tuned model gains ``tuning_gain`` quality over the base and the runs are equal, except
+    for ``shifts[(method, run name, measure)]``. ``components[measure]`` = (prompt sd, seed sd,
+    residual sd); the prompt effect of each (method, run) is drawn apart (it does not cancel in a
+    contrast), the seed effect of each model apart (no shared sample component). ``runs``: each
+    method's runs as (name, recipe, languages answered); by default the paper's recipes, named by
+    their recipe, with one monolingual run answering every seen language (it stands for the
+    monolingual models, each answering its own)."""
     shifts = shifts or {}
     langs = list(seen) + list(unseen)
     non_en = [l for l in langs if l != "en"]
-    columns: dict[str, list] = {k: [] for k in ("method", "recipe", "seed", "lang", "prompt_id", *MEASURES)}
-    cells = [(BASE, BASE, [np.nan])] + [(m, r, list(seeds)) for m in methods for r in RECIPE_ORDER[1:]]
+    if runs is None:
+        runs = [(r, r, list(seen) if r == "monolingual" else langs) for r in RECIPE_ORDER[1:]]
+    columns: dict[str, list] = {k: [] for k in ("method", "recipe", "name", "seed", "lang", "prompt_id", *MEASURES)}
+    cells = [(BASE, BASE, BASE, [np.nan], langs)]
+    cells += [(m, name, recipe, list(seeds), list(run_langs)) for m in methods for name, recipe, run_langs in runs]
     pid = np.array([f"p{i}" for i in range(prompts)])
-    for method, recipe, cell_seeds in cells:
-        cell_langs = list(seen) if recipe == "monolingual" else langs  # monolingual models answer their own
+    for method, name, recipe, cell_seeds, cell_langs in cells:
         n = len(cell_seeds) * len(cell_langs)
-        for name, value in (("method", method), ("recipe", recipe)):
-            columns[name].append(np.full(n * prompts, value, dtype=object))
+        for column, value in (("method", method), ("recipe", recipe), ("name", name)):
+            columns[column].append(np.full(n * prompts, value, dtype=object))
         columns["seed"].append(np.repeat(np.asarray(cell_seeds, float), len(cell_langs) * prompts))
         columns["lang"].append(np.tile(np.repeat(np.asarray(cell_langs, dtype=object), prompts), len(cell_seeds)))
         columns["prompt_id"].append(np.tile(pid, n))
         english = np.tile(np.repeat(np.asarray([l not in non_en for l in cell_langs]), prompts), len(cell_seeds))
         for measure in MEASURES:
             psd, ssd, esd = components[measure]
-            level = shifts.get((method, recipe, measure), 0.0) + (tuning_gain if measure == "quality" else 0.0)
+            level = shifts.get((method, name, measure), 0.0) + (tuning_gain if measure == "quality" else 0.0)
             seed_effect = np.zeros(len(cell_seeds)) if recipe == BASE else rng.normal(0, ssd, len(cell_seeds))
             v = (level + seed_effect[:, None, None] + rng.normal(0, psd, prompts)[None, None, :]
                  + rng.normal(0, esd, (len(cell_seeds), len(cell_langs), prompts))).ravel()

@@ -5,6 +5,7 @@ import pandas as pd
 import pytest
 
 from polyalpaca import dose as D
+from polyalpaca import findings as F
 from polyalpaca.data import Record
 from polyalpaca.recipes import SplitData, build_dose, build_recipe
 
@@ -85,3 +86,93 @@ def test_no_effect_gives_no_sufficient_dose_shown():
     table = D.dose_table(curve_answers(tau=1e9), "lora", "ru", ["bg"], full_dose=24, share=0.5)
     found = D.sufficient_dose(table, "robustness", "ru")
     assert found["shown at"] is None and found["estimate"] is None
+
+
+SPREADS = {"quality": (3.0, 2.0, 3.0), "robustness": (1.5, 2.0, 1.5), "answer_language": (0.1, 0.1, 0.3)}
+
+
+def test_simulated_dose_builds_carry_their_planted_effects():
+    """The simulation's builds are what it says: each dose's effect over English-only is its share of
+    multilingual's gain, the full dose is the monolingual model (its own language only), and without
+    the doses' answers the answer-language curve has only its ends (as in a build)."""
+    rng = np.random.default_rng(1)
+    small = {m: (0.01, 0.01, 0.01) for m in SPREADS}
+    gains = {"quality": 4.0, "robustness": 2.0, "answer_language": 0.4}
+    answers = D.simulated_dose_answers(small, "ru", ["bg"], [4, 12], 24, [1, 2, 3], 20, rng, gains,
+                                       {4: 0.25, 12: 0.5, 24: 1.0})
+    assert set(answers.loc[answers["name"] == "monolingual-ru", "lang"]) == {"ru"}
+    table = D.dose_table(answers, "lora", "ru", ["bg"], full_dose=24, share=0.5)
+    for measure, gain in gains.items():
+        ru = table[(table["measure"] == measure) & (table["languages"] == "ru")].set_index("dose")
+        assert ru["effect"].to_dict() == pytest.approx({0: 0.0, 4: gain / 4, 12: gain / 2, 24: gain}, abs=0.1 * gain)
+        assert ru.loc[12, "reach"] == pytest.approx(0.0, abs=0.1 * gain)
+    assert 24 not in set(table.loc[table["languages"] == "bg", "dose"])  # monolingual-ru answers no bg prompt
+    quiet = D.simulated_dose_answers(small, "ru", ["bg"], [4, 12], 24, [1, 2, 3], 20, rng, gains, dose_answers=False)
+    quiet_table = D.dose_table(quiet, "lora", "ru", ["bg"], full_dose=24)
+    answered = quiet_table[quiet_table["measure"] == "answer_language"]
+    assert set(zip(answered["languages"], answered["dose"])) == {("ru", 0), ("ru", 24)}  # only the ends answered
+
+
+def test_dose_error_rates_count_false_verdicts_and_power_on_few_tables():
+    """Few tables, with effects far above the noise: every curve and kind of false verdict is
+    counted (rarely: 12 tables cannot measure a rate, the slow test does), and every at-target build
+    shows a dose improving on English-only (the counts see a real effect, so a rate near 0 is not a
+    procedure that never speaks)."""
+    small = {m: (0.3 * s[0], 0.3 * s[1], 0.3 * s[2]) for m, s in SPREADS.items()}
+    rates = D.simulate_dose_error_rates(small, "ru", ["bg"], [4, 12], 24, [1, 2, 3], 24, tables=12,
+                                        gains={"quality": 30.0, "robustness": 15.0, "answer_language": 1.0})
+    by = rates.set_index(["measure", "languages"])
+    assert list(by.index) == [(m, l) for m in ("robustness", "answer_language") for l in ("ru", "bg")] + [
+        ("quality", l) for l in ("en", "ru", "bg")] + [("any curve", "all")]
+    assert rates[["tables", "seeds", "prompts"]].iloc[0].tolist() == [12, 3, 24]
+    curves = by.drop(index=("any curve", "all"))
+    false = ["false improves, no dose effect", "false differs, no dose effect",
+             "false reaches, every dose at target"]
+    assert (curves[false] <= 0.25).all().all()
+    assert (curves["false improves, no dose effect"] <= curves["false differs, no dose effect"]).all()
+    assert (curves["power, every dose at target"] == 1.0).all()
+
+
+@pytest.mark.slow
+def test_dose_procedure_false_verdict_rates_are_at_most_alpha():
+    """The dose procedure on 400 simulated builds of the CPU default's dose design (doses 4 and 12
+    of 24, three dose seeds, 24 prompts) with seed-heavy spreads (as the findings simulation):
+    with no dose effect, some dose shown to improve on English-only, per curve, at most alpha;
+    with every dose exactly at the target share, some dose shown to reach it at most alpha; the
+    band's two sides together at most 2 alpha. 400 tables tell 5% from 10% (a 10% rate reads
+    above 0.07 in 95 of 100 runs)."""
+    rates = D.simulate_dose_error_rates(SPREADS, "ru", ["bg"], [4, 12], 24, [42, 43, 44], 24, alpha=0.05, tables=400)
+    print(rates.drop(columns=["seeds", "prompts", "alpha"]).to_string())
+    curves = rates[rates["measure"] != "any curve"]
+    assert len(curves) == 7
+    assert (curves["false improves, no dose effect"] <= 0.07).all()
+    assert (curves["false reaches, every dose at target"] <= 0.07).all()
+    assert (curves["false differs, no dose effect"] <= 0.12).all()
+
+
+def test_the_study_simulates_its_own_design_and_draws_the_wrong_language_curve():
+    """``DoseStudy`` on a build with three dose seeds: the answers' wrong-language rate per dose as
+    planted (it falls with the dose), and the simulation on this build's design and spreads; with
+    one dose seed there is nothing to simulate."""
+    answers = curve_answers(n=20)
+    planted = {"english-only": 10, "dose-ru-2": 6, "dose-ru-6": 2, "monolingual-ru": 0, "multilingual": 0, "base": 14}
+    wrong = [(lang != "en") and int(p[1:]) < planted[name]
+             for name, lang, p in zip(answers["name"], answers["lang"], answers["prompt_id"])]
+    answers["gate_reason"] = np.where(wrong, "wrong_language", "ok")
+    study = D.DoseStudy(F.with_measures(answers), "lora", "ru", [2, 6], 24, ["bg"], 0.5, 0.05, [])
+    assert study.dose_seeds() == [1, 2, 3]
+    rates = study.wrong_language()
+    ru = rates[rates["lang"] == "ru"].groupby("point")["wrong-language rate"].mean()
+    assert ru.to_dict() == pytest.approx({"dose 0": 0.5, "dose 2": 0.3, "dose 6": 0.1, "dose 24": 0.0,
+                                          "multilingual": 0.0, "base": 0.7})
+    fig = D.plot_wrong_language(rates)
+    assert len([ax for ax in fig.axes if ax.has_data()]) == 2  # ru and bg
+    simulated = study.error_rates(tables=3)
+    assert set(zip(simulated["measure"], simulated["languages"])) == set(
+        zip(study.table()["measure"], study.table()["languages"])) | {("any curve", "all")}
+    one_seed = D.DoseStudy(study.answers[study.answers["seed"].isin([1]) | study.answers["seed"].isna()], "lora", "ru",
+                           [2, 6], 24, ["bg"], 0.5, 0.05, [])
+    assert one_seed.error_rates(tables=3).empty
+    no_answers = study.answers.assign(wrong_language=np.where(study.answers["recipe"] == "dose", np.nan,
+                                                              study.answers["wrong_language"]))
+    assert D.DoseStudy(no_answers, "lora", "ru", [2, 6], 24, ["bg"], 0.5, 0.05, []).wrong_language().empty

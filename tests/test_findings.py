@@ -178,3 +178,35 @@ def test_more_seeds_shrink_the_detectable_effect_and_the_build_seeds_match_the_t
     assert (power["threshold, 5 seeds"] < power["threshold, 3 seeds"]).all()
     found = F.power_summary(power)
     assert set(found) == {3, 5, 8} and found[3] <= found[5] <= found[8] <= len(power)
+
+
+def test_a_weighted_combination_pairs_seeds_and_prompts_as_by_hand():
+    """``Cells.combination`` against the same matrix built by hand from the frame: each recipe's
+    per-(seed, prompt) mean over the languages, the seeds both recipes have (the base model's one
+    row for every seed), the prompts with every value; the contrast A - B is the weights (+1, -1)."""
+    quality = {("lora", "multilingual"): 0.3, ("lora", "english-only"): -0.5, ("lora", "downsampled"): 0.1}
+    answers = with_base(frame(quality, seeds=(1, 2, 3), prompt_sd=1.0, seed_sd=0.2, noise=0.1), nll=1.0)
+    answers = answers[~((answers["recipe"] == "downsampled") & (answers["seed"] == 3))]  # a seed missing
+    answers = answers[~((answers["recipe"] == "english-only") & (answers["prompt_id"] == "p4") & (answers["lang"] == "zh"))]
+    data = F.with_measures(answers)
+    langs = ["ru", "zh"]
+
+    def by_hand(recipe):
+        rows = data[(data["recipe"] == recipe) & data["lang"].isin(langs)]
+        wide = rows.groupby(["seed", "prompt_id", "lang"], dropna=False)["quality"].mean().unstack("lang")
+        return wide.reindex(columns=langs).mean(axis=1, skipna=False).unstack("prompt_id")
+
+    ml, eo, ds, base = (by_hand(r) for r in ("multilingual", "english-only", "downsampled", "base"))
+    expected = 1.0 * ds.loc[[1, 2]] + (0.5 - 1.0) * eo.loc[[1, 2]] - 0.5 * ml.loc[[1, 2]]
+    expected = expected.dropna(axis=1).reindex(columns=sorted(expected.dropna(axis=1).columns))
+    cells = F.Cells(data)
+    got = cells.combination("lora", [(1.0, "downsampled"), (-0.5, "english-only"), (-0.5, "multilingual")], langs,
+                            "quality")
+    assert got.shape == (2, 29) == expected.shape  # seeds 1 and 2; prompt p4 lacks a zh answer
+    assert got == pytest.approx(expected.to_numpy(), abs=1e-12)
+    against_base = cells.combination("lora", [(1.0, "multilingual"), (-1.0, "base")], langs, "quality")
+    assert against_base == pytest.approx((ml - base.to_numpy()[0]).to_numpy(), abs=1e-12)
+    e = cells.contrast("lora", "multilingual", "english-only", langs, "quality")
+    assert e == cells.effect("lora", [(1.0, "multilingual"), (-1.0, "english-only")], langs, "quality")
+    assert e.seeds == 3 and e.prompts == 29
+    assert cells.combination("lora", [(1.0, "monolingual"), (-1.0, "base")], langs, "quality").size == 0  # no models
