@@ -14,10 +14,12 @@ normalised form 0..1), ``language_totals`` (per language) and ``robustness_gap``
 languages of the score before the gate minus after it). Language identification is not done here:
 the gate is a boolean input (see ``polyalpaca.langid``).
 
-The experiment (``polyalpaca.grid.Experiment.judge_all``) walks its stored answers and keeps the
-verdicts; everything about the judge itself is here: whether one can run (``judge_unavailable``),
-its configuration from the profile (``judge_config``), the stored rows (``verdict_rows``) and the
-summary users read (``judge_summary``).
+The judging stage is here too: where the verdicts on a run's stored answers are kept
+(``verdicts_of``, keyed by the answers, the judge model and its prompt) and the walk over stored
+answers that fills them (``judge_stored``); the experiment (``grid.Experiment.judge_all``) only
+hands it the answers. So is everything about the judge itself: whether one can run
+(``judge_unavailable``), its configuration from the profile (``judge_config``), the stored rows
+(``verdict_rows``) and the summary users read (``judge_summary``).
 """
 from __future__ import annotations
 
@@ -26,10 +28,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 import os
 from collections import Counter
-from typing import TYPE_CHECKING, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Callable, Iterable, Mapping, Sequence
 
+from .data import TestPrompt
 from .llm_client import ChatClient, ChatPrompt, ChatRequest, EndpointConfig, InvalidReply, load_prompt
 from .metrics import gated_score
+from .store import Cached, text_digest
 
 if TYPE_CHECKING:
     from .config import JudgeSettings
@@ -231,3 +235,47 @@ def judge_summary(counts: Mapping[str, int], settings: JudgeSettings) -> dict:
                     "their languages are not stored; re-run to retry them.")
     return {"judged": scored + unparsed + failed, "scored": scored, "unparsed": unparsed, "failed": failed,
             "message": message}
+
+
+def verdicts_of(settings: JudgeSettings, root: str | Path, model_key: str, lang: str, answers: Cached) -> Cached | None:
+    """Where the judge's verdicts on a trained model's stored ``answers`` to ``lang``'s prompts are
+    kept under the artefacts folder ``root`` (None without a judge), keyed by the answers, the
+    responses, the judge model and its prompt."""
+    if not (settings.base_url and settings.model):
+        return None
+    prompt = load_prompt(settings.prompt_version)
+    responses = [r["response"] for r in answers.read_rows()] if answers.exists() else []
+    return Cached(Path(root) / "judge" / model_key, lang, {
+        "answers": answers.key, "responses": text_digest(responses), "judge_model": settings.model,
+        "prompt_version": settings.prompt_version, "prompt_text": text_digest([prompt.system, prompt.user])})
+
+
+def judge_stored(settings: JudgeSettings, root: str | Path, answers: Iterable[tuple[str, str, Cached]],
+                 test_prompts: Callable[[str], list[TestPrompt]], client: ChatClient | None = None,
+                 progress: bool = False, config: JudgeConfig | None = None) -> dict:
+    """Rate stored answers, given as (model key, language, stored answers), with the configured
+    judge (the paper's protocol; ``config``, default ``judge_config(settings)``) and keep the
+    verdicts (``verdicts_of``); ``test_prompts`` gives a language's prompts. Replies are cached
+    under ``root/llm-cache`` and stored raw. Without an endpoint, or without its key in the
+    environment, nothing is judged and the message says so. Returns ``judge_summary``'s counts and
+    message."""
+    reason = judge_unavailable(settings, client)
+    if reason:
+        return {"judged": 0, "message": reason}
+    config, counts = config or judge_config(settings), Counter()
+    for model_key, lang, stored in answers:
+        verdicts = verdicts_of(settings, root, model_key, lang, stored)
+        if verdicts.exists():
+            rows = verdicts.read_rows()
+        else:
+            prompts = {p.id: p for p in test_prompts(lang)}
+            items = [JudgeItem(prompts[r["prompt_id"]].prompt, r["response"], lang, r["prompt_id"])
+                     for r in stored.read_rows()]
+            rows = verdict_rows(judge_responses(items, config, client=client, cache_dir=Path(root) / "llm-cache",
+                                                progress=progress), settings)
+            # A language with failed items is not stored: a later run retries exactly those
+            # (the replies received are in the client's cache and are not paid for twice).
+            if not any(r["status"] == "failed" for r in rows):
+                verdicts.write_rows(rows)
+        counts.update(r["status"] for r in rows)
+    return judge_summary(counts, settings)
