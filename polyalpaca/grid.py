@@ -308,11 +308,6 @@ class Experiment:
         return self.evaluation.run_answers(run)
 
     # --- the judge (polyalpaca.judge) -------------------------------------------------------------
-    def judge_config(self):
-        from .judge import judge_config
-
-        return judge_config(self.profile.eval.judge)
-
     def verdicts_of(self, run: GridRun, lang: str, answers: Cached) -> Cached | None:
         """Where the judge's verdicts on ``answers`` are stored (None without a judge)."""
         from .judge import verdicts_of
@@ -324,7 +319,7 @@ class Experiment:
         from .judge import judge_stored
 
         return judge_stored(self.profile.eval.judge, self.root, self.evaluation.stored_answers(self.runs()),
-                            self.test_prompts, client, progress, config=self.judge_config())
+                            self.test_prompts, client, progress)
 
     # --- the translation study -----------------------------------------------------------
     def translation_study(self) -> dict:

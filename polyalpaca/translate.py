@@ -418,11 +418,7 @@ def translation_study(t, root) -> dict:
         backend = LocalBackend(load_model(t.model), load_tokenizer(t.model), progress=False)
         translated = translate_records(source, config, backend)
     elif t.backend == "api":
-        from .llm_client import ChatClient, EndpointConfig
-
-        endpoint = EndpointConfig(base_url=t.base_url, model=t.model, api_key_env=t.api_key_env,
-                                  max_concurrency=t.max_concurrency)
-        with ChatClient(endpoint, root / "llm-cache", progress=False) as client:
+        with ChatClient(EndpointConfig.of(t), root / "llm-cache", progress=False) as client:
             translated = translate_records(source, config, ApiBackend(client))
             ledger = client.ledger.to_dict()
     else:
