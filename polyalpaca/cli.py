@@ -336,10 +336,10 @@ def cmd_translate(args) -> int:
 
     _backend_options(args, option_defaults())
     try:
-        config = command_config(args)
+        settings, examples = command_config(args)
     except (OSError, ValueError) as exc:
         args.usage_error(str(exc))  # exits with status 2
-    return translate_command(args, config)
+    return translate_command(args, settings, examples)
 
 
 # --- the parser -------------------------------------------------------------------------------------
