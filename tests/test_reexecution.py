@@ -33,7 +33,7 @@ class Counter:
         for name, module, attr in (("generate", evaluate_module, "answer_prompts"),
                                    ("likelihood", likelihood_module, "answer_likelihoods"),
                                    ("score", evaluate_module, "score_answers"),
-                                   ("load", Experiment, "_load_for_evaluation")):
+                                   ("load", evaluate_module.Evaluation, "load_model")):
             original = getattr(module, attr)
             monkeypatch.setattr(module, attr, self._wrap(name, original))
 
