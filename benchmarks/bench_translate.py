@@ -26,7 +26,8 @@ sys.path.insert(0, str(ROOT))
 
 from openai_double import OpenAIDouble  # noqa: E402
 from polyalpaca.llm_client import ChatClient, EndpointConfig  # noqa: E402
-from polyalpaca.translate import ApiBackend, TranslationConfig, translate_records  # noqa: E402
+from polyalpaca.config import TranslationSettings  # noqa: E402
+from polyalpaca.translate import COMMAND_PROMPT_VERSION, ApiBackend, translate_records  # noqa: E402
 
 KEY_ENV = "POLYALPACA_BENCH_API_KEY"
 
@@ -52,7 +53,8 @@ def run_phase(double: OpenAIDouble, records: list[dict[str, str]], languages: li
     before = double.request_count()
     start = time.perf_counter()
     with ChatClient(endpoint, cache, progress=False) as client:
-        out = translate_records(records, TranslationConfig(languages=languages), ApiBackend(client))
+        out = translate_records(records, TranslationSettings(languages=languages, prompt_version=COMMAND_PROMPT_VERSION),
+                                ApiBackend(client))
         ledger = client.ledger.to_dict()
     seconds = time.perf_counter() - start
     failed = sum(not item.ok for item in out)

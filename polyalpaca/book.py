@@ -31,8 +31,7 @@ from .design import examples_per_step, optimizer_steps
 from .files import atomic_write_text
 from .grid import Experiment
 from .paths import PROJECT_ROOT
-from .planning import plan_table
-from .preflight import disk_estimate, disk_shortfall
+from .planning import disk_estimate, disk_shortfall, plan_table
 from .progress import PROGRESS_FILE_ENV
 from .recipes import category_mix
 

@@ -1,4 +1,5 @@
-"""Small helpers the chapter notebooks share, so every chapter starts and reports the same way."""
+"""Small helpers the chapter notebooks share, so every chapter starts and reports the same way
+(what the data, translation, training and evaluation chapters show is ``polyalpaca.reports``)."""
 from __future__ import annotations
 
 import logging
@@ -79,12 +80,13 @@ def say(text: str, width: int = 88) -> None:
     print(textwrap.fill(text, width))
 
 
-def show(frame, caption: str = "", collapsed: bool = False, precision: int = 3) -> None:
-    """Display a table without the index column, numbers rounded; with ``collapsed`` inside a
-    closed ``<details>`` block (opened by a click) so a long table does not take over the page."""
+def show(frame, caption: str = "", collapsed: bool = False, precision: int = 3, formats: dict | None = None) -> None:
+    """Display a table without the index column, numbers rounded (``formats`` maps columns to
+    format strings, as ``teaching.table``); with ``collapsed`` inside a closed ``<details>`` block
+    (opened by a click) so a long table does not take over the page."""
     from IPython.display import HTML, display
 
-    html = table(frame, precision=precision).to_html()
+    html = table(frame, precision=precision, formats=formats).to_html()
     if collapsed:
         display(HTML(f"<details><summary>{caption or 'the full table'} (click to open)</summary>{html}</details>"))
     else:

@@ -38,8 +38,8 @@ from .config import SettingsError, available_profiles, load_profile, settings_he
 from .files import FolderBusy
 from .grid import Experiment
 from .paths import artefacts_root
-from .planning import data_stats, format_plan, format_stats, machine_speed, plan_table
-from .preflight import disk_estimate, format_check, preflight
+from .planning import data_stats, disk_estimate, format_check, format_plan, format_stats, machine_speed, plan_table
+from .preflight import preflight
 from .progress import quiet_library_warnings
 from .slurm import array_spec, grid_jobs
 from .store import remove_artefacts
@@ -336,10 +336,10 @@ def cmd_translate(args) -> int:
 
     _backend_options(args, option_defaults())
     try:
-        config = command_config(args)
+        settings, examples = command_config(args)
     except (OSError, ValueError) as exc:
         args.usage_error(str(exc))  # exits with status 2
-    return translate_command(args, config)
+    return translate_command(args, settings, examples)
 
 
 # --- the parser -------------------------------------------------------------------------------------

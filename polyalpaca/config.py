@@ -213,46 +213,50 @@ class GridConfig:
 
 
 @dataclass
-class JudgeSettings:
-    """An OpenAI-compatible judge. Empty base_url and model = no judge (offline scoring)."""
+class Endpoint:
+    """An OpenAI-compatible endpoint as a profile names it: where it is, which model, the NAME of the
+    environment variable holding its key (never the key) and how many requests are in flight. The
+    judge (``eval.judge``), the completions server (``eval.server``) and the translation API
+    (``translation``) are each one; ``llm_client.EndpointConfig`` adds the client's retries,
+    timeouts and sampling to it."""
 
-    base_url: str = setting("", "the judge endpoint's base URL; empty = no judge")
-    model: str = setting("", "the judge model's name; empty = no judge")
+    base_url: str = setting("", "the endpoint's base URL, e.g. http://localhost:8000/v1 (empty: no judge; no server)")
+    model: str = setting("", "the model's name at the endpoint (empty: no judge; for a server, the grid's model spec)")
     api_key_env: str = setting("OPENAI_API_KEY", "NAME of the environment variable holding the key ('' = none)")
-    prompt_version: str = setting("judge_v1", "prompt file polyalpaca/resources/prompts/NAME.txt")
     max_concurrency: int = setting(8, "requests in flight")
 
 
 @dataclass
-class TranslationSettings:
+class JudgeSettings(Endpoint):
+    """An OpenAI-compatible judge (the paper: gpt-3.5-turbo-0613, temperature 0) and its prompt.
+    Empty base_url and model = no judge (offline scoring)."""
+
+    prompt_version: str = setting("judge_v1", "prompt file polyalpaca/resources/prompts/NAME.txt")
+
+
+@dataclass
+class TranslationSettings(Endpoint):
     """The translation chapter: translate a sample of our English records and compare with our
     own reference translations. ``backend`` "local" runs ``model`` (a model spec) in-process;
-    "api" calls an OpenAI-compatible endpoint (``base_url``, ``model``, key from ``api_key_env``)."""
+    "api" calls the OpenAI-compatible endpoint (``base_url``, ``model``, key from ``api_key_env``)."""
 
-    backend: TranslationBackend = setting("local", "local (a model in this process) or api (an OpenAI-compatible endpoint)")
     model: str = setting("pypi:gemma-3-270m", "local: a model spec; api: the endpoint's model name")
-    base_url: str = setting("", "the endpoint's base URL (backend = api)")
-    api_key_env: str = setting("OPENAI_API_KEY", "NAME of the environment variable holding the key (backend = api)")
+    backend: TranslationBackend = setting("local", "local (a model in this process) or api (an OpenAI-compatible endpoint)")
     languages: list[str] = setting(["es", "ru", "zh"], "target languages (with embedded reference translations)")
     records: int = setting(6, "English records translated")
     prompt_version: str = setting("translate_base_v2", "prompt file polyalpaca/resources/prompts/NAME.txt")
     examples: int = setting(3, "worked examples shown to a base model (the last records, never in the sample)")
     max_new_tokens: int = setting(96, "generation limit per field (backend = local)")
     batch_size: int = setting(8, "prompts per generate call (backend = local)")
-    max_concurrency: int = setting(8, "requests in flight (backend = api)")
 
 
 @dataclass
-class ServerSettings:
+class ServerSettings(Endpoint):
     """Generation through an OpenAI-compatible completions server (vLLM, llama.cpp, TGI) instead
     of in-process ``transformers``: ``eval.backend = "server"``. With ``lora_adapters`` each LoRA
     run is requested by its adapter name on one served base model (vLLM multi-LoRA serving)."""
 
-    base_url: str = setting("", "the server's base URL, e.g. http://localhost:8000/v1")
-    model: str = setting("", "the served base model's name; empty = the grid's model spec")
-    api_key_env: str = setting("OPENAI_API_KEY", "NAME of the environment variable holding the key ('' = none)")
     lora_adapters: bool = setting(False, "request each LoRA run by its adapter name (vLLM multi-LoRA)")
-    max_concurrency: int = setting(8, "requests in flight")
 
 
 @dataclass

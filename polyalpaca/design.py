@@ -4,22 +4,28 @@ A profile's grid is base models x methods x seeds x the recipes' cells (``recipe
 the one statement of the recipe rules), in that order, plus one untuned base run per model when
 asked. ``cells(profile)`` lists them; every other part of the package reads the grid from here:
 
-- training (``grid.Experiment.runs``) fills each cell with its records and keys its run folder;
+- the experiment (``grid.Experiment.runs``) fills each cell with its records and keys its run
+  folder (a ``GridRun``), which the stages (training, evaluation, judging) take;
 - planning (``planning.plan_table``) sizes the cells, with or without the data;
 - SLURM (``slurm.grid_jobs``) makes one array job per trained model;
 - serving and the book's design page list and count them.
 
 So a cell's label (``lora-multilingual-s42``), the short name of its model, which cells share
 one trained model (the English-only model *is* the English monolingual model) and the optimizer
-steps of a run (from the effective batch, as training counts them) are stated once, here.
+steps of a run (from the effective batch, as training counts them) are stated once, here, and
+so are the settings a method's runs are trained and asked with (``training_settings``,
+``train_template``, ``decoding``, ``decoding_template``).
 """
 from __future__ import annotations
 
+import dataclasses
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from . import recipes
-from .config import Profile, TrainConfig
+from .config import DecodingConfig, Profile, TrainConfig
+from .prompts import PromptTemplate, load_template
+from .recipes import TrainingSet
 
 BASE = "base"  # the untuned model's method, recipe and cell name: it answers zero-shot
 
@@ -128,3 +134,67 @@ def trained_models(profile: Profile) -> list[list[Cell]]:
     for cell in cells(profile, include_base=False):
         groups.setdefault(cell.model_id, []).append(cell)
     return list(groups.values())
+
+
+@dataclass
+class GridRun:
+    """One cell of the grid, for one training seed, filled with its training set and keyed by
+    everything that shapes its trained model (``grid.Experiment.runs`` makes them)."""
+
+    run_id: str
+    model: str
+    method: str  # lora | full | base
+    recipe: str
+    name: str
+    languages: list[str]
+    eval_languages: list[str]
+    train_examples: int
+    validation_examples: int
+    budget_units: float
+    epochs: float
+    seed: int | None = None  # None for the untuned base model
+    training_set: TrainingSet | None = field(default=None, repr=False)
+    # Runs with the same model, method, seed and exact training data share one trained model (the
+    # English-only model *is* the English monolingual model, as in the paper).
+    train_key: str = ""
+
+    @property
+    def label(self) -> str:
+        """The name users type: METHOD-NAME-sSEED (``lora-multilingual-s42``), or ``base``."""
+        return run_label(self.method, self.name, self.seed)
+
+    @property
+    def model_key(self) -> str:
+        """The trained model's identity: what every answer and score of this run is keyed by."""
+        return self.train_key or self.run_id
+
+    def summary(self) -> dict:
+        out = dataclasses.asdict(self)
+        out.pop("training_set")
+        return out
+
+
+# --- how a method's runs are trained and asked -------------------------------------------------
+
+def training_settings(profile: Profile, method: str, seed: int | None) -> TrainConfig:
+    """The training settings of ``method``'s run with ``seed``: the method's, the seed in place."""
+    return dataclasses.replace(profile.train_config(method), seed=seed)
+
+
+def train_template(profile: Profile, method: str) -> PromptTemplate:
+    """The template ``method`` trains with (and its models' likelihoods are scored with); the
+    untuned base model's is Alpaca's."""
+    return load_template("alpaca" if method == BASE else profile.train_config(method).template)
+
+
+def decoding(profile: Profile, method: str) -> DecodingConfig:
+    """How ``method``'s models answer: ``eval.decoding_full`` for full fine-tunes when set, else
+    ``eval.decoding``."""
+    e = profile.eval
+    return e.decoding_full if method == "full" and e.decoding_full else e.decoding
+
+
+def decoding_template(profile: Profile, method: str) -> PromptTemplate:
+    """The template the test prompts are asked with: the decoding's own, else the training one."""
+    name = decoding(profile, method).template
+    return load_template(name) if name else train_template(profile, method)

@@ -14,38 +14,33 @@ normalised form 0..1), ``language_totals`` (per language) and ``robustness_gap``
 languages of the score before the gate minus after it). Language identification is not done here:
 the gate is a boolean input (see ``polyalpaca.langid``).
 
-The experiment (``polyalpaca.grid.Experiment.judge_all``) walks its stored answers and keeps the
-verdicts; everything about the judge itself is here: whether one can run (``judge_unavailable``),
-its configuration from the profile (``judge_config``), the stored rows (``verdict_rows``) and the
-summary users read (``judge_summary``).
+The judging stage is here too: where the verdicts on a run's stored answers are kept
+(``verdicts_of``, keyed by the answers, the judge model and its prompt) and the walk over stored
+answers that fills them (``judge_stored``); the experiment (``grid.Experiment.judge_all``) only
+hands it the answers. So is everything about the judge itself: whether one can run
+(``judge_unavailable``), the stored rows (``verdict_rows``) and the summary users read
+(``judge_summary``). The judge's settings are the profile's ``eval.judge``
+(``config.JudgeSettings``: its endpoint and prompt version), used as they are.
 """
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 import os
 from collections import Counter
-from typing import TYPE_CHECKING, Iterable, Mapping, Sequence
+from typing import Callable, Iterable, Mapping, Sequence
 
+from .config import JudgeSettings
+from .data import TestPrompt
 from .llm_client import ChatClient, ChatPrompt, ChatRequest, EndpointConfig, InvalidReply, load_prompt
 from .metrics import gated_score
-
-if TYPE_CHECKING:
-    from .config import JudgeSettings
+from .store import Cached, text_digest
 
 RATING_SCALE = (1, 2, 3)
+MAX_INVALID_REPLIES = 3  # replies asked for before an item is counted as unparsed (never scored)
 _RATING = re.compile(r"Rating:\s*\[\[\s*(-?\d+)\s*\]\]", re.I)
 _BLOCK_TAG = re.compile(r"<\s*/?\s*(?:question|response)\b[^<>]*>", re.I)
-
-
-@dataclass
-class JudgeConfig:
-    """Which endpoint judges (the paper: gpt-3.5-turbo-0613, temperature 0) and with which prompt."""
-
-    endpoint: EndpointConfig = field(default_factory=lambda: EndpointConfig(model="gpt-3.5-turbo-0613"))
-    prompt_version: str = "judge_v1"  # polyalpaca/resources/prompts/<version>.txt
-    max_invalid_replies: int = 3  # replies asked for before an item is counted as unparsed
 
 
 @dataclass
@@ -114,19 +109,21 @@ def parse_rating(reply: str) -> int:
 # --------------------------------------------------------------------------------------------
 # Judging
 # --------------------------------------------------------------------------------------------
-def judge_responses(items: Sequence[JudgeItem], config: JudgeConfig, client: ChatClient | None = None,
-                    cache_dir: str | Path | None = None, progress: bool = True) -> list[JudgeRecord]:
-    """Judge every item (one query each); records in input order.
+def judge_responses(items: Sequence[JudgeItem], settings: JudgeSettings, client: ChatClient | None = None,
+                    cache_dir: str | Path | None = None, progress: bool = True,
+                    max_invalid_replies: int = MAX_INVALID_REPLIES) -> list[JudgeRecord]:
+    """Judge every item (one query each) with the judge of ``settings`` (its endpoint and prompt
+    version); records in input order.
 
-    Uses ``client`` when given (its endpoint is used as is), else builds one from
-    ``config.endpoint`` with the reply cache in ``cache_dir`` and closes it afterwards.
+    Uses ``client`` when given (its endpoint is used as is: a test's fast retries, say), else builds
+    one for the settings' endpoint with the reply cache in ``cache_dir`` and closes it afterwards.
     """
-    prompt = load_prompt(config.prompt_version)
+    prompt = load_prompt(settings.prompt_version)
     own_client = client is None
-    client = client or ChatClient(config.endpoint, cache_dir, progress=progress)
+    client = client or ChatClient(EndpointConfig.of(settings), cache_dir, progress=progress)
     try:
         requests = [ChatRequest(judge_messages(item, prompt), prompt.version, parse_rating) for item in items]
-        results = client.complete_many(requests, max_invalid=config.max_invalid_replies, desc="judge")
+        results = client.complete_many(requests, max_invalid=max_invalid_replies, desc="judge")
     finally:
         if own_client:
             client.close()
@@ -206,14 +203,6 @@ def judge_unavailable(settings: JudgeSettings, client: ChatClient | None = None)
     return ""
 
 
-def judge_config(settings: JudgeSettings) -> JudgeConfig:
-    """The judge of a profile's ``eval.judge`` settings."""
-    return JudgeConfig(endpoint=EndpointConfig(base_url=settings.base_url, model=settings.model,
-                                               api_key_env=settings.api_key_env,
-                                               max_concurrency=settings.max_concurrency),
-                       prompt_version=settings.prompt_version)
-
-
 def verdict_rows(records: Sequence[JudgeRecord], settings: JudgeSettings) -> list[dict]:
     """The stored form of a language's verdicts, raw replies included."""
     return [{"prompt_id": rec.id, "status": rec.status, "judge": rec.score, "judge_status": rec.status,
@@ -231,3 +220,46 @@ def judge_summary(counts: Mapping[str, int], settings: JudgeSettings) -> dict:
                     "their languages are not stored; re-run to retry them.")
     return {"judged": scored + unparsed + failed, "scored": scored, "unparsed": unparsed, "failed": failed,
             "message": message}
+
+
+def verdicts_of(settings: JudgeSettings, root: str | Path, model_key: str, lang: str, answers: Cached) -> Cached | None:
+    """Where the judge's verdicts on a trained model's stored ``answers`` to ``lang``'s prompts are
+    kept under the artefacts folder ``root`` (None without a judge), keyed by the answers, the
+    responses, the judge model and its prompt."""
+    if not (settings.base_url and settings.model):
+        return None
+    prompt = load_prompt(settings.prompt_version)
+    responses = [r["response"] for r in answers.read_rows()] if answers.exists() else []
+    return Cached(Path(root) / "judge" / model_key, lang, {
+        "answers": answers.key, "responses": text_digest(responses), "judge_model": settings.model,
+        "prompt_version": settings.prompt_version, "prompt_text": text_digest([prompt.system, prompt.user])})
+
+
+def judge_stored(settings: JudgeSettings, root: str | Path, answers: Iterable[tuple[str, str, Cached]],
+                 test_prompts: Callable[[str], list[TestPrompt]], client: ChatClient | None = None,
+                 progress: bool = False) -> dict:
+    """Rate stored answers, given as (model key, language, stored answers), with the configured
+    judge (the paper's protocol; ``client``, when given, asks it) and keep the verdicts
+    (``verdicts_of``); ``test_prompts`` gives a language's prompts. Replies are cached under
+    ``root/llm-cache`` and stored raw. Without an endpoint, or without its key in the environment,
+    nothing is judged and the message says so. Returns ``judge_summary``'s counts and message."""
+    reason = judge_unavailable(settings, client)
+    if reason:
+        return {"judged": 0, "message": reason}
+    counts = Counter()
+    for model_key, lang, stored in answers:
+        verdicts = verdicts_of(settings, root, model_key, lang, stored)
+        if verdicts.exists():
+            rows = verdicts.read_rows()
+        else:
+            prompts = {p.id: p for p in test_prompts(lang)}
+            items = [JudgeItem(prompts[r["prompt_id"]].prompt, r["response"], lang, r["prompt_id"])
+                     for r in stored.read_rows()]
+            rows = verdict_rows(judge_responses(items, settings, client=client, cache_dir=Path(root) / "llm-cache",
+                                                progress=progress), settings)
+            # A language with failed items is not stored: a later run retries exactly those
+            # (the replies received are in the client's cache and are not paid for twice).
+            if not any(r["status"] == "failed" for r in rows):
+                verdicts.write_rows(rows)
+        counts.update(r["status"] for r in rows)
+    return judge_summary(counts, settings)

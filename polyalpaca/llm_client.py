@@ -2,7 +2,8 @@
 
 What it adds to the ``openai`` package:
 
-- **configuration as data** (``EndpointConfig``): base URL, model, and the *name* of the
+- **configuration as data** (``EndpointConfig``, the profile's ``config.Endpoint`` with the
+  client's retries, timeouts and sampling): base URL, model, and the *name* of the
   environment variable that holds the API key; the key itself is read when the client is built
   and never appears in a repr, a log line, an exception message, the cache or the ledger;
 - **bounded concurrency** (a thread pool of ``max_concurrency``) with **input order preserved**;
@@ -23,6 +24,7 @@ Prompt templates are versioned data files (``ChatPrompt``, ``load_prompt``), sha
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -40,6 +42,7 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 import openai
 from tqdm import tqdm
 
+from .config import Endpoint
 from .files import atomic_write_json
 from .prompts import read_resource
 
@@ -54,14 +57,14 @@ RETRYABLE_STATUS = (408, 409, 429)  # plus every 5xx
 # Configuration
 # --------------------------------------------------------------------------------------------
 @dataclass
-class EndpointConfig:
-    """An OpenAI-compatible endpoint. ``api_key_env`` names the environment variable holding the
-    key ("" for servers that need none); prices are USD per 1000 tokens, for cost estimates."""
+class EndpointConfig(Endpoint):
+    """An OpenAI-compatible endpoint (``config.Endpoint``: base URL, model, the environment
+    variable holding the key, "" for servers that need none, and requests in flight) with the
+    client's retries, timeouts and sampling; prices are USD per 1000 tokens, for cost estimates.
+    ``EndpointConfig.of`` makes one from a profile's endpoint."""
 
     base_url: str = "https://api.openai.com/v1"
     model: str = "gpt-3.5-turbo"
-    api_key_env: str = "OPENAI_API_KEY"
-    max_concurrency: int = 8
     max_retries: int = 6  # retries after the first try, for transient errors
     timeout_s: float = 60.0
     price_per_1k_input: float = 0.0
@@ -78,6 +81,13 @@ class EndpointConfig:
             raise ValueError(f"EndpointConfig.max_retries must be >= 0, got {self.max_retries}")
         if self.timeout_s <= 0:
             raise ValueError(f"EndpointConfig.timeout_s must be > 0, got {self.timeout_s}")
+
+    @classmethod
+    def of(cls, endpoint: Endpoint, **client):
+        """The client's endpoint for a profile's ``endpoint`` (its base URL, model, key variable and
+        concurrency), with ``client`` settings (retries, timeouts, sampling, or another model)."""
+        where = {f.name: getattr(endpoint, f.name) for f in dataclasses.fields(Endpoint)}
+        return cls(**{**where, **client})
 
     def request_params(self) -> dict[str, Any]:
         """The sampling parameters sent with every request (and hashed into the cache key)."""

@@ -1,12 +1,19 @@
-"""What a profile will cost before anything runs: data statistics, the grid and compute estimates."""
+"""What a profile will cost before anything runs: data statistics, the grid, compute estimates
+and the disk its models need (``disk_estimate``, with the free space of the artefacts folder's
+disk: ``polyalpaca check`` prints it, the book warns before its first chapter when it is short)."""
 from __future__ import annotations
 
 import dataclasses
+import re
+import shutil
 import statistics
 import time
 from functools import lru_cache
+from pathlib import Path
 
 from . import design
+from .config import Profile
+from .design import model_short_name
 from .grid import Experiment
 from .prompts import tokenize_example
 
@@ -294,4 +301,99 @@ def format_plan(table: dict) -> str:
                      "records no speed for its rates (estimate.reference_gflops)")
     if table["note"]:
         lines.append(table["note"])
+    return "\n".join(lines)
+
+
+# --- the disk the plan needs, and what `polyalpaca check` reports when all is well ----------------
+
+_SIZE_IN_NAME = re.compile(r"(\d+)([mb])(\d*)$", re.I)
+
+
+def model_params_billions(profile: Profile, model: str) -> float | None:
+    """A model's size: ``grid.model_params_billions``, else read from its name (gemma-3-270m: 0.27,
+    bloom-7b1: 7.1); None when neither says."""
+    if model in profile.grid.model_params_billions:
+        return profile.grid.model_params_billions[model]
+    match = _SIZE_IN_NAME.search(model_short_name(model))
+    if not match:
+        return None
+    whole, unit, fraction = match.groups()
+    value = float(f"{whole}.{fraction}" if fraction else whole)
+    return value / 1000 if unit.lower() == "m" else value
+
+
+def free_gb(folder: str | Path) -> float:
+    """Free space, in GB, on the disk that holds ``folder`` (or its nearest existing parent)."""
+    path = Path(folder).resolve()
+    while not path.exists():
+        path = path.parent
+    return shutil.disk_usage(path).free / 1e9
+
+
+def disk_estimate(profile: Profile, plan: dict, folder: str | Path | None = None) -> dict:
+    """A rough disk estimate from model sizes. Training writes an fp32 copy of every fully
+    fine-tuned model (4 bytes per parameter): ``written_gb``, the most the artefacts hold while the
+    book runs. Evaluation removes each once its results are stored, unless
+    ``storage.keep_full_models``: ``kept_gb`` is what stays. While a full fine-tune runs, its two
+    newest resumable checkpoints (weights and AdamW moments, 12 bytes per parameter each) are kept
+    too, and removed when it finishes. LoRA adapters are small; run folders hold no tokenizer
+    copy. Models of unknown size are listed, not counted. With ``folder`` (the artefacts folder)
+    the free space on its disk is added."""
+    sizes = {model: model_params_billions(profile, model) for model in profile.grid.models}
+    by_short = {model_short_name(model): model for model in profile.grid.models}
+    written_gb, peak_gb, unknown = 0.0, 0.0, sorted(m for m, s in sizes.items() if s is None)
+    for row in plan["runs"]:
+        billions = sizes.get(by_short.get(row["model"], row["model"]))
+        if row["method"] == "full" and row["trains_new_model"] and billions:
+            written_gb += 4 * billions
+            peak_gb = max(peak_gb, 2 * 12 * billions)
+    kept_gb = written_gb if profile.storage.keep_full_models else 0.0
+    disk = {"written_gb": round(written_gb, 1), "kept_gb": round(kept_gb, 1), "checkpoints_gb": round(peak_gb, 1),
+            "unknown_sizes": unknown}
+    if folder is not None:
+        disk.update(folder=str(folder), free_gb=round(free_gb(folder), 1))
+    return disk
+
+
+def disk_shortfall(disk: dict) -> str:
+    """'' when the artefacts folder's disk has room for ``disk_estimate``'s models and checkpoints;
+    otherwise a sentence that says how much is missing. Models already trained there count in the
+    estimate, so a resumed build may need less than it says."""
+    need = disk["written_gb"] + disk["checkpoints_gb"]
+    if "free_gb" not in disk or disk["free_gb"] >= need:
+        return ""
+    return (f"{disk['folder']} is on a disk with {disk['free_gb']} GB free; this plan's fully fine-tuned models "
+            f"and a running fine-tune's checkpoints need up to {need:.1f} GB (models already trained there are "
+            "counted too). Free space or choose another folder (--artefacts) before a long run stops on a full disk")
+
+
+def format_check(profile: Profile, plan: dict, disk: dict) -> str:
+    """The lines `polyalpaca check` prints for a profile without problems."""
+    t = plan["totals"]
+    lines = [f"profile {profile.name}: no problems found",
+             f"plan: {t['runs']} runs, {t['models_trained']} models trained, {t['tokens_processed']} training tokens"]
+    if "cpu_minutes" in t:
+        lines.append(f"time (estimate): {t['cpu_minutes']} CPU minutes of training"
+                     + (f" on {plan['device']}" if plan["device"] else ""))
+    if "book_minutes" in t:
+        lines.append(f"time (estimate): {t['evaluation_minutes']} minutes of evaluation; the whole book from empty "
+                     f"artefacts about {t['book_minutes']} minutes (polyalpaca plan shows the parts)")
+    if "gpu_hours" in t:
+        lines.append(f"time (estimate): {t['gpu_hours']} GPU hours of training"
+                     + (f" on {plan['device']}" if plan["device"] else ""))
+    if "cpu_minutes" not in t and "gpu_hours" not in t:
+        lines.append("time: no estimate (the profile sets neither tokens_per_second_estimate nor estimate_tflops)")
+    keep = profile.storage.keep_full_models
+    lines.append(f"disk (estimate from model sizes): {disk['written_gb']} GB of fully fine-tuned models while the book "
+                 f"runs, {disk['kept_gb']} GB of them kept after evaluation (storage.keep_full_models = "
+                 f"{str(keep).lower()}), up to {disk['checkpoints_gb']} GB more for a running full fine-tune's "
+                 "checkpoints; LoRA adapters are small")
+    if disk["unknown_sizes"]:
+        lines.append("  not counted, size unknown (set grid.model_params_billions): " + ", ".join(disk["unknown_sizes"]))
+    if "free_gb" in disk:
+        lines.append(f"  free on the artefacts folder's disk ({disk['folder']}): {disk['free_gb']} GB")
+        if disk_shortfall(disk):
+            lines.append("WARNING: " + disk_shortfall(disk))
+    if plan["note"]:
+        lines.append(plan["note"])
     return "\n".join(lines)

@@ -116,12 +116,11 @@ def completion_endpoint(settings: ServerSettings, model: str, decoding: Decoding
         extras["use_beam_search"] = True
     elif decoding.repetition_penalty != 1.0:
         extras["repetition_penalty"] = decoding.repetition_penalty
-    return CompletionEndpoint(base_url=settings.base_url, model=model, api_key_env=settings.api_key_env,
-                              max_concurrency=settings.max_concurrency, timeout_s=RETRY_POLICY.timeout_s,
-                              max_retries=RETRY_POLICY.max_retries, backoff_base_s=RETRY_POLICY.backoff_base_s,
-                              backoff_max_s=RETRY_POLICY.backoff_max_s,
-                              temperature=0.0, max_tokens=decoding.max_new_tokens,
-                              stop=tuple(decoding.stop_strings), beams=decoding.num_beams, server_extras=extras)
+    return CompletionEndpoint.of(settings, model=model, timeout_s=RETRY_POLICY.timeout_s,
+                                 max_retries=RETRY_POLICY.max_retries, backoff_base_s=RETRY_POLICY.backoff_base_s,
+                                 backoff_max_s=RETRY_POLICY.backoff_max_s,
+                                 temperature=0.0, max_tokens=decoding.max_new_tokens,
+                                 stop=tuple(decoding.stop_strings), beams=decoding.num_beams, server_extras=extras)
 
 
 class CompletionClient(ChatClient):

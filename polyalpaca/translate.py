@@ -7,7 +7,10 @@ if it holds exactly one ``<translation>...</translation>`` block, every marker e
 (for texts with enough letters) is detected by langdetect as the target language; otherwise it
 is asked again (API backend) and finally reported as a failure, never written as a translation.
 
-Two backends share one interface (``TranslationBackend.translate(jobs, prompt, config)``):
+What to translate and how is the profile's ``translation`` table (``config.TranslationSettings``:
+its endpoint or local model, languages, prompt version, generation limits); the command line
+fills the same settings from its options. Two backends share one interface
+(``TranslationBackend.translate(jobs, prompt, settings)``):
 
 - ``ApiBackend``: any OpenAI-compatible endpoint through ``polyalpaca.llm_client.ChatClient``
   (concurrency, retries, resumable cache, ledger);
@@ -31,6 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Protocol, Sequence
 
+from .config import TranslationSettings
 from .data import LANGUAGES, check_language, load_training_records
 from .files import JsonlError, iter_jsonl, write_jsonl as _write_jsonl  # the name translate_command uses
 from .langid import LETTER, detect_language
@@ -65,30 +69,23 @@ _LANGDETECT_LOCK = threading.Lock()  # langdetect's lazy global set-up is not th
 # --------------------------------------------------------------------------------------------
 # Configuration and results
 # --------------------------------------------------------------------------------------------
-@dataclass
-class TranslationConfig:
-    """What to translate and how replies are checked."""
+SOURCE_LANGUAGE = "en"  # what the records are in (the command's --source-language changes it)
+MAX_INVALID_REPLIES = 3  # API backend: replies asked for before a job is reported failed
+LANGUAGE_CHECK_MIN_LETTERS = 20  # shorter texts skip language ID (too unreliable)
+# The command's defaults where they differ from the chapter's (a chat model's prompt, long records).
+COMMAND_PROMPT_VERSION = "translate_v1"
+COMMAND_MAX_NEW_TOKENS = 512
 
-    languages: list[str]
-    source_language: str = "en"
-    fields: tuple[str, ...] = ALPACA_FIELDS
-    prompt_version: str = "translate_v1"  # polyalpaca/resources/prompts/<version>.txt
-    max_invalid_replies: int = 3  # API backend: replies asked for before a job is reported failed
-    language_check_min_letters: int = 20  # shorter texts skip language ID (too unreliable)
-    local_max_new_tokens: int = 512
-    local_batch_size: int = 8
-    # Worked examples per target language, {lang: [[source text, its translation], ...]}, for the
-    # base-model prompts (their ``[example]`` section): a base model only continues a document,
-    # so it needs to see the pattern.
-    examples: dict[str, list[list[str]]] = field(default_factory=dict)
 
-    def __post_init__(self) -> None:
-        for code in [self.source_language, *self.languages]:
-            check_language(code, "TranslationConfig")
-        if self.source_language in self.languages:
-            raise ValueError(f"TranslationConfig.languages contains the source language {self.source_language!r}")
-        if not self.languages:
-            raise ValueError("TranslationConfig.languages is empty")
+def check_targets(languages: Sequence[str], source_language: str = SOURCE_LANGUAGE) -> None:
+    """``ValueError`` unless every language is known, the targets are not empty and do not hold
+    the source language."""
+    for code in [source_language, *languages]:
+        check_language(code, "translation")
+    if source_language in languages:
+        raise ValueError(f"translation.languages contains the source language {source_language!r}")
+    if not languages:
+        raise ValueError("translation.languages is empty")
 
 
 @dataclass
@@ -212,7 +209,7 @@ class JobOutcome:
 # --------------------------------------------------------------------------------------------
 class TranslationBackend(Protocol):
     def translate(self, jobs: Sequence[TranslationJob], prompt: ChatPrompt,
-                  config: TranslationConfig) -> list[JobOutcome]:
+                  settings: TranslationSettings) -> list[JobOutcome]:
         """One outcome per job, in order."""
         ...
 
@@ -229,15 +226,17 @@ def check_no_new_example(reply: str, job: TranslationJob) -> None:
 
 
 class ApiBackend:
-    """Translate through an OpenAI-compatible endpoint (``ChatClient``)."""
+    """Translate through an OpenAI-compatible endpoint (``ChatClient``), asking up to
+    ``max_invalid_replies`` times for a reply that passes the checks."""
 
-    def __init__(self, client: ChatClient):
+    def __init__(self, client: ChatClient, max_invalid_replies: int = MAX_INVALID_REPLIES):
         self.client = client
+        self.max_invalid_replies = max_invalid_replies
 
     def translate(self, jobs: Sequence[TranslationJob], prompt: ChatPrompt,
-                  config: TranslationConfig) -> list[JobOutcome]:
+                  settings: TranslationSettings) -> list[JobOutcome]:
         requests = [ChatRequest(job.messages(prompt), prompt.version, job.check_reply) for job in jobs]
-        results = self.client.complete_many(requests, max_invalid=config.max_invalid_replies, desc="translate")
+        results = self.client.complete_many(requests, max_invalid=self.max_invalid_replies, desc="translate")
         return [JobOutcome(r.value, None, r.replies) if r.ok else JobOutcome(None, r.error, r.replies)
                 for r in results]
 
@@ -261,7 +260,7 @@ class LocalBackend:
         return text + "\n\n"
 
     def translate(self, jobs: Sequence[TranslationJob], prompt: ChatPrompt,
-                  config: TranslationConfig) -> list[JobOutcome]:
+                  settings: TranslationSettings) -> list[JobOutcome]:
         from tqdm import tqdm
 
         from .generate import DecodingConfig, generate_texts  # imports torch: only when used
@@ -270,7 +269,7 @@ class LocalBackend:
         # continuation up to a stop string is the translation, put in tags for the common checks.
         opened = bool(prompt.stop)
         prompts = [self.render(job.messages(prompt), continuation=opened) for job in jobs]
-        decoding = DecodingConfig(max_new_tokens=config.local_max_new_tokens, batch_size=config.local_batch_size,
+        decoding = DecodingConfig(max_new_tokens=settings.max_new_tokens, batch_size=settings.batch_size,
                                   stop_strings=prompt.stop)
         with tqdm(total=len(prompts), desc="translate (local)", disable=not self.progress or not prompts,
                   mininterval=5.0) as bar:
@@ -303,37 +302,43 @@ def field_problem(record: Any, fields: Sequence[str]) -> str | None:
     return None
 
 
-def translate_records(records: Sequence[Mapping[str, Any]], config: TranslationConfig,
-                      backend: TranslationBackend) -> list[TranslatedRecord]:
-    """Translate every record into every language of ``config``.
+def translate_records(records: Sequence[Mapping[str, Any]], settings: TranslationSettings,
+                      backend: TranslationBackend, examples: Mapping[str, list[list[str]]] | None = None,
+                      source_language: str = SOURCE_LANGUAGE) -> list[TranslatedRecord]:
+    """Translate every record (from ``source_language``) into every language of ``settings``
+    with its prompt version; ``examples`` are the worked examples per target language,
+    ``{lang: [[source text, its translation], ...]}``, for the base-model prompts (their
+    ``[example]`` section: a base model only continues a document, so it needs the pattern).
 
-    Returns ``len(config.languages) * len(records)`` items: for each language (config order),
-    each record (input order). Empty fields stay empty; fields with nothing but protected spans
-    are copied; texts identical once protected (e.g. differing only in numbers) are translated
-    once per language, each getting its own spans back.
+    Returns ``len(settings.languages) * len(records)`` items: for each language (settings
+    order), each record (input order). Empty fields stay empty; fields with nothing but protected
+    spans are copied; texts identical once protected (e.g. differing only in numbers) are
+    translated once per language, each getting its own spans back.
     """
+    check_targets(settings.languages, source_language)
     for index, record in enumerate(records):
-        problem = field_problem(record, config.fields)
+        problem = field_problem(record, ALPACA_FIELDS)
         if problem:
             raise ValueError(f"record {index}: {problem}")
-    prompt = load_prompt(config.prompt_version)
+    prompt = load_prompt(settings.prompt_version)
+    examples = examples or {}
     jobs: dict[tuple[str, str], TranslationJob] = {}
-    for language in config.languages:
+    for language in settings.languages:
         for record in records:
-            for name in config.fields:
+            for name in ALPACA_FIELDS:
                 protected = to_translate(record[name])
                 if protected is not None:
                     jobs.setdefault((language, protected.text), TranslationJob(
-                        protected, config.source_language, language, config.language_check_min_letters,
-                        tuple((src, tgt) for src, tgt in config.examples.get(language, []))))
+                        protected, source_language, language, LANGUAGE_CHECK_MIN_LETTERS,
+                        tuple((src, tgt) for src, tgt in examples.get(language, []))))
     job_list = list(jobs.values())
-    outcomes = dict(zip(jobs, backend.translate(job_list, prompt, config), strict=True)) if job_list else {}
+    outcomes = dict(zip(jobs, backend.translate(job_list, prompt, settings), strict=True)) if job_list else {}
 
     translated = []
-    for language in config.languages:
+    for language in settings.languages:
         for index, record in enumerate(records):
             new, failures = dict(record), []
-            for name in config.fields:
+            for name in ALPACA_FIELDS:
                 text = record[name]
                 protected = to_translate(text)
                 if protected is None:
@@ -384,7 +389,7 @@ def chrf_for_translations(translated: Sequence[TranslatedRecord],
 CHECKS_VERSION = 2
 
 
-def translation_study(t, root) -> dict:
+def translation_study(t: TranslationSettings, root) -> dict:
     """Translate the first ``translation.records`` English records into ``translation.languages``
     and score them with chrF against our reference translations; stored and reused."""
     root = Path(root)
@@ -408,22 +413,15 @@ def translation_study(t, root) -> dict:
         raise ValueError(f"translation.examples = {t.examples} overlaps the {t.records} records translated")
     examples = {lang: [[protect(english[-k].instruction).text, protect(recs[-k].instruction).text]
                        for k in range(1, t.examples + 1)] for lang, recs in targets.items()}
-    config = TranslationConfig(languages=list(t.languages), prompt_version=t.prompt_version,
-                               local_max_new_tokens=t.max_new_tokens, local_batch_size=t.batch_size,
-                               examples=examples)
     ledger = None
     if t.backend == "local":
         from .models import load_model, load_tokenizer
 
         backend = LocalBackend(load_model(t.model), load_tokenizer(t.model), progress=False)
-        translated = translate_records(source, config, backend)
+        translated = translate_records(source, t, backend, examples)
     elif t.backend == "api":
-        from .llm_client import ChatClient, EndpointConfig
-
-        endpoint = EndpointConfig(base_url=t.base_url, model=t.model, api_key_env=t.api_key_env,
-                                  max_concurrency=t.max_concurrency)
-        with ChatClient(endpoint, root / "llm-cache", progress=False) as client:
-            translated = translate_records(source, config, ApiBackend(client))
+        with ChatClient(EndpointConfig.of(t), root / "llm-cache", progress=False) as client:
+            translated = translate_records(source, t, ApiBackend(client), examples)
             ledger = client.ledger.to_dict()
     else:
         raise ValueError(f"translation.backend must be 'local' or 'api', got {t.backend!r}")
@@ -496,17 +494,17 @@ def read_records(path: str | Path, fields: Sequence[str] = ALPACA_FIELDS) -> lis
 # `polyalpaca translate` (its options are parsed in polyalpaca.cli, with every other command)
 # --------------------------------------------------------------------------------------------
 def option_defaults() -> dict[str, dict[str, Any]]:
-    """The command's defaults, read from ``TranslationConfig`` and ``EndpointConfig``: options for
-    both backends ("common") and those of the "api" and of the "local" backend only."""
-    config = {f.name: f.default for f in dataclasses.fields(TranslationConfig)}
-    endpoint = EndpointConfig()
+    """The command's defaults, read from ``EndpointConfig``, ``TranslationSettings`` and this
+    module's constants: options for both backends ("common") and those of the "api" and of the
+    "local" backend only."""
+    endpoint, settings = EndpointConfig(), TranslationSettings()
     return {
-        "common": {"source_language": config["source_language"], "prompt_version": config["prompt_version"]},
+        "common": {"source_language": SOURCE_LANGUAGE, "prompt_version": COMMAND_PROMPT_VERSION},
         "api": {"base_url": endpoint.base_url, "api_key_env": endpoint.api_key_env,
                 "concurrency": endpoint.max_concurrency, "max_retries": endpoint.max_retries,
-                "timeout": endpoint.timeout_s, "max_invalid": config["max_invalid_replies"],
+                "timeout": endpoint.timeout_s, "max_invalid": MAX_INVALID_REPLIES,
                 "cache": None, "no_cache": False, "ledger": None},
-        "local": {"max_new_tokens": config["local_max_new_tokens"], "batch_size": config["local_batch_size"]},
+        "local": {"max_new_tokens": COMMAND_MAX_NEW_TOKENS, "batch_size": settings.batch_size},
     }
 
 
@@ -527,22 +525,27 @@ def read_examples(path: Path) -> dict[str, list[list[str]]]:
     return data
 
 
-def command_config(args: argparse.Namespace) -> TranslationConfig:
-    """The ``TranslationConfig`` of the command's options; ``ValueError`` or ``OSError`` for bad ones."""
+def command_config(args: argparse.Namespace) -> tuple[TranslationSettings, dict[str, list[list[str]]]]:
+    """The ``TranslationSettings`` of the command's options (its endpoint or local model, languages,
+    prompt version, generation limits) and the worked examples of ``--examples``; ``ValueError``
+    or ``OSError`` for bad ones."""
     languages = [code.strip() for code in args.languages.split(",") if code.strip()]
-    return TranslationConfig(languages=languages, source_language=args.source_language,
-                             prompt_version=args.prompt_version,
-                             max_invalid_replies=args.max_invalid, local_max_new_tokens=args.max_new_tokens,
-                             local_batch_size=args.batch_size,
-                             examples=read_examples(args.examples) if args.examples else {})
+    check_targets(languages, args.source_language)
+    endpoint = {"base_url": args.base_url, "api_key_env": args.api_key_env, "max_concurrency": args.concurrency} \
+        if args.backend == "api" else {}
+    settings = TranslationSettings(backend=args.backend, model=args.model, languages=languages,
+                                   prompt_version=args.prompt_version, max_new_tokens=args.max_new_tokens,
+                                   batch_size=args.batch_size, **endpoint)
+    return settings, read_examples(args.examples) if args.examples else {}
 
 
-def translate_command(args: argparse.Namespace, config: TranslationConfig) -> int:
+def translate_command(args: argparse.Namespace, settings: TranslationSettings,
+                      examples: dict[str, list[list[str]]] | None = None) -> int:
     """Run ``polyalpaca translate`` with its parsed options (every default filled in by the
     command line) and their ``command_config``. Returns the exit status: 0 all translated,
     1 some fields failed, 2 bad input or an endpoint that refuses every request."""
     try:
-        records = read_records(args.input, config.fields)
+        records = read_records(args.input, ALPACA_FIELDS)
     except (OSError, ValueError) as exc:
         print(f"polyalpaca translate: error: {exc}", file=sys.stderr)
         return 2
@@ -550,18 +553,16 @@ def translate_command(args: argparse.Namespace, config: TranslationConfig) -> in
     client: ChatClient | None = None
     try:
         if args.backend == "api":
-            endpoint = EndpointConfig(base_url=args.base_url, model=args.model, api_key_env=args.api_key_env,
-                                      max_concurrency=args.concurrency, max_retries=args.max_retries,
-                                      timeout_s=args.timeout)
+            endpoint = EndpointConfig.of(settings, max_retries=args.max_retries, timeout_s=args.timeout)
             cache = None if args.no_cache else (args.cache or cache_dir() / "llm")
             client = ChatClient(endpoint, cache, progress=not args.no_progress)
-            backend: TranslationBackend = ApiBackend(client)
+            backend: TranslationBackend = ApiBackend(client, args.max_invalid)
         else:
             from .models import load_model, load_tokenizer
 
             backend = LocalBackend(load_model(args.model), load_tokenizer(args.model),
                                    progress=not args.no_progress)
-        translated = translate_records(records, config, backend)
+        translated = translate_records(records, settings, backend, examples, args.source_language)
     except (EndpointError, ValueError) as exc:
         print(f"polyalpaca translate: error: {exc}", file=sys.stderr)
         return 2
@@ -580,7 +581,7 @@ def translate_command(args: argparse.Namespace, config: TranslationConfig) -> in
         _write_jsonl(failures_path, failures)
     elif failures_path.exists():
         failures_path.unlink()  # a stale list from an earlier run would mislead
-    print(f"translated {len(rows)} of {len(translated)} (record, language) pairs into {', '.join(config.languages)}; "
+    print(f"translated {len(rows)} of {len(translated)} (record, language) pairs into {', '.join(settings.languages)}; "
           f"{len(failures)} field(s) failed" + (f" (see {failures_path})" if failures else "") +
           f"; wrote {args.output}", file=sys.stderr)
     return 1 if failures else 0

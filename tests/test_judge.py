@@ -6,8 +6,9 @@ import math
 import pytest
 
 from openai_double import OpenAIDouble, endpoint_settings
-from polyalpaca.judge import (JudgeConfig, JudgeItem, JudgeRecord, escape_block, judge_responses, language_totals,
-                              parse_rating, robustness_gap)
+from polyalpaca.config import JudgeSettings
+from polyalpaca.judge import (JudgeItem, JudgeRecord, escape_block, judge_responses, language_totals, parse_rating,
+                              robustness_gap)
 from polyalpaca.llm_client import ChatClient, EndpointConfig, InvalidReply
 from polyalpaca.metrics import gated_score
 
@@ -22,9 +23,17 @@ def api_key(monkeypatch):
     monkeypatch.setenv(KEY_ENV, KEY)
 
 
-def judge_config(double: OpenAIDouble, **overrides) -> JudgeConfig:
-    settings = endpoint_settings(double, KEY_ENV, model="judge-double", max_concurrency=3, max_retries=2)
-    return JudgeConfig(endpoint=EndpointConfig(**{**settings, **overrides}))
+def judge_settings(double: OpenAIDouble) -> JudgeSettings:
+    """A profile's judge at the double (the client's retries are the defaults)."""
+    return JudgeSettings(base_url=double.base_url, model="judge-double", api_key_env=KEY_ENV, max_concurrency=3)
+
+
+def judge(double: OpenAIDouble, judged: list[JudgeItem], cache_dir=None, **overrides) -> list[JudgeRecord]:
+    """``judged`` rated by the judge at the double through a client with fast retries."""
+    endpoint = EndpointConfig.of(judge_settings(double), **{
+        **endpoint_settings(double, KEY_ENV, model="judge-double", max_concurrency=3, max_retries=2), **overrides})
+    with ChatClient(endpoint, cache_dir, progress=False) as client:
+        return judge_responses(judged, judge_settings(double), client=client)
 
 
 def items() -> list[JudgeItem]:
@@ -55,7 +64,7 @@ def test_escape_block_neutralises_only_the_delimiters():
 # -- judging against the double ---------------------------------------------------------------
 def test_judge_scores_in_order_and_keeps_raw_replies(double, tmp_path):
     double.judge_rating = lambda response: 1 + len(response) % 3
-    records = judge_responses(items(), judge_config(double), cache_dir=tmp_path, progress=False)
+    records = judge(double, items(), tmp_path)
     assert [(r.index, r.id, r.language) for r in records] == [(0, "q1", "en"), (1, "q2", "es"),
                                                                (2, "q3", "en"), (3, "q4", "de")]
     expected = [1 + len(i.response) % 3 for i in items()]
@@ -66,14 +75,15 @@ def test_judge_scores_in_order_and_keeps_raw_replies(double, tmp_path):
     assert sent[0]["role"] == "system" and "language of the question" in sent[-1]["content"]
     assert "<question>\nWhat is the capital of France?\n</question>" in sent[-1]["content"]
     # A rerun is answered from the cache.
-    again = judge_responses(items(), judge_config(double), cache_dir=tmp_path, progress=False)
+    again = judge(double, items(), tmp_path)
     assert [r.score for r in again] == expected and all(r.from_cache for r in again)
     assert double.request_count() == 4
 
 
 def test_injected_instructions_get_no_special_treatment(double):
     double.judge_rating = lambda response: 1  # what the judge decides is what we record
-    (record,) = judge_responses([items()[2]], judge_config(double), progress=False)
+    # The judge's own client, built from the profile's settings.
+    (record,) = judge_responses([items()[2]], judge_settings(double), progress=False)
     assert record.status == "scored" and record.score == 1
     user = double.requests[0].json["messages"][-1]["content"]
     block = user.rsplit("<response>\n", 1)[1]
@@ -86,7 +96,7 @@ def test_unparsed_replies_are_retried_then_counted_apart(double):
     double.add_fault("reply", match="Paris.", times=2, text="Looks fine to me.")  # then a real rating
     double.add_fault("reply", match="Vier.", times=100, text="I would rather not say.")
     double.add_fault("500", match="prime number", times=100)
-    records = judge_responses(items(), judge_config(double, max_retries=1), progress=False)
+    records = judge(double, items(), max_retries=1)
     assert [r.status for r in records] == ["scored", "scored", "failed", "unparsed"]
     assert records[0].score == 2 and len(records[0].raw_replies) == 3
     unparsed = records[3]
@@ -100,9 +110,9 @@ def test_unparsed_replies_are_retried_then_counted_apart(double):
 
 
 def test_an_existing_client_can_be_reused(double):
-    config = judge_config(double)
-    with ChatClient(config.endpoint, progress=False) as client:
-        records = judge_responses(items()[:2], config, client=client)
+    settings = judge_settings(double)
+    with ChatClient(EndpointConfig.of(settings), progress=False) as client:
+        records = judge_responses(items()[:2], settings, client=client)
         assert client.ledger.requests == 2 and [r.score for r in records] == [2, 2]
 
 

@@ -1,7 +1,10 @@
-"""What a profile will cost (``polyalpaca.planning``): the plan and its time scaled to the machine."""
+"""What a profile will cost (``polyalpaca.planning``): the plan and its time scaled to the machine,
+the disk its models need."""
 import pytest
 
+from polyalpaca import planning
 from polyalpaca.cli import main
+from polyalpaca.config import load_profile
 
 RATES = {"estimate.generation_tokens_per_second": 80.0, "estimate.likelihood_tokens_per_second": 300.0,
          "estimate.likelihood_scored_tokens_per_second": 140.0, "estimate.model_load_s": 8.0,
@@ -34,3 +37,37 @@ def test_plan_scales_its_times_to_the_machine_speed_now(tiny_model_dir, tmp_path
     unrated_sets = sets + ["-s", "estimate.reference_gflops", "0.0"]
     assert main(["plan", "--profile", "tiny", "--artefacts", str(tmp_path), "--measure-speed", *unrated_sets]) == 0
     assert "not scaled: this machine measured" in capsys.readouterr().out
+
+
+def test_model_sizes_for_the_disk_estimate():
+    cpu, paper = load_profile("cpu"), load_profile("paper")
+    assert planning.model_params_billions(cpu, "pypi:gemma-3-270m") == pytest.approx(0.27)
+    assert planning.model_params_billions(paper, "bigscience/bloom-7b1") == 7.07  # the profile's own figure
+    assert planning.model_params_billions(cpu, "bigscience/bloom-1b7") == pytest.approx(1.7)
+    assert planning.model_params_billions(cpu, "tiny-random-gemma3") is None
+    plan = {"runs": [{"model": "gemma-3-270m", "method": "full", "trains_new_model": True},
+                     {"model": "gemma-3-270m", "method": "full", "trains_new_model": False},
+                     {"model": "gemma-3-270m", "method": "lora", "trains_new_model": True}]}
+    assert planning.disk_estimate(cpu, plan) == {"written_gb": 1.1, "kept_gb": 0.0, "checkpoints_gb": 6.5, "unknown_sizes": []}
+    keep = load_profile("cpu", {"storage.keep_full_models": True})
+    assert planning.disk_estimate(keep, plan)["kept_gb"] == 1.1
+
+
+def test_a_disk_too_small_for_the_plan_is_named_before_the_run(tiny_model_dir, tmp_path, capsys):
+    from polyalpaca.book import warn_if_disk_is_short
+
+    cpu = load_profile("cpu")
+    plan = {"runs": [{"model": "gemma-3-270m", "method": "full", "trains_new_model": True}]}
+    disk = planning.disk_estimate(cpu, plan, tmp_path / "not" / "made" / "yet")  # measured on its nearest parent
+    assert disk["free_gb"] == round(planning.free_gb(tmp_path), 1) > 0
+    assert planning.disk_shortfall({**disk, "free_gb": 100.0}) == ""
+    short = planning.disk_shortfall({**disk, "free_gb": 2.0})
+    assert short.startswith(f"{tmp_path / 'not' / 'made' / 'yet'} is on a disk with 2.0 GB free; ") and "7.6 GB" in short
+    assert "WARNING: " + short in planning.format_check(cpu, {"totals": {"runs": 1, "models_trained": 1,
+                                                                    "tokens_processed": 0}, "note": ""},
+                                                   {**disk, "free_gb": 2.0})
+    # the book warns before its chapters when a grid's models need more than the disk has
+    huge = load_profile("tiny", {"grid.model_params_billions": {"tiny-random-gemma3": 1e6}})
+    assert "GB free" in warn_if_disk_is_short(huge, tmp_path / "art")
+    assert "[polyalpaca] warning: " in capsys.readouterr().out
+    assert warn_if_disk_is_short(load_profile("tiny"), tmp_path / "art") == ""

@@ -256,40 +256,6 @@ def test_endpoints_choose_which_keys_are_needed(monkeypatch):
         pf.preflight("tiny", overrides)
 
 
-def test_model_sizes_for_the_disk_estimate():
-    cpu, paper = load_profile("cpu"), load_profile("paper")
-    assert pf.model_params_billions(cpu, "pypi:gemma-3-270m") == pytest.approx(0.27)
-    assert pf.model_params_billions(paper, "bigscience/bloom-7b1") == 7.07  # the profile's own figure
-    assert pf.model_params_billions(cpu, "bigscience/bloom-1b7") == pytest.approx(1.7)
-    assert pf.model_params_billions(cpu, "tiny-random-gemma3") is None
-    plan = {"runs": [{"model": "gemma-3-270m", "method": "full", "trains_new_model": True},
-                     {"model": "gemma-3-270m", "method": "full", "trains_new_model": False},
-                     {"model": "gemma-3-270m", "method": "lora", "trains_new_model": True}]}
-    assert pf.disk_estimate(cpu, plan) == {"written_gb": 1.1, "kept_gb": 0.0, "checkpoints_gb": 6.5, "unknown_sizes": []}
-    keep = load_profile("cpu", {"storage.keep_full_models": True})
-    assert pf.disk_estimate(keep, plan)["kept_gb"] == 1.1
-
-
-def test_a_disk_too_small_for_the_plan_is_named_before_the_run(tiny_model_dir, tmp_path, capsys):
-    from polyalpaca.book import warn_if_disk_is_short
-
-    cpu = load_profile("cpu")
-    plan = {"runs": [{"model": "gemma-3-270m", "method": "full", "trains_new_model": True}]}
-    disk = pf.disk_estimate(cpu, plan, tmp_path / "not" / "made" / "yet")  # measured on its nearest parent
-    assert disk["free_gb"] == round(pf.free_gb(tmp_path), 1) > 0
-    assert pf.disk_shortfall({**disk, "free_gb": 100.0}) == ""
-    short = pf.disk_shortfall({**disk, "free_gb": 2.0})
-    assert short.startswith(f"{tmp_path / 'not' / 'made' / 'yet'} is on a disk with 2.0 GB free; ") and "7.6 GB" in short
-    assert "WARNING: " + short in pf.format_check(cpu, {"totals": {"runs": 1, "models_trained": 1,
-                                                                    "tokens_processed": 0}, "note": ""},
-                                                   {**disk, "free_gb": 2.0})
-    # the book warns before its chapters when a grid's models need more than the disk has
-    huge = load_profile("tiny", {"grid.model_params_billions": {"tiny-random-gemma3": 1e6}})
-    assert "GB free" in warn_if_disk_is_short(huge, tmp_path / "art")
-    assert "[polyalpaca] warning: " in capsys.readouterr().out
-    assert warn_if_disk_is_short(load_profile("tiny"), tmp_path / "art") == ""
-
-
 def test_chapter_setup_stops_before_loading_anything(tmp_path):
     """A chapter's first cell with a bad override: one exception with every problem, nothing
     written, torch not imported."""

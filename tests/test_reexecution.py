@@ -33,7 +33,7 @@ class Counter:
         for name, module, attr in (("generate", evaluate_module, "answer_prompts"),
                                    ("likelihood", likelihood_module, "answer_likelihoods"),
                                    ("score", evaluate_module, "score_answers"),
-                                   ("load", Experiment, "_load_for_evaluation")):
+                                   ("load", evaluate_module.Evaluation, "load_model")):
             original = getattr(module, attr)
             monkeypatch.setattr(module, attr, self._wrap(name, original))
 
@@ -157,27 +157,20 @@ def test_cli_says_what_to_do_for_an_untrained_run(trained, capsys):
 
 
 def test_judge_endpoint_down_is_a_message_and_nothing_is_stored(trained, monkeypatch):
+    from polyalpaca.llm_client import ChatClient, EndpointConfig
+
     monkeypatch.setenv("JUDGE_TEST_KEY", "sk-test-judge")
     exp = experiment(trained, **{"eval.judge.base_url": "http://127.0.0.1:9/v1", "eval.judge.model": "judge",
                                  "eval.judge.api_key_env": "JUDGE_TEST_KEY"})
     exp.evaluate(the_run(exp))
-    monkeypatch.setattr(exp, "judge_config", lambda: _fast_failing_config(exp))
-    result = exp.judge_all()
+    with ChatClient(EndpointConfig.of(exp.profile.eval.judge, max_retries=1, timeout_s=2.0, backoff_base_s=0.01),
+                    trained / "llm-cache", progress=False) as fast_failing:
+        result = exp.judge_all(client=fast_failing)
     assert result["failed"] == 6 and "did not answer" in result["message"]
     # No verdicts of this judge were stored (a later run retries them); other judges' may exist.
     stored = [json.loads(p.read_text()) for p in trained.glob("judge/*/*.inputs.json")]
     assert not [s for s in stored if s["judge_model"] == "judge"]
     assert not exp.answers_frame()["judge"].notna().any()
-
-
-def _fast_failing_config(exp):
-    from polyalpaca.judge import JudgeConfig
-    from polyalpaca.llm_client import EndpointConfig
-
-    j = exp.profile.eval.judge
-    return JudgeConfig(endpoint=EndpointConfig(base_url=j.base_url, model=j.model, api_key_env=j.api_key_env,
-                                               max_retries=1, timeout_s=2.0, backoff_base_s=0.01),
-                       prompt_version=j.prompt_version)
 
 
 def _cli(root: Path, *args: str, overrides: dict) -> list[str]:

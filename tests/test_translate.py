@@ -15,12 +15,18 @@ from pathlib import Path
 import pytest
 
 from openai_double import OpenAIDouble, endpoint_settings, fake_translation
+from polyalpaca.config import TranslationSettings
 from polyalpaca.langid import detect_language
 from polyalpaca.llm_client import ChatClient, EndpointConfig, ChatPrompt, InvalidReply, ReplyCache, load_prompt
 from polyalpaca.metrics import chrf_by_language
-from polyalpaca.translate import (ApiBackend, LocalBackend, TranslationConfig, TranslationJob,
+from polyalpaca.translate import (COMMAND_PROMPT_VERSION, ApiBackend, LocalBackend, TranslationJob,
                                   chrf_for_translations, protect, read_records, to_translate,
                                   translate_records)
+
+
+def chat_settings(*languages: str, **settings) -> TranslationSettings:
+    """Translation settings into ``languages`` with the command's chat prompt (unless given)."""
+    return TranslationSettings(languages=list(languages), **{"prompt_version": COMMAND_PROMPT_VERSION, **settings})
 
 
 def translate_main(argv: list[str]) -> int:
@@ -93,7 +99,7 @@ def test_reply_checks():
 
 # -- API backend ------------------------------------------------------------------------------
 def test_translation_keeps_spans_empties_and_order(double):
-    config = TranslationConfig(languages=["fr", "de"])
+    config = chat_settings("fr", "de")
     with client_for(double) as client:
         out = translate_records(RECORDS, config, ApiBackend(client))
     assert [(t.language, t.index) for t in out] == [(lang, i) for lang in ("fr", "de") for i in range(3)]
@@ -117,7 +123,7 @@ def test_texts_differing_only_in_protected_spans_share_one_request(double):
                {"instruction": "Add the two numbers and explain every step of the sum.", "input": "40 and 2",
                 "output": "The sum of 40 and 2 is 42, as counting on from the first number shows."}]
     with client_for(double) as client:
-        out = translate_records(records, TranslationConfig(languages=["es"]), ApiBackend(client))
+        out = translate_records(records, chat_settings("es"), ApiBackend(client))
     assert double.request_count() == 3  # instruction, input ("⟦0⟧ and ⟦1⟧") and output: once each
     assert [spans(t.record["output"]) for t in out] == [["2", "3", "5"], ["40", "2", "42"]]
     assert [spans(t.record["input"]) for t in out] == [["2", "3"], ["40", "2"]]
@@ -130,7 +136,7 @@ def test_wrong_language_is_retried_then_reported(double):
     double.add_fault("drop_token", match="Please have a look", times=1)
     double.add_fault("reply", match="the following program", times=1, text="Sure! Here you go.")
     with client_for(double) as client:
-        out = translate_records(RECORDS, TranslationConfig(languages=["fr"]), ApiBackend(client))
+        out = translate_records(RECORDS, chat_settings("fr"), ApiBackend(client))
         ledger = client.ledger.to_dict()
     assert out[0].ok and out[1].ok  # one bad reply each, then a good one
     assert not out[2].ok and out[2].record is None
@@ -142,9 +148,9 @@ def test_wrong_language_is_retried_then_reported(double):
 
 def test_bad_records_are_named():
     with pytest.raises(ValueError, match="record 1: field 'input' is missing"):
-        translate_records([RECORDS[0], {"instruction": "x", "output": "y"}], TranslationConfig(["fr"]), None)
+        translate_records([RECORDS[0], {"instruction": "x", "output": "y"}], chat_settings("fr"), None)
     with pytest.raises(ValueError, match="unknown language code 'xx'"):
-        TranslationConfig(languages=["xx"])
+        translate_records(RECORDS, chat_settings("xx"), None)
 
 
 def test_read_jsonl_names_file_and_line(tmp_path):
@@ -303,7 +309,7 @@ def test_local_backend_plumbing_with_a_fake_generator(monkeypatch):
         return replies
 
     monkeypatch.setattr("polyalpaca.generate.generate_texts", fake_generate)
-    out = translate_records(RECORDS, TranslationConfig(languages=["es"], local_max_new_tokens=99),
+    out = translate_records(RECORDS, chat_settings("es", max_new_tokens=99),
                             LocalBackend(model=None, tokenizer=None, progress=False))
     assert calls[0].max_new_tokens == 99 and calls[0].stop_strings == ()
     assert [t.ok for t in out] == [True, True, False]
@@ -316,7 +322,7 @@ def test_local_backend_with_a_tiny_random_model():
 
     folder = str(tiny_gemma_folder())
     backend = LocalBackend(load_model(folder), load_tokenizer(folder), progress=False)
-    config = TranslationConfig(languages=["fr"], local_max_new_tokens=4, local_batch_size=4)
+    config = chat_settings("fr", max_new_tokens=4, batch_size=4)
     out = translate_records(RECORDS, config, backend)
     # A random model writes garbage: every field needing translation is reported, none is written.
     assert [t.index for t in out] == [0, 1, 2] and not any(t.ok for t in out)
@@ -338,7 +344,7 @@ def test_chrf_per_language():
 
 def test_chrf_for_translated_records(double):
     with client_for(double) as client:
-        out = translate_records(RECORDS, TranslationConfig(languages=["fr"]), ApiBackend(client))
+        out = translate_records(RECORDS, chat_settings("fr"), ApiBackend(client))
     references = {"fr": [t.record for t in out]}
     assert chrf_for_translations(out, references) == {"fr": pytest.approx(100.0)}
 
@@ -358,10 +364,10 @@ def test_base_model_prompt_with_worked_examples_and_stops(monkeypatch):
         return [" Suma ⟦0⟧ y ⟦1⟧." for _ in prompts]  # the continuation, cut at the stop string
 
     monkeypatch.setattr("polyalpaca.generate.generate_texts", fake_generate)
-    config = TranslationConfig(languages=["es"], prompt_version="translate_base_v2",
-                               examples={"es": [["Name a colour.", "Nombra un color."]]})
+    config = chat_settings("es", prompt_version="translate_base_v2")
     out = translate_records([{"instruction": "Add 2 and 3.", "input": "", "output": "5"}], config,
-                            LocalBackend(model=None, tokenizer=None, progress=False))
+                            LocalBackend(model=None, tokenizer=None, progress=False),
+                            examples={"es": [["Name a colour.", "Nombra un color."]]})
     assert calls[0].stop_strings == ("\n\n",)
     assert out[0].ok and out[0].record == {"instruction": "Suma 2 y 3.", "input": "", "output": "5"}
 
@@ -374,11 +380,11 @@ def test_a_reply_that_continues_the_worked_examples_is_rejected(monkeypatch):
                 for p in prompts]
 
     monkeypatch.setattr("polyalpaca.generate.generate_texts", fake_generate)
-    config = TranslationConfig(languages=["es"], prompt_version="translate_base_v2",
-                               examples={"es": [["Name a colour.", "Nombra un color."]]})
+    config = chat_settings("es", prompt_version="translate_base_v2")
     records = [{"instruction": "Say hello to the world.", "input": "", "output": ""},
                {"instruction": "Say hi.", "input": "", "output": ""}]
-    out = translate_records(records, config, LocalBackend(model=None, tokenizer=None, progress=False))
+    out = translate_records(records, config, LocalBackend(model=None, tokenizer=None, progress=False),
+                            examples={"es": [["Name a colour.", "Nombra un color."]]})
     assert [t.ok for t in out] == [False, True]
     assert "continues the prompt's worked examples ('English: Say bye.')" in out[0].failures[0].reason
     assert out[1].record["instruction"] == "Di hola."
