@@ -44,6 +44,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_train.py --method full
 	$(BIN)/python benchmarks/bench_generate.py
 	$(BIN)/python benchmarks/bench_translate.py
+	$(BIN)/python benchmarks/bench_load.py
 
 # The built book (HTML and executed chapters). Artefacts and models stay: `polyalpaca clean` removes those.
 clean:
