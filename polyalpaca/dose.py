@@ -116,10 +116,12 @@ def dose_table(answers: pd.DataFrame, method: str, language: str, unseen: list[s
 
 def fit_saturating(doses: np.ndarray, effects: np.ndarray) -> tuple[float, float]:
     """Least-squares ``A (1 - exp(-k / tau))`` through the points (tau on a log grid from a tenth of
-    the smallest positive dose to ten times the largest, A in closed form for each tau)."""
+    the smallest positive dose to ten times the largest, A in closed form for each tau). Two
+    parameters need two positive doses: with one (a curve of the unseen language, whose full dose
+    has no model), every tau fits it exactly, and the fit is NaN rather than an arbitrary tau."""
     k, y = np.asarray(doses, float), np.asarray(effects, float)
     positive = k[k > 0]
-    if len(positive) == 0:
+    if len(np.unique(positive)) < 2:
         return float("nan"), float("nan")
     best = (np.inf, np.nan, np.nan)
     for tau in np.geomspace(positive.min() / 10, positive.max() * 10, 400):

@@ -176,3 +176,12 @@ def test_the_study_simulates_its_own_design_and_draws_the_wrong_language_curve()
     no_answers = study.answers.assign(wrong_language=np.where(study.answers["recipe"] == "dose", np.nan,
                                                               study.answers["wrong_language"]))
     assert D.DoseStudy(no_answers, "lora", "ru", [2, 6], 24, ["bg"], 0.5, 0.05, []).wrong_language().empty
+
+
+def test_a_curve_with_one_positive_dose_has_no_fit():
+    """One positive dose (the unseen language's curve with one inner dose) fits every tau exactly:
+    no fit is reported, rather than the grid's first tau."""
+    a, tau = D.fit_saturating(np.array([0, 12]), np.array([0.0, 0.76]))
+    assert np.isnan(a) and np.isnan(tau)
+    a, tau = D.fit_saturating(np.array([0, 12, 24]), np.array([0.0, 0.72, 1.08]))
+    assert a > 1.08 and 0 < tau < 240
