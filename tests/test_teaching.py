@@ -197,3 +197,16 @@ def test_tables_leave_the_index_out():
     assert "index-label-a" not in html and "1,234.57" in html and "–" in html
     assert "index-label-a" in teaching.table(frame, index=True).to_html()
     assert "12%" in teaching.table(pd.DataFrame({"share": [0.123]}), formats={"share": "{:.0%}"}).to_html()
+
+
+def test_the_learning_rate_check_the_book_shows_is_in_the_repository():
+    """The training chapter shows the stored check of the CPU default's rates: it travels with the
+    code (a clean clone has it), and it is the profile's and at its chosen rates."""
+    from polyalpaca.config import load_profile
+
+    frame, record = teaching.learning_rate_check("cpu")
+    p = load_profile("cpu")
+    assert record["profile"] == "cpu" and len(record["git"]) == 40
+    rates = set(zip(frame["method"], frame["learning rate"]))
+    assert {("lora", p.lora.learning_rate), ("full", p.full.learning_rate)} <= rates
+    assert frame["validation loss after"].lt(frame["validation loss before"]).all()
