@@ -199,6 +199,11 @@ class GridConfig:
                                      "language)", keyed_at_default=False)
     dose_seeds: int = setting(0, "train the dose runs for the first N of grid.seeds only (0 = every seed)",
                               keyed_at_default=False)
+    dose_mix_language: str = setting("", "the dose chapter's second axis (one extra language against two): with "
+                                         "each dose k, a run whose k replaced records are the dose run's same "
+                                         "records, half of them in this language instead of grid.dose_language "
+                                         "('' = none; its training data are read beside data.train_languages)",
+                                     keyed_at_default=False)
     seeds: list[int] = setting([42], "training seeds: every grid cell is trained once per seed (LoRA "
                                      "initialisation, data order, dropout and the downsampled draw follow it)")
     compute_note: str = setting("", "free text about the compute used, shown in the book")

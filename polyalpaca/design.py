@@ -120,7 +120,7 @@ def cells(profile: Profile, include_base: bool | None = None) -> list[Cell]:
             for seed in p.grid.seeds:
                 for recipe in p.grid.recipes:
                     for c in recipes.recipe_cells(recipe, langs, list(p.grid.recipes), p.grid.doses_at(seed),
-                                                   p.grid.dose_language):
+                                                   p.grid.dose_language, p.grid.dose_mix_language):
                         out.append(Cell(model, method, seed, recipe, c.name, tuple(c.languages),
                                         eval_languages(p, recipe, c.languages), c.sets_of_one_language,
                                         c.budget_units, c.same_model_as))

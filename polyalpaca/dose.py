@@ -36,8 +36,9 @@ import numpy as np
 import pandas as pd
 
 from .findings import BASE, MEASURES, Cells, method_colours, simulated_answers, variance_components, with_measures
+from .data import EMBEDDED_TRAIN_LANGUAGES
 from .design import model_short_name
-from .recipes import dose_language
+from .recipes import dose_language, mix_name
 
 ENGLISH_ONLY = "english-only"
 MULTILINGUAL = "multilingual"
@@ -249,6 +250,122 @@ def simulate_dose_error_rates(components: dict[str, tuple[float, float, float]],
             .assign(tables=tables, seeds=len(seeds), prompts=prompts, alpha=alpha))
 
 
+# --- the second axis: one extra language against two, at the same dose -------------------------
+
+MIX_MEASURES = ("robustness", "answer_language")
+
+
+def mix_candidate(profile) -> str:
+    """A second language for a profile that names none (the dose chapter prices it): the first
+    language of the embedded training data that is neither English, a training language nor an
+    unseen test language; '' for other data sources (their languages are the profile's to name)."""
+    d = profile.data
+    if d.source != "embedded":
+        return ""
+    return next((lang for lang in EMBEDDED_TRAIN_LANGUAGES
+                 if lang != "en" and lang not in d.train_languages and lang not in d.unseen_languages), "")
+
+
+def mix_frame(answers: pd.DataFrame, method: str, language: str, mix_language: str, doses: list[int]) -> pd.DataFrame:
+    """``method``'s runs of the second axis, the ``recipe`` column naming each: English-only
+    (``dose 0``), dose k all in ``language`` (``one language k``) and the same k records split
+    between ``language`` and ``mix_language`` (``two languages k``)."""
+    data = answers if "quality" in answers else with_measures(answers)
+    names = {f"dose-{language}-{k}": f"one language {k}" for k in doses}
+    names |= {mix_name(language, mix_language, k): f"two languages {k}" for k in doses}
+    data = data[data["method"] == method]
+    keep = data["name"].isin(list(names)) | (data["recipe"] == ENGLISH_ONLY)
+    out = data[keep].copy()
+    out["recipe"] = [names.get(n, "dose 0") for n in out["name"]]
+    return out
+
+
+def mix_table(answers: pd.DataFrame, method: str, language: str, mix_language: str, unseen: list[str],
+              doses: list[int], alpha: float = 0.05) -> pd.DataFrame:
+    """The second axis: at each dose k, two languages (the k records split between ``language``
+    and ``mix_language``) minus one (all k in ``language``), paired by seed and prompt, per measure
+    (robustness log-odds, answer language), language (each unseen language: the question asked;
+    ``language``: what the seen language gives up) and dose, with both runs' gain over English-only
+    beside it. The rows are one family: each interval is adjusted for them all (Bonferroni, each
+    side at alpha / (2 x rows)), so that with no difference anywhere some row is shown to differ in
+    at most alpha of builds (``simulate_mix_error_rates`` checks it). The verdict says which is
+    higher where the interval excludes 0, and ``detectable`` what the row could have seen."""
+    if not mix_language or answers.empty:
+        return pd.DataFrame()
+    cells = Cells(mix_frame(answers, method, language, mix_language, doses))
+    found = []
+    for measure in MIX_MEASURES:
+        for lang in [*unseen, language]:
+            for k in doses:
+                one, two = f"one language {k}", f"two languages {k}"
+                if not (cells.has(method, one) and cells.has(method, two)):
+                    continue
+                diff = cells.effect(method, [(1.0, two), (-1.0, one)], [lang], measure)
+                if diff.prompts > 1:
+                    gains = [cells.effect(method, [(1.0, run), (-1.0, "dose 0")], [lang], measure).mean
+                             if cells.has(method, "dose 0") else float("nan") for run in (one, two)]
+                    found.append((measure, lang, k, diff, gains))
+    level = alpha / (2 * max(len(found), 1))
+    rows = []
+    for measure, lang, k, diff, (one_gain, two_gain) in found:
+        low, high = diff.interval(level)
+        verdict = ("two languages higher" if low > 0 else "one language higher" if high < 0 else "no difference shown")
+        rows.append({"measure": measure, "languages": lang, "seen": lang == language, "dose": k,
+                     "one language - English-only": one_gain, "two languages - English-only": two_gain,
+                     "two - one": diff.mean, "low": low, "high": high, "detectable": diff.detectable(level),
+                     "seeds": diff.seeds, "prompts": diff.prompts, "verdict": verdict, "rows in family": len(found)})
+    return pd.DataFrame(rows)
+
+
+def mix_headline(table: pd.DataFrame, mix_language: str) -> str:
+    """The unseen languages' rows of ``mix_table`` in a sentence (effect, adjusted interval, verdict)."""
+    rows = table[~table["seen"]] if len(table) else table
+    if not len(rows):
+        return "no row of the second axis could be measured"
+    parts = [f"{r['measure'].replace('_', ' ')} on {r['languages']} at dose {r['dose']}: two languages minus one "
+             f"{r['two - one']:+.2f} [{r['low']:.2f}, {r['high']:.2f}], {r['verdict']}" for _, r in rows.iterrows()]
+    return f"with {mix_language} as the second language, " + "; ".join(parts)
+
+
+def simulated_mix_answers(components: dict[str, tuple[float, float, float]], language: str, mix_language: str,
+                          unseen: list[str], doses: list[int], seeds: list[int], prompts: int, rng: np.random.Generator,
+                          differences: dict[str, float] | None = None, method: str = "lora") -> pd.DataFrame:
+    """A measures frame of one simulated second axis (``findings.simulated_answers``): English-only,
+    and per dose the one-language and two-language runs, answering every test language; two
+    languages minus one is ``differences[measure]`` (0 when not named: no difference)."""
+    runs = [(ENGLISH_ONLY, ENGLISH_ONLY, ["en", language, *unseen])]
+    for k in doses:
+        runs += [(f"dose-{language}-{k}", "dose", ["en", language, *unseen]),
+                 (mix_name(language, mix_language, k), "dose", ["en", language, *unseen])]
+    shifts = {(method, mix_name(language, mix_language, k), m): d for k in doses for m, d in (differences or {}).items()}
+    return simulated_answers(components, ["en", language], unseen, seeds, prompts, rng, shifts, methods=(method,),
+                             runs=runs)
+
+
+def simulate_mix_error_rates(components: dict[str, tuple[float, float, float]], language: str, mix_language: str,
+                             unseen: list[str], doses: list[int], seeds: list[int], prompts: int, alpha: float = 0.05,
+                             differences: dict[str, float] | None = None, tables: int = 200, rng_seed: int = 0,
+                             method: str = "lora") -> dict:
+    """Run ``mix_table`` on ``tables`` simulated builds with no difference between one and two
+    languages and count those in which some row says one is higher (the promise: at most
+    ``alpha``); on as many with two languages higher by ``differences[measure]`` on every row
+    (by default each measure's total spread), count those in which some row says so (the power)."""
+    rng = np.random.default_rng(rng_seed)
+    differences = differences if differences is not None else {m: float(np.linalg.norm(components[m])) for m in MEASURES}
+    false = power = 0
+    for _ in range(tables):
+        for shift in (None, differences):
+            answers = simulated_mix_answers(components, language, mix_language, unseen, doses, seeds, prompts, rng,
+                                            shift, method)
+            verdicts = mix_table(answers, method, language, mix_language, unseen, doses, alpha)["verdict"]
+            if shift is None:
+                false += bool((verdicts != "no difference shown").any())
+            else:
+                power += bool((verdicts == "two languages higher").any())
+    return {"tables": tables, "seeds": len(seeds), "prompts": prompts, "alpha": alpha,
+            "false verdict rate, no difference": false / tables, "power, two languages higher": power / tables}
+
+
 def plot_dose_response(table: pd.DataFrame, names: dict[str, str] | None = None):
     """One panel per (measure, language): the effect of each dose over English-only with its
     adjusted interval, the fitted saturating curve, and the multilingual recipe's gain and the
@@ -349,6 +466,7 @@ class DoseStudy:
     alpha: float
     training_sets: list
     model: str = ""
+    mix_language: str = ""  # the second axis (grid.dose_mix_language; '' = not run)
 
     @classmethod
     def of(cls, exp, share: float | None = None) -> DoseStudy:
@@ -364,17 +482,43 @@ class DoseStudy:
         return cls(with_measures(answers) if len(answers) else answers, method, language, sorted(p.grid.doses) if on else [],
                    english[0].train_examples if english else 0, list(p.data.unseen_languages),
                    p.findings.dose_share if share is None else share, p.findings.alpha, sets if on else [],
-                   model_short_name(p.grid.models[0]))
+                   model_short_name(p.grid.models[0]), p.grid.dose_mix_language if on else "")
 
     def design_table(self) -> pd.DataFrame:
-        """Records per language of each set on the curve (first seed), in dose order."""
+        """Records per language of each set on the curve and of the second axis (first seed), in dose
+        order."""
         rows = []
+        mixed = {mix_name(self.language, self.mix_language, k): k for k in self.doses} if self.mix_language else {}
         for ts in self.training_sets:
             counts = ts.counts()
-            k = dose_of(ts.name, ts.recipe, self.language, self.full_dose)
-            rows.append({"dose": int(k), "run": ts.name, "en": counts.get("en", 0),
-                         self.language: counts.get(self.language, 0), "held out": len(ts.validation)})
-        return pd.DataFrame(rows).sort_values("dose") if rows else pd.DataFrame()
+            k = mixed.get(ts.name, dose_of(ts.name, ts.recipe, self.language, self.full_dose))
+            row = {"dose": int(k), "run": ts.name, "en": counts.get("en", 0), self.language: counts.get(self.language, 0)}
+            if self.mix_language:
+                row[self.mix_language] = counts.get(self.mix_language, 0)
+            rows.append(row | {"held out": len(ts.validation)})
+        return pd.DataFrame(rows).sort_values("dose", kind="stable") if rows else pd.DataFrame()
+
+    def mix_table(self) -> pd.DataFrame:
+        """The second axis (``mix_table``); empty when this build did not run it."""
+        if not self.mix_language or self.answers.empty:
+            return pd.DataFrame()
+        return mix_table(self.answers, self.method, self.language, self.mix_language, self.unseen, self.doses, self.alpha)
+
+    def mix_error_rates(self, tables: int = 50, rng_seed: int = 0) -> dict:
+        """``simulate_mix_error_rates`` with this build's design and the spreads of the second axis's
+        runs (``findings.variance_components``); empty with fewer than two seeds or no table."""
+        table = self.mix_table()
+        if table.empty or table["seeds"].max() < 2:
+            return {}
+        components = variance_components(mix_frame(self.answers, self.method, self.language, self.mix_language,
+                                                   self.doses))
+        spreads = {r["measure"]: (r["prompt sd"], r["seed sd"], r["residual sd"]) for _, r in components.iterrows()}
+        if set(spreads) != set(MEASURES):
+            return {}
+        seeds = list(range(int(table["seeds"].max())))
+        return simulate_mix_error_rates(spreads, self.language, self.mix_language, self.unseen, self.doses, seeds,
+                                        int(table["prompts"].max()), self.alpha, tables=tables, rng_seed=rng_seed,
+                                        method=self.method)
 
     def table(self) -> pd.DataFrame:
         if not self.doses or self.answers.empty:

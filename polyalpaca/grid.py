@@ -87,10 +87,12 @@ class Experiment:
 
     def training_records(self) -> dict[str, list[Record]]:
         """Each training language's records, every one the source has (the ids common to every
-        language are the ones recipes use: the data are parallel)."""
-        d = self.profile.data
+        language are the ones recipes use: the data are parallel), and the dose chapter's second
+        language (``grid.dose_mix_language``) when it is not a training language: only its dose
+        runs train on it."""
+        d, mix = self.profile.data, self.profile.grid.dose_mix_language
         out = {}
-        for lang in d.train_languages:
+        for lang in [*d.train_languages, *([mix] if mix and mix not in d.train_languages else [])]:
             res = load_training_records(lang, d.source, hub_english=d.hub_english, hub_pattern=d.hub_pattern,
                                         files_pattern=d.files_pattern, skip_bad=d.skip_bad_records)
             self._note_skipped(f"training data {lang}", res.skipped)
@@ -138,7 +140,8 @@ class Experiment:
         d = self.profile.data
         seed = self.profile.grid.seeds[0] if seed is None else seed
         g = self.profile.grid
-        return build_all(g.recipes, self.split(seed), d.train_languages, seed, g.doses_at(seed), g.dose_language)
+        return build_all(g.recipes, self.split(seed), d.train_languages, seed, g.doses_at(seed), g.dose_language,
+                         g.dose_mix_language)
 
     def method_settings(self):
         """The training settings of each method of the grid, as a table (settings that do not

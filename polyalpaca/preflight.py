@@ -243,7 +243,28 @@ def check_doses(p: Profile) -> list[str]:
                             "model and the full dose the monolingual model's records")
     if not 0 <= g.dose_seeds <= len(g.seeds):
         problems.append(f"grid.dose_seeds: {g.dose_seeds} is not between 0 (every seed) and {len(g.seeds)} (grid.seeds)")
-    return problems + _twice("grid.doses", g.doses)
+    return problems + dose_mix_problems(p, lang) + _twice("grid.doses", g.doses)
+
+
+def dose_mix_problems(p: Profile, dose_lang: str) -> list[str]:
+    """The second axis (``grid.dose_mix_language``): a language other than English, the dose
+    language and the unseen ones (it would stop being unseen), with training data; every dose
+    splits into two non-empty halves (at least 2 records)."""
+    mix, d = p.grid.dose_mix_language, p.data
+    if not mix:
+        return []
+    problems = []
+    if mix in ("en", dose_lang) or mix in d.unseen_languages:
+        problems.append(f"grid.dose_mix_language: {mix!r} must differ from 'en', the dose language ({dose_lang!r}) "
+                        f"and the unseen languages ({', '.join(d.unseen_languages) or 'none'})")
+    elif d.source == "embedded" and mix in LANGUAGES and mix not in EMBEDDED_TRAIN_LANGUAGES:
+        problems.append(f"grid.dose_mix_language: {mix!r} is not in the embedded training data "
+                        f"({', '.join(EMBEDDED_TRAIN_LANGUAGES)})")
+    elif mix not in LANGUAGES:
+        problems.append(f"grid.dose_mix_language: {mix!r} is not a known language code ({', '.join(LANGUAGES)})")
+    problems += [f"grid.doses: {k} cannot be split between two languages (grid.dose_mix_language needs doses of "
+                 "2 or more)" for k in dict.fromkeys(p.grid.doses) if k < 2]
+    return problems
 
 
 def check_grid(p: Profile) -> list[str]:

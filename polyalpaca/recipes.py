@@ -9,9 +9,12 @@ the method's epochs). With N training languages:
 | english-only  | the English set; answers every language     | one           | C     |
 | downsampled   | uniform sample of the pool, one set's size  | one           | C     |
 | dose (ours)   | the English set, k records in another lang  | one per dose  | C     |
+| dose mix      | as dose k, half of the k in a second lang   | one per dose  | C     |
 
 The dose recipe is not the paper's: it measures how much non-English data buys robustness at a
 fixed budget (``polyalpaca.dose``; ``grid.doses`` lists the k, ``grid.dose_language`` the language).
+With ``grid.dose_mix_language`` it also trains, for each dose, the same k records split between two
+languages: one extra language against two at the same dose (the dose chapter's second axis).
 
 A held-out validation split is drawn once, by id, before any recipe: no id used for
 validation is trained on in any language, so translations of validation items never leak.
@@ -128,17 +131,25 @@ def dose_language(languages: list[str], chosen: str = "") -> str:
     return chosen or next((lang for lang in languages if lang != "en"), "")
 
 
+def mix_name(language: str, mix_language: str, k: int) -> str:
+    """The run of dose ``k`` split between ``language`` and ``mix_language`` (the second axis)."""
+    return f"dose-{language}+{mix_language}-{k}"
+
+
 def recipe_cells(recipe: str, languages: list[str], recipes: list[str] | None = None, doses: tuple[int, ...] = (),
-                 dose_lang: str = "") -> list[RecipeCell]:
+                 dose_lang: str = "", mix_lang: str = "") -> list[RecipeCell]:
     """The training sets of ``recipe`` over ``languages``: the one statement of the recipe rules
-    (``build_recipe`` fills them with records; ``planning`` sizes them). ``doses`` and
-    ``dose_lang`` are the dose recipe's (``grid.doses``, ``grid.dose_language``)."""
+    (``build_recipe`` fills them with records; ``planning`` sizes them). ``doses``, ``dose_lang``
+    and ``mix_lang`` are the dose recipe's (``grid.doses``, ``grid.dose_language``,
+    ``grid.dose_mix_language``)."""
     if recipe not in RECIPES:
         raise ValueError(f"unknown recipe {recipe!r}: expected one of {', '.join(RECIPES)}")
     n = len(languages)
     if recipe == "dose":
         lang = dose_language(languages, dose_lang)
-        return [RecipeCell(f"dose-{lang}-{k}", ("en", lang), 1.0, 1.0) for k in doses]
+        cells = [RecipeCell(f"dose-{lang}-{k}", ("en", lang), 1.0, 1.0) for k in doses]
+        return cells + [RecipeCell(mix_name(lang, mix_lang, k), ("en", lang, mix_lang), 1.0, 1.0)
+                        for k in (doses if mix_lang else ())]
     if recipe == "monolingual":
         return [RecipeCell(f"monolingual-{lang}", (lang,), 1.0, 1.0) for lang in languages]
     if recipe == "english-only":
@@ -153,10 +164,12 @@ def recipe_cells(recipe: str, languages: list[str], recipes: list[str] | None = 
 
 
 def build_recipe(recipe: str, data: SplitData, languages: list[str], seed: int, doses: tuple[int, ...] = (),
-                 dose_lang: str = "") -> list[TrainingSet]:
+                 dose_lang: str = "", mix_lang: str = "") -> list[TrainingSet]:
     """The training sets one recipe produces (several for monolingual and dose, one otherwise)."""
     if recipe == "dose":
-        return [build_dose(data, dose_language(languages, dose_lang), k, seed) for k in doses]
+        lang = dose_language(languages, dose_lang)
+        sets = [build_dose(data, lang, k, seed) for k in doses]
+        return sets + [build_dose(data, lang, k, seed, mix_lang) for k in (doses if mix_lang else ())]
     cells = recipe_cells(recipe, languages)
     missing = [lang for lang in languages if lang not in data.train]
     if missing:
@@ -177,35 +190,46 @@ def build_recipe(recipe: str, data: SplitData, languages: list[str], seed: int, 
     return out
 
 
-def dose_records(english: list[Record], other: list[Record], k: int, seed: int) -> list[Record]:
+def dose_records(english: list[Record], other: list[Record], k: int, seed: int,
+                 second: list[Record] | None = None) -> list[Record]:
     """English records in their order with ``k`` of them replaced by the same record (same id) in
     ``other``'s language: the first ``k`` ids of a seeded order, so the doses of one seed are nested
-    (every record replaced at a smaller dose is replaced at a larger one)."""
-    by_id = {r.id: r for r in other}
-    missing = [r.id for r in english if r.id not in by_id]
-    if missing:
-        raise ValueError(f"a dose needs every English record in the other language; missing ids {missing[:5]}")
+    (every record replaced at a smaller dose is replaced at a larger one). With ``second`` (another
+    language's records), the same ``k`` ids are replaced, the last ``k // 2`` of them by ``second``'s
+    record: dose ``k`` split between two languages, everything else as in the one-language dose."""
+    languages = [other] + ([second] if second is not None else [])
+    by_id = [{r.id: r for r in records} for records in languages]
+    for table in by_id:
+        missing = [r.id for r in english if r.id not in table]
+        if missing:
+            raise ValueError(f"a dose needs every English record in the other language; missing ids {missing[:5]}")
     if not 0 <= k <= len(english):
         raise ValueError(f"dose {k} is outside 0..{len(english)} (the English set's size)")
-    order = random.Random(f"dose-{seed}").sample(sorted(by_id.keys() & {r.id for r in english}), len(english))
-    swap = set(order[:k])
-    return [by_id[r.id] if r.id in swap else r for r in english]
+    order = random.Random(f"dose-{seed}").sample(sorted({r.id for r in english}), len(english))
+    split = k - k // 2 if second is not None else k
+    source = {i: by_id[0] for i in order[:split]} | {i: by_id[-1] for i in order[split:k]}
+    return [source[r.id][r.id] if r.id in source else r for r in english]
 
 
-def build_dose(data: SplitData, language: str, k: int, seed: int) -> TrainingSet:
+def build_dose(data: SplitData, language: str, k: int, seed: int, mix_language: str = "") -> TrainingSet:
     """The dose-``k`` training set: English-only's records with ``k`` of them in ``language``, and
     its held-out records with the same share in ``language`` (dose 0 is the English-only set and
-    the full dose the same records as the monolingual set of ``language``)."""
+    the full dose the same records as the monolingual set of ``language``). With ``mix_language``,
+    the same records with half of the ``k`` in ``mix_language`` instead (``mix_name``)."""
     n = len(data.train["en"])
     k_val = round(k * len(data.validation["en"]) / n) if n else 0
-    train = dose_records(data.train["en"], data.train[language], k, seed)
-    val = dose_records(data.validation["en"], data.validation[language], k_val, seed)
+    mixed = (data.train[mix_language], data.validation[mix_language]) if mix_language else (None, None)
+    train = dose_records(data.train["en"], data.train[language], k, seed, mixed[0])
+    val = dose_records(data.validation["en"], data.validation[language], k_val, seed, mixed[1])
+    if mix_language:
+        return TrainingSet("dose", mix_name(language, mix_language, k), ["en", language, mix_language], train, val,
+                           1.0, seed)
     return TrainingSet("dose", f"dose-{language}-{k}", ["en", language], train, val, 1.0, seed)
 
 
 def build_all(recipes: list[str], data: SplitData, languages: list[str], seed: int, doses: tuple[int, ...] = (),
-              dose_lang: str = "") -> list[TrainingSet]:
-    return [ts for recipe in recipes for ts in build_recipe(recipe, data, languages, seed, doses, dose_lang)]
+              dose_lang: str = "", mix_lang: str = "") -> list[TrainingSet]:
+    return [ts for recipe in recipes for ts in build_recipe(recipe, data, languages, seed, doses, dose_lang, mix_lang)]
 
 
 def recipe_costs(sets: list[TrainingSet]) -> dict[str, float]:

@@ -74,7 +74,7 @@ def test_check_reports_the_estimates(tiny_model_dir, tmp_path, capsys):
     assert main(["check", "--profile", "tiny", "--artefacts", str(tmp_path)]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0] == "profile tiny: no problems found"
-    assert lines[1].startswith("plan: 14 runs, 12 models trained, ") and lines[1].endswith(" training tokens")
+    assert lines[1].startswith("plan: 16 runs, 14 models trained, ") and lines[1].endswith(" training tokens")
     assert lines[2].startswith("time (estimate): ") and lines[2].endswith(
         " CPU minutes of training on this machine's CPU (2 cores), tiny random model")
     assert lines[3] == ("disk (estimate from model sizes): 0.0 GB of fully fine-tuned models while the book runs, "
@@ -150,19 +150,19 @@ def test_data_stats_json(tiny_model_dir, capsys):
 def test_plan_tiny_and_paper(tiny_model_dir, capsys):
     assert main(["plan", "--profile", "tiny", "--json"]) == 0
     plan = json.loads(capsys.readouterr().out)
-    assert plan["totals"]["runs"] == 14 and plan["totals"]["models_trained"] == 12 and plan["data_read"]
+    assert plan["totals"]["runs"] == 16 and plan["totals"]["models_trained"] == 14 and plan["data_read"]
     assert {r["run"] for r in plan["runs"]} >= {"lora-multilingual-s42", "full-downsampled-s42", "lora-monolingual-ru-s42"}
     # Seeds multiply the grid; English-only still shares the English monolingual model per seed.
     assert main(["plan", "--profile", "tiny", "--json", "-s", "grid.seeds", "[1, 2, 3]"]) == 0
     plan3 = json.loads(capsys.readouterr().out)
-    assert plan3["totals"]["runs"] == 42 and plan3["totals"]["models_trained"] == 36 and plan3["totals"]["seeds"] == 3
+    assert plan3["totals"]["runs"] == 48 and plan3["totals"]["models_trained"] == 42 and plan3["totals"]["seeds"] == 3
     # The paper's test prompts carry no reference answers to score by likelihood.
     out = run_cli("plan", "--profile", "paper", "-s", "eval.likelihood", "false", env={"HF_HUB_OFFLINE": "1"})
     assert out.returncode == 0, out.stderr
     assert "gpu hours" in out.stdout and "bloom-7b1" in out.stdout and "estimates" in out.stdout
     # Offline, the paper's cells come from the grid's description (design.cells: the recipes' own rules).
     assert "full-english-only-s42" in out.stdout and "(the same model as monolingual-en" in out.stdout
-    assert "total: 150 runs (1 seeds), 140 models trained" in out.stdout  # 5 models x 2 methods x 15 cells
+    assert "total: 180 runs (1 seeds), 170 models trained" in out.stdout  # 5 models x 2 methods x 18 cells
 
 
 def test_run_rejects_unknown_parameters():

@@ -71,8 +71,8 @@ def test_every_problem_is_reported_at_once():
     assert problems({"lora.epochs": "abc", "full.batch_size": "x", "grid.nope": 1}) == [
         "lora.epochs: expected a number, got 'abc'",
         "full.batch_size: expected a whole number, got 'x'",
-        "grid.nope: unknown setting; known in [grid]: compute_note, dose_language, dose_seeds, doses, methods, "
-        "model_params_billions, models, recipes, records_per_language_estimate, seeds, tokens_per_example_estimate",
+        "grid.nope: unknown setting; known in [grid]: compute_note, dose_language, dose_mix_language, dose_seeds, doses, "
+        "methods, model_params_billions, models, recipes, records_per_language_estimate, seeds, tokens_per_example_estimate",
     ]
     with pytest.raises(SettingsError, match=r"^the profile has 3 problems:\n  - lora.epochs: "):
         load_profile("tiny", {"lora.epochs": "abc", "full.batch_size": "x", "grid.nope": 1})

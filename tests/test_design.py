@@ -28,8 +28,9 @@ def test_the_paper_grid_without_its_data():
     """The paper's data are on the Hub: the grid is described from the profile alone."""
     p = load_profile("paper")
     cells = design.cells(p)
-    # one monolingual run per language + 3 recipes + one run per dose
-    per_seed = len(p.data.train_languages) + 3 + len(p.grid.doses)
+    # one monolingual run per language + 3 recipes + one run per dose, and per dose its split with
+    # the second language (grid.dose_mix_language)
+    per_seed = len(p.data.train_languages) + 3 + 2 * len(p.grid.doses)
     assert len(cells) == len(p.grid.models) * len(p.grid.methods) * len(p.grid.seeds) * per_seed
     shared = [c for c in cells if c.same_model_as]
     assert {c.name for c in shared} == {"english-only"} and all(c.trained_as == "monolingual-en" for c in shared)

@@ -185,3 +185,82 @@ def test_a_curve_with_one_positive_dose_has_no_fit():
     assert np.isnan(a) and np.isnan(tau)
     a, tau = D.fit_saturating(np.array([0, 12, 24]), np.array([0.0, 0.72, 1.08]))
     assert a > 1.08 and 0 < tau < 240
+
+
+# --- the second axis: one extra language against two at the same dose --------------------------
+
+def test_a_split_dose_trains_the_same_records_with_half_in_the_second_language():
+    """Dose k split between two languages replaces the same ids as dose k, in the same order, the
+    last k // 2 of them in the second language; the held-out records likewise."""
+    data = split()
+    data.train["cs"] = [Record(r.id, "cs", f"q-{r.id}-cs", "", f"a-{r.id}-cs") for r in data.train["en"]]
+    data.validation["cs"] = [Record(r.id, "cs", f"q-{r.id}-cs", "", f"a-{r.id}-cs") for r in data.validation["en"]]
+    one, two = build_dose(data, "ru", 12, seed=7), build_dose(data, "ru", 12, seed=7, mix_language="cs")
+    assert two.name == "dose-ru+cs-12" and two.languages == ["en", "ru", "cs"] and two.budget_units == 1.0
+    assert [r.id for r in two.train] == [r.id for r in one.train]
+    assert two.counts() == {"cs": 6, "en": 12, "ru": 6}
+    swapped = {r.id for r in one.train if r.lang == "ru"}
+    assert {r.id for r in two.train if r.lang != "en"} == swapped
+    assert [r.lang for r in two.validation].count("cs") == 1 and [r.lang for r in two.validation].count("ru") == 1
+    odd = build_dose(data, "ru", 5, seed=7, mix_language="cs")
+    assert odd.counts() == {"cs": 2, "en": 19, "ru": 3}
+    sets = build_recipe("dose", data, ["en", "ru"], 7, (12,), "ru", "cs")
+    assert [t.name for t in sets] == ["dose-ru-12", "dose-ru+cs-12"]
+
+
+def mix_answers(difference=0.0, seen_cost=0.0, seeds=(1, 2, 3), n=30, rng_seed=0):
+    """Answers of the second axis: English-only, dose 12 in Russian, dose 12 split with Czech; the
+    split run's Bulgarian log-odds higher by ``difference``, its Russian lower by ``seen_cost``."""
+    rng = np.random.default_rng(rng_seed)
+    runs = [("english-only", "english-only", 0.0, 0.0), ("dose", "dose-ru-12", 1.0, 1.0),
+            ("dose", "dose-ru+cs-12", 1.0 - seen_cost, 1.0 + difference)]
+    prompt = rng.normal(0, 1.0, n)
+    rows = []
+    for recipe, name, ru, bg in runs:
+        for s in seeds:
+            seed_effect = rng.normal(0, 0.1)
+            for lang, level in (("en", None), ("ru", ru), ("bg", bg)):
+                for i in range(n):
+                    rows.append({"method": "lora", "recipe": recipe, "name": name, "seed": s, "lang": lang,
+                                 "prompt_id": f"p{i}", "model": "m", "nll_per_byte": 1.0 + rng.normal(0, 0.01),
+                                 "lang_logodds": None if level is None else level + seed_effect + prompt[i]
+                                 + rng.normal(0, 0.3), "gate_reason": "ok", "gate": True, "gated_chrf": 1.0,
+                                 "judge": None, "gated_judge": None})
+    return F.with_measures(pd.DataFrame(rows))
+
+
+def test_the_mix_table_finds_a_planted_difference_and_says_nothing_without_one():
+    table = D.mix_table(mix_answers(difference=1.5, seen_cost=1.0), "lora", "ru", "cs", ["bg"], [12])
+    rob = table[table["measure"] == "robustness"].set_index("languages")
+    assert rob.loc["bg", "verdict"] == "two languages higher" and rob.loc["bg", "two - one"] == pytest.approx(1.5, abs=0.3)
+    assert rob.loc["ru", "verdict"] == "one language higher" and not rob.loc["bg", "seen"] and rob.loc["ru", "seen"]
+    assert rob.loc["bg", "one language - English-only"] == pytest.approx(1.0, abs=0.3)
+    assert (table["rows in family"] == len(table)).all() and (rob["seeds"] == 3).all()
+    assert (rob["detectable"] > 0).all()
+    headline = D.mix_headline(table, "cs")
+    assert headline.startswith("with cs as the second language, robustness on bg at dose 12: two languages minus one +")
+    assert "two languages higher" in headline and " on ru " not in headline
+    quiet = D.mix_table(mix_answers(), "lora", "ru", "cs", ["bg"], [12])
+    assert (quiet["verdict"] == "no difference shown").all()
+    assert D.mix_table(mix_answers(), "lora", "ru", "", ["bg"], [12]).empty
+    study = D.DoseStudy(mix_answers(), "lora", "ru", [12], 24, ["bg"], 0.5, 0.05, [], "m", "cs")
+    assert study.mix_table().equals(quiet)
+    rates = study.mix_error_rates(tables=3)
+    assert rates["tables"] == 3 and rates["seeds"] == 3 and rates["prompts"] == 30
+
+
+def test_mix_error_rates_count_on_few_tables():
+    rates = D.simulate_mix_error_rates(SPREADS, "ru", "cs", ["bg"], [12], [1, 2, 3], 24, tables=10,
+                                       differences={"quality": 0.0, "robustness": 10.0, "answer_language": 2.0})
+    assert rates["tables"] == 10 and rates["seeds"] == 3
+    assert rates["false verdict rate, no difference"] <= 0.3 and rates["power, two languages higher"] == 1.0
+
+
+@pytest.mark.slow
+def test_the_mix_procedure_false_verdict_rate_is_at_most_alpha():
+    """The second axis on 400 simulated builds of its CPU design (one dose, three seeds, 24 prompts,
+    one unseen language) with seed-heavy spreads: with no difference between one language and two,
+    some row says one is higher in at most alpha of builds (400 tables tell 5% from 10%)."""
+    rates = D.simulate_mix_error_rates(SPREADS, "ru", "cs", ["bg"], [12], [42, 43, 44], 24, tables=400)
+    print(rates)
+    assert rates["false verdict rate, no difference"] <= 0.07

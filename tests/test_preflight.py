@@ -283,3 +283,15 @@ def test_dose_settings_are_checked_together():
     assert "grid.doses: 0 is not between 0 and 8" in text and "grid.doses: 8 is listed more than once" in text
     assert "grid.dose_seeds: 3 is not between 0 (every seed) and 1" in text
     assert pf.check_doses(load_profile("tiny", {"grid.recipes": '["english-only"]', "grid.doses": "[0]"})) == []
+
+
+def test_the_second_language_of_the_dose_chapter_is_checked():
+    """``grid.dose_mix_language``: not English, the dose language or an unseen language, with
+    training data, and every dose splits into two non-empty halves."""
+    problems = pf.check_doses(load_profile("tiny", {"grid.dose_mix_language": "bg", "grid.doses": "[1, 2]"}))
+    assert any(p.startswith("grid.dose_mix_language: 'bg' must differ from") for p in problems)
+    assert "grid.doses: 1 cannot be split between two languages" in " ".join(problems)
+    assert any("'ru'" in p for p in pf.check_doses(load_profile("tiny", {"grid.dose_mix_language": "ru"})))
+    assert any("not in the embedded training data" in p
+               for p in pf.check_doses(load_profile("tiny", {"grid.dose_mix_language": "bn"})))
+    assert pf.check_doses(load_profile("tiny")) == [] and pf.check_doses(load_profile("cpu", {"grid.dose_mix_language": "cs"})) == []

@@ -33,7 +33,7 @@ def test_job_list_from_the_data_and_from_the_description(tmp_path, tiny_model_di
     assert [(j.index, j.label, j.status) for j in listing.jobs] == [
         (0, "lora-monolingual-en-s42", "todo"), (1, "lora-monolingual-ru-s42", "todo"),
         (2, "lora-monolingual-zh-s42", "todo"), (3, "lora-multilingual-s42", "todo"),
-        (4, "lora-downsampled-s42", "todo"), (5, "lora-dose-ru-2-s42", "todo")]
+        (4, "lora-downsampled-s42", "todo"), (5, "lora-dose-ru-2-s42", "todo"), (6, "lora-dose-ru+zh-2-s42", "todo")]
     # English-only trains the English monolingual model: one job, never two tasks in one folder.
     assert listing.jobs[0].shared_with == ("lora-english-only-s42",)
     runs = {r.label: r for r in exp.runs(include_base=False)}
@@ -41,8 +41,8 @@ def test_job_list_from_the_data_and_from_the_description(tmp_path, tiny_model_di
 
     exp.train(runs["lora-monolingual-ru-s42"])
     listing = grid_jobs(Experiment(load_profile("tiny", SETTINGS), tmp_path))
-    assert [j.status for j in listing.jobs] == ["todo", "done", "todo", "todo", "todo", "todo"]
-    assert array_spec([j.index for j in listing.jobs if not j.done]) == "0,2-5"
+    assert [j.status for j in listing.jobs] == ["todo", "done", "todo", "todo", "todo", "todo", "todo"]
+    assert array_spec([j.index for j in listing.jobs if not j.done]) == "0,2-6"
 
     # The same list where the data cannot be read: same indices and labels, done from the records.
     unreadable = Experiment(load_profile("tiny", {**SETTINGS, "data.source": "files",
@@ -64,16 +64,16 @@ def test_paper_job_list_offline(tmp_path):
     out = subprocess.run([sys.executable, "-m", "polyalpaca", "slurm", "jobs", "--profile", "paper"], env=env,
                          capture_output=True, text=True, timeout=120, check=True)
     rows = [line.split("\t") for line in out.stdout.splitlines()]
-    # 5 BLOOM sizes x 2 methods x (9 monolingual + multilingual + downsampled + 3 doses; English-only shares
-    # monolingual-en)
-    assert len(rows) == 140 and [int(r[0]) for r in rows] == list(range(140))
+    # 5 BLOOM sizes x 2 methods x (9 monolingual + multilingual + downsampled + 3 doses + the same 3 split
+    # with German; English-only shares monolingual-en)
+    assert len(rows) == 170 and [int(r[0]) for r in rows] == list(range(170))
     assert rows[0] == ["0", "lora-monolingual-en-s42", "todo", "same model: lora-english-only-s42"]
-    assert rows[9][:3] == ["9", "lora-multilingual-s42", "todo"] and rows[136][1] == "full-downsampled-s42"
-    assert rows[139][1] == "full-dose-ru-5176-s42"
+    assert rows[9][:3] == ["9", "lora-multilingual-s42", "todo"] and rows[163][1] == "full-downsampled-s42"
+    assert rows[166][1] == "full-dose-ru-5176-s42" and rows[169][1] == "full-dose-ru+de-5176-s42"
     assert "not readable here" in out.stderr
     array = subprocess.run([sys.executable, "-m", "polyalpaca", "slurm", "array", "--profile", "paper",
                             "--max-parallel", "8"], env=env, capture_output=True, text=True, timeout=120, check=True)
-    assert array.stdout.strip() == "0-139%8"
+    assert array.stdout.strip() == "0-169%8"
 
 
 def _executable(path: Path, text: str) -> None:
@@ -128,7 +128,7 @@ def _paper_in_miniature(tmp_path: Path, double, key_env: str) -> list[str]:
     no_repeat_ngram_size, the judge through the test double; the tiny model and a few records."""
     from polyalpaca.data import embedded_test, embedded_train
 
-    for lang in LANGS:
+    for lang in [*LANGS, "de"]:  # German: the paper profile's second dose language, read beside the others
         folder = tmp_path / "hub" / ("alpaca-cleaned" if lang == "en" else f"alpaca-cleaned-{lang}")
         folder.mkdir(parents=True)
         rows = [{"instruction": r.instruction, "input": r.input, "output": r.output}
@@ -177,7 +177,7 @@ def test_paper_profile_in_miniature(tmp_path, tiny_model_dir, double, monkeypatc
     assert (profile.eval.decoding.num_beams, profile.eval.decoding.no_repeat_ngram_size) == (4, 6)
     exp = Experiment(profile, artefacts)
     listing = grid_jobs(exp)
-    assert listing.from_data and len(listing.jobs) == 12  # 2 methods x (3 monolingual + multilingual + downsampled + 1 dose)
+    assert listing.from_data and len(listing.jobs) == 14  # 2 methods x (3 monolingual + multilingual + downsampled + 1 dose + its split)
     job = next(j for j in listing.jobs if j.label == "lora-multilingual-s42")
     assert cli(["train", *common, "--run", job.run_id]) == 0
     assert [j.index for j in grid_jobs(Experiment(profile, artefacts)).jobs if j.done] == [job.index]
