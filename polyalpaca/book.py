@@ -472,7 +472,7 @@ def design_page(profile_name: str, overrides: dict, artefacts_dir: str = "", boo
     exp = Experiment(p, artefacts_dir or None)
     d = p.data
     split = exp.split()
-    per_lang = {lang: len(recs) for lang, recs in split.train.items()}
+    per_lang = {lang: len(split.train[lang]) for lang in d.train_languages}
     sets = exp.training_sets()
     mix = category_mix([ts for ts in sets if ts.recipe == "monolingual"][:1] or sets[:1])
     categories = next(iter(mix.values()), {})

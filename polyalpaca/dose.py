@@ -36,9 +36,8 @@ import numpy as np
 import pandas as pd
 
 from .findings import BASE, MEASURES, Cells, method_colours, simulated_answers, variance_components, with_measures
-from .data import EMBEDDED_TRAIN_LANGUAGES
 from .design import model_short_name
-from .recipes import dose_language, mix_name
+from .recipes import dose_language, dose_name
 
 ENGLISH_ONLY = "english-only"
 MULTILINGUAL = "multilingual"
@@ -184,7 +183,7 @@ def simulated_dose_answers(components: dict[str, tuple[float, float, float]], la
     (0 for a dose not named: no dose effect). ``dose_answers`` false: the dose runs generated no
     answers (``eval.dose_answers``), so they have no answer-language value."""
     langs = ["en", language, *unseen]
-    on_curve = {f"dose-{language}-{k}": k for k in doses if 0 < k < full_dose}
+    on_curve = {dose_name(language, k): k for k in doses if 0 < k < full_dose}
     on_curve[f"monolingual-{language}"] = full_dose
     runs = [(ENGLISH_ONLY, ENGLISH_ONLY, langs), (MULTILINGUAL, MULTILINGUAL, langs),
             (f"monolingual-{language}", "monolingual", [language])]
@@ -255,24 +254,13 @@ def simulate_dose_error_rates(components: dict[str, tuple[float, float, float]],
 MIX_MEASURES = ("robustness", "answer_language")
 
 
-def mix_candidate(profile) -> str:
-    """A second language for a profile that names none (the dose chapter prices it): the first
-    language of the embedded training data that is neither English, a training language nor an
-    unseen test language; '' for other data sources (their languages are the profile's to name)."""
-    d = profile.data
-    if d.source != "embedded":
-        return ""
-    return next((lang for lang in EMBEDDED_TRAIN_LANGUAGES
-                 if lang != "en" and lang not in d.train_languages and lang not in d.unseen_languages), "")
-
-
 def mix_frame(answers: pd.DataFrame, method: str, language: str, mix_language: str, doses: list[int]) -> pd.DataFrame:
     """``method``'s runs of the second axis, the ``recipe`` column naming each: English-only
     (``dose 0``), dose k all in ``language`` (``one language k``) and the same k records split
     between ``language`` and ``mix_language`` (``two languages k``)."""
     data = answers if "quality" in answers else with_measures(answers)
-    names = {f"dose-{language}-{k}": f"one language {k}" for k in doses}
-    names |= {mix_name(language, mix_language, k): f"two languages {k}" for k in doses}
+    names = {dose_name(language, k): f"one language {k}" for k in doses}
+    names |= {dose_name(language, k, mix_language): f"two languages {k}" for k in doses}
     data = data[data["method"] == method]
     keep = data["name"].isin(list(names)) | (data["recipe"] == ENGLISH_ONLY)
     out = data[keep].copy()
@@ -335,9 +323,9 @@ def simulated_mix_answers(components: dict[str, tuple[float, float, float]], lan
     languages minus one is ``differences[measure]`` (0 when not named: no difference)."""
     runs = [(ENGLISH_ONLY, ENGLISH_ONLY, ["en", language, *unseen])]
     for k in doses:
-        runs += [(f"dose-{language}-{k}", "dose", ["en", language, *unseen]),
-                 (mix_name(language, mix_language, k), "dose", ["en", language, *unseen])]
-    shifts = {(method, mix_name(language, mix_language, k), m): d for k in doses for m, d in (differences or {}).items()}
+        runs += [(dose_name(language, k), "dose", ["en", language, *unseen]),
+                 (dose_name(language, k, mix_language), "dose", ["en", language, *unseen])]
+    shifts = {(method, dose_name(language, k, mix_language), m): d for k in doses for m, d in (differences or {}).items()}
     return simulated_answers(components, ["en", language], unseen, seeds, prompts, rng, shifts, methods=(method,),
                              runs=runs)
 
@@ -488,7 +476,7 @@ class DoseStudy:
         """Records per language of each set on the curve and of the second axis (first seed), in dose
         order."""
         rows = []
-        mixed = {mix_name(self.language, self.mix_language, k): k for k in self.doses} if self.mix_language else {}
+        mixed = {dose_name(self.language, k, self.mix_language): k for k in self.doses} if self.mix_language else {}
         for ts in self.training_sets:
             counts = ts.counts()
             k = mixed.get(ts.name, dose_of(ts.name, ts.recipe, self.language, self.full_dose))

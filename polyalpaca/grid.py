@@ -85,14 +85,12 @@ class Experiment:
             log.warning("%s: skipped %d bad records (first: line %s, %s)", where, len(skipped),
                         skipped[0].line, skipped[0].problem)
 
-    def training_records(self) -> dict[str, list[Record]]:
-        """Each training language's records, every one the source has (the ids common to every
-        language are the ones recipes use: the data are parallel), and the dose chapter's second
-        language (``grid.dose_mix_language``) when it is not a training language: only its dose
-        runs train on it."""
-        d, mix = self.profile.data, self.profile.grid.dose_mix_language
+    def training_records(self, languages: list[str] | None = None) -> dict[str, list[Record]]:
+        """Each training language's records (or ``languages``'), every one the source has (the ids
+        common to every language are the ones recipes use: the data are parallel)."""
+        d = self.profile.data
         out = {}
-        for lang in [*d.train_languages, *([mix] if mix and mix not in d.train_languages else [])]:
+        for lang in d.train_languages if languages is None else languages:
             res = load_training_records(lang, d.source, hub_english=d.hub_english, hub_pattern=d.hub_pattern,
                                         files_pattern=d.files_pattern, skip_bad=d.skip_bad_records)
             self._note_skipped(f"training data {lang}", res.skipped)
@@ -116,7 +114,16 @@ class Experiment:
         if seed not in self._splits:
             d, pool = self.profile.data, self.pool()
             n = d.train_limit - d.validation_size if d.train_limit else None
-            self._splits[seed] = SplitData(select_records(pool.train, n, seed), pool.validation, pool.validation_ids)
+            split = SplitData(dict(select_records(pool.train, n, seed)), dict(pool.validation), pool.validation_ids)
+            mix = self.profile.grid.dose_mix_language
+            if mix and mix not in d.train_languages and self.profile.grid.doses_at(seed):
+                # The dose chapter's second language, read beside the pool rather than into it (it
+                # must not change which ids the training languages use): the same ids as English,
+                # for its split dose runs only (recipes.dose_records names any it lacks).
+                by_id = {r.id: r for r in self.training_records([mix])[mix]}
+                for part in (split.train, split.validation):
+                    part[mix] = [by_id[r.id] for r in part["en"] if r.id in by_id]
+            self._splits[seed] = split
         return self._splits[seed]
 
     def test_prompts(self, lang: str) -> list[TestPrompt]:

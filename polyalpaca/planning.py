@@ -270,20 +270,6 @@ def plan_table(exp: Experiment, gflops: float = 0.0) -> dict:
             "runs": rows, "budget_units": units, "evaluation": evaluation, "totals": totals}
 
 
-def added_cost(exp: Experiment, **grid_changes) -> dict:
-    """What changing ``exp``'s grid (``GridConfig`` fields, e.g. ``dose_mix_language="cs"``)
-    would add to its plan, at the same rates: the runs and models it adds, the minutes of training
-    and evaluation, and that as a share of the predicted book (a share does not depend on the
-    machine's speed; the minutes are at the rates' ``reference_gflops``)."""
-    profile = dataclasses.replace(exp.profile, grid=dataclasses.replace(exp.profile.grid, **grid_changes))
-    before, after = plan_table(exp)["totals"], plan_table(Experiment(profile, exp.root))["totals"]
-    minutes = {k: round(after.get(k, 0.0) - before.get(k, 0.0), 1) for k in ("cpu_minutes", "evaluation_minutes")}
-    book = before.get("book_minutes", 0.0)
-    return {"runs": after["runs"] - before["runs"], "models": after["models_trained"] - before["models_trained"],
-            "training minutes": minutes["cpu_minutes"], "evaluation minutes": minutes["evaluation_minutes"],
-            "share of the book": (after.get("book_minutes", 0.0) - book) / book if book else float("nan")}
-
-
 def format_plan(table: dict) -> str:
     rows = table["runs"]
     extra = [k for k in ("cpu_minutes", "gpu_hours") if rows and k in rows[0]]

@@ -153,7 +153,8 @@ def check_languages(p: Profile) -> list[str]:
     """Every language code known to the project; training and test lists non-empty, without repeats."""
     problems = []
     lists = {"data.train_languages": p.data.train_languages, "data.test_languages": p.data.test_languages,
-             "data.unseen_languages": p.data.unseen_languages, "translation.languages": p.translation.languages}
+             "data.unseen_languages": p.data.unseen_languages, "translation.languages": p.translation.languages,
+             "grid.dose_mix_language": [p.grid.dose_mix_language] if p.grid.dose_mix_language else []}
     for key, codes in lists.items():
         problems += [f"{key}: unknown language code {code!r}; known: {', '.join(LANGUAGES)}"
                      for code in codes if code not in LANGUAGES]
@@ -249,7 +250,7 @@ def check_doses(p: Profile) -> list[str]:
 def dose_mix_problems(p: Profile, dose_lang: str) -> list[str]:
     """The second axis (``grid.dose_mix_language``): a language other than English, the dose
     language and the unseen ones (it would stop being unseen), with training data; every dose
-    splits into two non-empty halves (at least 2 records)."""
+    splits into two non-empty halves (at least 2 records). ``check_languages`` checks the code."""
     mix, d = p.grid.dose_mix_language, p.data
     if not mix:
         return []
@@ -260,8 +261,6 @@ def dose_mix_problems(p: Profile, dose_lang: str) -> list[str]:
     elif d.source == "embedded" and mix in LANGUAGES and mix not in EMBEDDED_TRAIN_LANGUAGES:
         problems.append(f"grid.dose_mix_language: {mix!r} is not in the embedded training data "
                         f"({', '.join(EMBEDDED_TRAIN_LANGUAGES)})")
-    elif mix not in LANGUAGES:
-        problems.append(f"grid.dose_mix_language: {mix!r} is not a known language code ({', '.join(LANGUAGES)})")
     problems += [f"grid.doses: {k} cannot be split between two languages (grid.dose_mix_language needs doses of "
                  "2 or more)" for k in dict.fromkeys(p.grid.doses) if k < 2]
     return problems

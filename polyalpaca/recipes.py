@@ -131,9 +131,10 @@ def dose_language(languages: list[str], chosen: str = "") -> str:
     return chosen or next((lang for lang in languages if lang != "en"), "")
 
 
-def mix_name(language: str, mix_language: str, k: int) -> str:
-    """The run of dose ``k`` split between ``language`` and ``mix_language`` (the second axis)."""
-    return f"dose-{language}+{mix_language}-{k}"
+def dose_name(language: str, k: int, mix_language: str = "") -> str:
+    """The run of dose ``k`` in ``language``, or split between ``language`` and ``mix_language``
+    (the second axis)."""
+    return f"dose-{language}+{mix_language}-{k}" if mix_language else f"dose-{language}-{k}"
 
 
 def recipe_cells(recipe: str, languages: list[str], recipes: list[str] | None = None, doses: tuple[int, ...] = (),
@@ -147,8 +148,8 @@ def recipe_cells(recipe: str, languages: list[str], recipes: list[str] | None = 
     n = len(languages)
     if recipe == "dose":
         lang = dose_language(languages, dose_lang)
-        cells = [RecipeCell(f"dose-{lang}-{k}", ("en", lang), 1.0, 1.0) for k in doses]
-        return cells + [RecipeCell(mix_name(lang, mix_lang, k), ("en", lang, mix_lang), 1.0, 1.0)
+        cells = [RecipeCell(dose_name(lang, k), ("en", lang), 1.0, 1.0) for k in doses]
+        return cells + [RecipeCell(dose_name(lang, k, mix_lang), ("en", lang, mix_lang), 1.0, 1.0)
                         for k in (doses if mix_lang else ())]
     if recipe == "monolingual":
         return [RecipeCell(f"monolingual-{lang}", (lang,), 1.0, 1.0) for lang in languages]
@@ -215,16 +216,14 @@ def build_dose(data: SplitData, language: str, k: int, seed: int, mix_language: 
     """The dose-``k`` training set: English-only's records with ``k`` of them in ``language``, and
     its held-out records with the same share in ``language`` (dose 0 is the English-only set and
     the full dose the same records as the monolingual set of ``language``). With ``mix_language``,
-    the same records with half of the ``k`` in ``mix_language`` instead (``mix_name``)."""
+    the same records with half of the ``k`` in ``mix_language`` instead."""
     n = len(data.train["en"])
     k_val = round(k * len(data.validation["en"]) / n) if n else 0
     mixed = (data.train[mix_language], data.validation[mix_language]) if mix_language else (None, None)
     train = dose_records(data.train["en"], data.train[language], k, seed, mixed[0])
     val = dose_records(data.validation["en"], data.validation[language], k_val, seed, mixed[1])
-    if mix_language:
-        return TrainingSet("dose", mix_name(language, mix_language, k), ["en", language, mix_language], train, val,
-                           1.0, seed)
-    return TrainingSet("dose", f"dose-{language}-{k}", ["en", language], train, val, 1.0, seed)
+    languages = ["en", language, mix_language] if mix_language else ["en", language]
+    return TrainingSet("dose", dose_name(language, k, mix_language), languages, train, val, 1.0, seed)
 
 
 def build_all(recipes: list[str], data: SplitData, languages: list[str], seed: int, doses: tuple[int, ...] = (),

@@ -264,3 +264,24 @@ def test_the_mix_procedure_false_verdict_rate_is_at_most_alpha():
     rates = D.simulate_mix_error_rates(SPREADS, "ru", "cs", ["bg"], [12], [42, 43, 44], 24, tables=400)
     print(rates)
     assert rates["false verdict rate, no difference"] <= 0.07
+
+
+def test_the_second_language_is_read_beside_the_training_languages(tmp_path):
+    """The second language (not a training language of the CPU default) joins the dose seeds'
+    samples with English's ids, and changes no id the training languages use: the pool, the
+    held-out ids and every seed's sample are those of the grid without it."""
+    from polyalpaca.config import load_profile
+    from polyalpaca.grid import Experiment
+
+    on = Experiment(load_profile("cpu"), tmp_path / "on")
+    off = Experiment(load_profile("cpu", {"grid.dose_mix_language": ""}), tmp_path / "off")
+    assert on.profile.grid.dose_mix_language == "cs" and "cs" not in on.pool().train
+    for seed in on.profile.grid.seeds:
+        a, b = on.split(seed), off.split(seed)
+        assert {l: [r.id for r in a.train[l]] for l in b.train} == {l: [r.id for r in v] for l, v in b.train.items()}
+        assert a.validation_ids == b.validation_ids
+    first = on.split(42)
+    assert [r.id for r in first.train["cs"]] == [r.id for r in first.train["en"]]
+    assert {r.lang for r in first.train["cs"] + first.validation["cs"]} == {"cs"}
+    assert "cs" not in on.split(45).train  # no dose runs on the fourth seed (grid.dose_seeds = 3)
+    assert [t.name for t in on.training_sets(42) if t.recipe == "dose"] == ["dose-ru-12", "dose-ru+cs-12"]

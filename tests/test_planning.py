@@ -72,15 +72,3 @@ def test_a_disk_too_small_for_the_plan_is_named_before_the_run(tiny_model_dir, t
     assert "[polyalpaca] warning: " in capsys.readouterr().out
     assert warn_if_disk_is_short(load_profile("tiny"), tmp_path / "art") == ""
 
-
-def test_the_plan_prices_a_change_of_the_grid(tiny_model_dir, tmp_path):
-    """``added_cost``: the second axis adds one run per method, dose and dose seed, and the plan's
-    share of the book it would take."""
-    from polyalpaca.grid import Experiment
-
-    exp = Experiment(load_profile("tiny", {**RATES, "grid.dose_mix_language": ""}), tmp_path)
-    cost = planning.added_cost(exp, dose_mix_language="zh")
-    methods, doses = len(exp.profile.grid.methods), len(exp.profile.grid.doses)
-    assert cost["runs"] == cost["models"] == methods * doses * len(exp.profile.grid.seeds)
-    assert cost["training minutes"] > 0 and cost["evaluation minutes"] >= 0 and 0 < cost["share of the book"] < 1
-    assert planning.added_cost(exp)["runs"] == 0

@@ -295,3 +295,5 @@ def test_the_second_language_of_the_dose_chapter_is_checked():
     assert any("not in the embedded training data" in p
                for p in pf.check_doses(load_profile("tiny", {"grid.dose_mix_language": "bn"})))
     assert pf.check_doses(load_profile("tiny")) == [] and pf.check_doses(load_profile("cpu", {"grid.dose_mix_language": "cs"})) == []
+    assert any(p.startswith("grid.dose_mix_language: unknown language code 'xx'")
+               for p in pf.check_languages(load_profile("tiny", {"grid.dose_mix_language": "xx"})))
